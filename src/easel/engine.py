@@ -1,0 +1,232 @@
+"""Easel: the facade every door calls, and the one place where the parts are wired.
+
+generate() follows the data flow of docs/architecture.md in numbered steps: resolve the
+model reference, detect its family, fill in the family's defaults (checking what can be
+checked before any weights load), lease the cached base pipeline, derive the task pipeline
+with a fresh scheduler, run it with one CPU generator per image, and return the images with
+the concrete request. Third-party exceptions are translated into the EaselError tree here.
+"""
+
+from __future__ import annotations
+
+import secrets
+import threading
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Protocol
+
+from easel.config import Settings
+from easel.errors import Cancelled, EaselError, GenerationFailed, InvalidRequest
+from easel.families.base import Family
+from easel.models.cache import LoadedModel, PipelineCache, detect_family
+from easel.models.reference import ModelSource, resolve_reference
+from easel.request import DEFAULT_STRENGTH, GenerationRequest
+from easel.result import GenerationResult, Progress
+
+if TYPE_CHECKING:
+    from PIL.Image import Image
+
+
+class CancelToken(Protocol):
+    """Anything with is_set(), e.g. threading.Event."""
+
+    def is_set(self) -> bool: ...
+
+
+ProgressCallback = Callable[[Progress], None]
+
+
+class Easel:
+    """Generate images from GenerationRequests; cheap to call repeatedly (models are cached)."""
+
+    def __init__(self, settings: Settings | None = None, *, cache: PipelineCache | None = None) -> None:
+        self.settings = settings or Settings()
+        self.cache = cache or PipelineCache(self.settings.max_cached_models)
+        # Pipelines, schedulers and fast tokenizers are not thread-safe: one run at a time.
+        self._run_lock = threading.Lock()
+        self._placement: tuple[str, Any] | None = None
+        if self.settings.threads:
+            import torch
+
+            torch.set_num_threads(self.settings.threads)
+
+    # -- public API -------------------------------------------------------------------------
+
+    def resolve_model(self, model: str | None) -> ModelSource:
+        """Where `model` (a --model value; None = bundled demo) lives, or ModelNotFound."""
+        from easel.demo import demo_model_path
+
+        return resolve_reference(
+            model or "", default_folder=demo_model_path(), allow_pickle=self.settings.allow_pickle
+        )
+
+    def generate(
+        self,
+        request: GenerationRequest,
+        on_progress: ProgressCallback | None = None,
+        cancel: CancelToken | None = None,
+    ) -> GenerationResult:
+        """Make the images `request` describes."""
+        started = time.perf_counter()
+        # 1. model reference -> source -> family (reads configs only, no weights)
+        source = self.resolve_model(request.model)
+        family = detect_family(source)
+        # 2. family defaults; the request validator re-checks steps x strength now
+        request = self._with_family_defaults(request, family)
+        # 3. inputs that need I/O
+        init_image = self._load_init_image(request)
+        device, dtype = self._device_and_dtype()
+        with (
+            self._run_lock,
+            self.cache.lease(
+                source, family, device=device, dtype=dtype, allow_pickle=self.settings.allow_pickle
+            ) as loaded,
+        ):
+            loaded_at = time.perf_counter()
+            # 4. size: explicit, else the init image's, else the model's native size
+            request = self._with_size(request, loaded, init_image)
+            if init_image is not None:
+                from easel.storage.images import fit_to_multiple_of_8
+
+                init_image = fit_to_multiple_of_8(init_image, request.width, request.height)
+            # 5. task pipeline sharing the base weights, with its own scheduler
+            pipe = self.task_pipeline(loaded, request)
+            # 6. run
+            output = self._run(pipe, request, init_image, on_progress, cancel)
+        finished = time.perf_counter()
+        nsfw = output.nsfw_content_detected or [False] * len(output.images)
+        return GenerationResult(
+            images=list(output.images),
+            request=request,
+            nsfw=[bool(flag) for flag in nsfw],
+            model_family=family.name,
+            timings={
+                "load_s": loaded_at - started,  # resolve + (first time only) load weights
+                "generate_s": finished - loaded_at,
+                "total_s": finished - started,
+            },
+            init_image=init_image,
+        )
+
+    def task_pipeline(self, loaded: LoadedModel, request: GenerationRequest) -> Any:
+        """The pipeline for this request's task, built on the cached base with from_pipe."""
+        from easel.schedulers import build_scheduler
+
+        base = loaded.pipeline
+        task = "img2img" if request.is_img2img else "text2img"
+        overrides: dict[str, Any] = {"scheduler": build_scheduler(request.scheduler, base.scheduler)}
+        if not request.safety_checker and getattr(base, "safety_checker", None) is not None:
+            overrides.update(safety_checker=None, requires_safety_checker=False)
+        pipe = loaded.family.pipeline_class(task).from_pipe(base, **overrides)
+        pipe.set_progress_bar_config(disable=True)
+        return pipe
+
+    # -- steps --------------------------------------------------------------------------------
+
+    def _device_and_dtype(self) -> tuple[str, Any]:
+        if self._placement is None:
+            from easel.devices import resolve_device, resolve_dtype
+
+            device = resolve_device(self.settings.device)
+            self._placement = device, resolve_dtype(self.settings.dtype, device)
+        return self._placement
+
+    @staticmethod
+    def _with_family_defaults(request: GenerationRequest, family: Family) -> GenerationRequest:
+        fields = request.model_dump()
+        if fields["steps"] is None:
+            fields["steps"] = family.default_steps
+        if fields["guidance_scale"] is None:
+            fields["guidance_scale"] = family.default_guidance
+        if request.is_img2img and fields["strength"] is None:
+            fields["strength"] = DEFAULT_STRENGTH
+        if fields["seed"] is None:
+            fields["seed"] = secrets.randbelow(2**32)
+        return GenerationRequest.from_fields(fields)
+
+    @staticmethod
+    def _load_init_image(request: GenerationRequest) -> Image | None:
+        if request.init_image is None:
+            return None
+        from easel.storage.images import load_image
+
+        return load_image(request.init_image, field="init_image")
+
+    @staticmethod
+    def _with_size(
+        request: GenerationRequest, loaded: LoadedModel, init_image: Image | None
+    ) -> GenerationRequest:
+        if request.width is not None and request.height is not None:
+            return request
+        if init_image is not None:
+            default = (max(8, init_image.width // 8 * 8), max(8, init_image.height // 8 * 8))
+        else:
+            default = loaded.family.default_size(loaded.pipeline)
+        return GenerationRequest.from_fields(
+            {
+                **request.model_dump(),
+                "width": request.width or default[0],
+                "height": request.height or default[1],
+            }
+        )
+
+    @staticmethod
+    def _run(
+        pipe: Any,
+        request: GenerationRequest,
+        init_image: Image | None,
+        on_progress: ProgressCallback | None,
+        cancel: CancelToken | None,
+    ) -> Any:
+        import torch
+
+        assert request.seed is not None
+        generators = [torch.Generator("cpu").manual_seed(request.seed + i) for i in range(request.num_images)]
+
+        def on_step_end(pipeline: Any, step: int, timestep: Any, tensors: dict[str, Any]) -> dict[str, Any]:
+            if cancel is not None and cancel.is_set():
+                raise Cancelled(f"cancelled after step {step + 1}")
+            if on_progress is not None:
+                on_progress(Progress(step + 1, int(pipeline.num_timesteps)))
+            return tensors
+
+        kwargs: dict[str, Any] = {
+            "prompt": request.prompt,
+            "negative_prompt": request.negative_prompt or None,
+            "num_inference_steps": request.steps,
+            "guidance_scale": request.guidance_scale,
+            "num_images_per_prompt": request.num_images,
+            "generator": generators,
+            "callback_on_step_end": on_step_end,
+        }
+        if init_image is not None:
+            kwargs.update(image=init_image, strength=request.strength)
+        else:
+            kwargs.update(width=request.width, height=request.height)
+        if cancel is not None and cancel.is_set():
+            raise Cancelled("cancelled before the first step")
+        try:
+            with torch.inference_mode():
+                return pipe(**kwargs)
+        except EaselError:
+            raise
+        except torch.OutOfMemoryError as error:
+            _free_accelerator_memory()
+            raise GenerationFailed(
+                f"out of memory generating {request.num_images} image(s) at "
+                f"{request.width}x{request.height}; try fewer images, a smaller size, or CPU offload"
+            ) from error
+        except ValueError as error:  # diffusers' own check_inputs: our second line
+            raise InvalidRequest(f"invalid request: {error}") from error
+        except Exception as error:
+            raise GenerationFailed(f"generation failed: {type(error).__name__}: {error}") from error
+
+
+def _free_accelerator_memory() -> None:
+    import gc
+
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()

@@ -1,0 +1,1 @@
+"""Finding models: references -> sources, family detection, and the pipeline cache."""

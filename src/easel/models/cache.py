@@ -1,0 +1,140 @@
+"""PipelineCache: each base pipeline is loaded once per (source, device, dtype).
+
+Task pipelines (img2img, later ControlNet) are derived from the cached base with from_pipe,
+so they share the very same weight tensors; the base is never mutated by a request (each
+request gets its own scheduler through from_pipe). Models are leased through a context
+manager so eviction never frees a pipeline a request is still using.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from easel.errors import InvalidRequest, ModelNotFound, UnsupportedFeature
+from easel.families import family_for_checkpoint, family_for_index
+from easel.families.base import Family
+from easel.models.reference import ModelSource
+
+
+@dataclass
+class LoadedModel:
+    """A loaded base pipeline and what easel knows about it."""
+
+    source: ModelSource
+    family: Family
+    pipeline: Any
+    load_seconds: float
+    leases: int = field(default=0)
+
+
+def detect_family(source: ModelSource) -> Family:
+    """The family of a source, from model_index.json or the checkpoint's tensor names."""
+    index = source.read_model_index()
+    if index is not None:
+        return family_for_index(index)
+    from diffusers.loaders.single_file_utils import infer_diffusers_model_type
+
+    with _LazyCheckpoint(source.location) as checkpoint:
+        return family_for_checkpoint(infer_diffusers_model_type(checkpoint))
+
+
+class _LazyCheckpoint(Mapping[str, Any]):
+    """A safetensors file as a read-only mapping that loads a tensor only when asked."""
+
+    def __init__(self, path: str) -> None:
+        from safetensors import safe_open
+
+        self._file = safe_open(path, framework="pt")
+
+    def __enter__(self) -> _LazyCheckpoint:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._file = None
+
+    def __getitem__(self, key: str) -> Any:
+        if key not in self._file.keys():  # noqa: SIM118 - safe_open is no dict
+            raise KeyError(key)
+        return self._file.get_tensor(key)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._file.keys())
+
+    def __len__(self) -> int:
+        return len(self._file.keys())
+
+
+class PipelineCache:
+    """Loaded base pipelines, least recently used evicted beyond `max_entries`."""
+
+    def __init__(self, max_entries: int = 2) -> None:
+        self._max_entries = max(1, max_entries)
+        self._entries: OrderedDict[tuple[str, str, str], LoadedModel] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    @contextmanager
+    def lease(
+        self, source: ModelSource, family: Family, *, device: str, dtype: Any, allow_pickle: bool
+    ) -> Iterator[LoadedModel]:
+        """Yield the loaded base pipeline for `source`, loading it on first use."""
+        key = (f"{source.kind}:{source.location}", device, str(dtype))
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is None:
+                entry = _load(source, family, device=device, dtype=dtype, allow_pickle=allow_pickle)
+                self._entries[key] = entry
+            self._entries.move_to_end(key)
+            entry.leases += 1
+            self._evict()
+        try:
+            yield entry
+        finally:
+            with self._lock:
+                entry.leases -= 1
+                self._evict()
+
+    def _evict(self) -> None:
+        for key in list(self._entries):
+            if len(self._entries) <= self._max_entries:
+                return
+            if self._entries[key].leases == 0:
+                del self._entries[key]
+
+
+def _load(source: ModelSource, family: Family, *, device: str, dtype: Any, allow_pickle: bool) -> LoadedModel:
+    """Load the family's text-to-image pipeline; loader errors become EaselErrors."""
+    started = time.perf_counter()
+    pipeline_class = family.pipeline_class("text2img")
+    try:
+        if source.kind == "single_file":
+            pipe = pipeline_class.from_single_file(source.location, torch_dtype=dtype)
+        else:
+            pipe = pipeline_class.from_pretrained(
+                source.location, torch_dtype=dtype, use_safetensors=None if allow_pickle else True
+            )
+    except OSError as error:
+        message = str(error)
+        if "safetensors" in message.lower() and not allow_pickle:
+            raise InvalidRequest(
+                f"invalid model={source.reference!r}: it has no .safetensors weights, only pickle "
+                "files that can run code when loaded; pass --allow-pickle if you trust it",
+                field="model",
+                value=source.reference,
+            ) from None
+        raise ModelNotFound(
+            f"could not load model {source.reference!r} from {source.location}: {message}"
+        ) from None
+    except (ValueError, KeyError, RuntimeError) as error:
+        raise UnsupportedFeature(f"could not load model {source.reference!r}: {error}") from None
+    pipe.to(device)
+    pipe.set_progress_bar_config(disable=True)
+    return LoadedModel(source, family, pipe, time.perf_counter() - started)

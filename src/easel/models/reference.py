@@ -1,0 +1,127 @@
+"""Turn what the user typed after --model into a ModelSource, or say where we looked.
+
+Three kinds of reference, as users have them: a Hugging Face repo id (resolved through the
+normal HF cache, so HF_HOME and HF_HUB_OFFLINE apply), a local diffusers folder
+(model_index.json inside), or a single checkpoint file. Pickle checkpoints can execute
+code when loaded, so they are refused unless the settings allow them.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from easel.errors import InvalidRequest, ModelNotFound
+
+SAFE_SUFFIXES = (".safetensors",)
+PICKLE_SUFFIXES = (".ckpt", ".bin", ".pt", ".pth")
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """A resolved model: where its files are and how to load them."""
+
+    kind: Literal["hub", "folder", "single_file"]
+    reference: str  # what the user gave (repo id or path), for messages and metadata
+    location: str  # repo id for hub, absolute path otherwise
+
+    def read_model_index(self) -> dict[str, Any] | None:
+        """model_index.json as a dict (None for single files, which have none)."""
+        if self.kind == "single_file":
+            return None
+        if self.kind == "folder":
+            return json.loads((Path(self.location) / "model_index.json").read_text("utf-8"))
+        from huggingface_hub import hf_hub_download
+
+        return json.loads(Path(hf_hub_download(self.location, "model_index.json")).read_text("utf-8"))
+
+
+def resolve_reference(reference: str, *, default_folder: Path, allow_pickle: bool) -> ModelSource:
+    """Resolve a --model value; `reference` empty means the bundled default folder."""
+    if not reference:
+        return _folder_source(default_folder, "bundled demo model")
+    path = Path(reference).expanduser()
+    if path.is_dir():
+        return _folder_source(path, reference)
+    if path.is_file():
+        return _file_source(path, reference, allow_pickle)
+    if path.suffix.lower() in SAFE_SUFFIXES + PICKLE_SUFFIXES or _looks_like_path(reference):
+        raise ModelNotFound(f"model file or folder {reference!r} does not exist (looked at {path.resolve()})")
+    if not HUB_ID.match(reference):
+        raise InvalidRequest(
+            f"invalid model={reference!r}: not a local path and not a Hugging Face repo id (org/name)",
+            field="model",
+            value=reference,
+        )
+    return _hub_source(reference)
+
+
+def _looks_like_path(reference: str) -> bool:
+    return reference.startswith((".", "/", "~")) or "\\" in reference or reference.count("/") > 1
+
+
+def _folder_source(path: Path, reference: str) -> ModelSource:
+    if not (path / "model_index.json").is_file():
+        raise ModelNotFound(
+            f"{reference!r} is a folder but not a diffusers model: no model_index.json in {path.resolve()}"
+        )
+    return ModelSource("folder", reference, str(path.resolve()))
+
+
+def _file_source(path: Path, reference: str, allow_pickle: bool) -> ModelSource:
+    suffix = path.suffix.lower()
+    if suffix in PICKLE_SUFFIXES and not allow_pickle:
+        raise InvalidRequest(
+            f"invalid model={reference!r}: {suffix} files are pickles that can run code when loaded; "
+            "use a .safetensors file, or pass --allow-pickle if you trust this file",
+            field="model",
+            value=reference,
+        )
+    if suffix not in SAFE_SUFFIXES + PICKLE_SUFFIXES:
+        raise InvalidRequest(
+            f"invalid model={reference!r}: a single checkpoint must be a .safetensors file",
+            field="model",
+            value=reference,
+        )
+    return ModelSource("single_file", reference, str(path.resolve()))
+
+
+def _hub_source(repo_id: str) -> ModelSource:
+    """Check the repo is reachable (cache or hub) without downloading weights."""
+    from huggingface_hub import constants, hf_hub_download
+    from huggingface_hub.errors import (
+        EntryNotFoundError,
+        GatedRepoError,
+        HfHubHTTPError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+    )
+
+    try:
+        hf_hub_download(repo_id, "model_index.json")
+    except LocalEntryNotFoundError:
+        raise ModelNotFound(
+            f"model {repo_id!r} is not in the Hugging Face cache ({constants.HF_HUB_CACHE})"
+            + (
+                " and offline mode is on (HF_HUB_OFFLINE=1)"
+                if constants.HF_HUB_OFFLINE
+                else " and the hub could not be reached"
+            )
+        ) from None
+    except GatedRepoError:
+        raise ModelNotFound(
+            f"model {repo_id!r} is gated: accept its license on the hub and log in (hf auth login)"
+        ) from None
+    except RepositoryNotFoundError:
+        raise ModelNotFound(f"model {repo_id!r} does not exist on the Hugging Face hub") from None
+    except EntryNotFoundError:
+        raise ModelNotFound(
+            f"model {repo_id!r} has no model_index.json: it is not a diffusers pipeline repository"
+        ) from None
+    except HfHubHTTPError as error:
+        raise ModelNotFound(f"model {repo_id!r} could not be fetched from the hub: {error}") from None
+    return ModelSource("hub", repo_id, repo_id)

@@ -1,0 +1,1 @@
+"""Images in and out: reading init/control images, grids (metadata and gallery follow)."""
