@@ -37,6 +37,22 @@ def resolve_device(name: str) -> str:
     )
 
 
+SMALL_MODEL_PARAMETERS = 50_000_000
+
+
+def cpu_threads_for(unet_parameters: int, requested: int | None) -> int | None:
+    """Threads to use on the CPU: the user's choice, else 1 for small models.
+
+    Measured on a 2-core machine: the bundled 2.8M-parameter demo UNet ran 20-40x faster on
+    one thread than on torch's default (its kernels are too small to split, and the threads
+    spin against each other); real models (860M parameters) want every core, so they keep
+    torch's default (None).
+    """
+    if requested:
+        return requested
+    return 1 if unet_parameters < SMALL_MODEL_PARAMETERS else None
+
+
 def resolve_dtype(name: str, device: str) -> Any:
     import torch
 

@@ -45,10 +45,6 @@ class Easel:
         # Pipelines, schedulers and fast tokenizers are not thread-safe: one run at a time.
         self._run_lock = threading.Lock()
         self._placement: tuple[str, Any] | None = None
-        if self.settings.threads:
-            import torch
-
-            torch.set_num_threads(self.settings.threads)
 
     # -- public API -------------------------------------------------------------------------
 
@@ -83,6 +79,8 @@ class Easel:
             ) as loaded,
         ):
             loaded_at = time.perf_counter()
+            if device == "cpu":
+                self._set_cpu_threads(loaded)
             # 4. size: explicit, else the init image's, else the model's native size
             request = self._with_size(request, loaded, init_image)
             if init_image is not None:
@@ -130,6 +128,17 @@ class Easel:
             device = resolve_device(self.settings.device)
             self._placement = device, resolve_dtype(self.settings.dtype, device)
         return self._placement
+
+    def _set_cpu_threads(self, loaded: LoadedModel) -> None:
+        """torch's thread count is process state: set it from the settings and model size."""
+        import torch
+
+        from easel.devices import cpu_threads_for
+
+        unet_parameters = sum(p.numel() for p in loaded.pipeline.unet.parameters())
+        threads = cpu_threads_for(unet_parameters, self.settings.threads)
+        if threads is not None and torch.get_num_threads() != threads:
+            torch.set_num_threads(threads)
 
     @staticmethod
     def _with_family_defaults(request: GenerationRequest, family: Family) -> GenerationRequest:

@@ -38,10 +38,21 @@ def detect_family(source: ModelSource) -> Family:
     index = source.read_model_index()
     if index is not None:
         return family_for_index(index)
-    from diffusers.loaders.single_file_utils import infer_diffusers_model_type
+    from diffusers.loaders.single_file_utils import infer_diffusers_model_type, load_single_file_checkpoint
 
-    with _LazyCheckpoint(source.location) as checkpoint:
-        return family_for_checkpoint(infer_diffusers_model_type(checkpoint))
+    try:
+        if source.location.lower().endswith(".safetensors"):
+            with _LazyCheckpoint(source.location) as checkpoint:
+                model_type = infer_diffusers_model_type(checkpoint)
+        else:  # a pickle the user explicitly allowed
+            model_type = infer_diffusers_model_type(load_single_file_checkpoint(source.location))
+    except Exception as error:
+        raise InvalidRequest(
+            f"invalid model={source.reference!r}: not a readable checkpoint ({error})",
+            field="model",
+            value=source.reference,
+        ) from None
+    return family_for_checkpoint(model_type)
 
 
 class _LazyCheckpoint(Mapping[str, Any]):

@@ -1,0 +1,68 @@
+"""Test setup: offline, one torch thread, tiny models in a temporary HF cache.
+
+The Hugging Face environment must be set before huggingface_hub is imported (it reads it
+once), so it is set in pytest_configure, which runs before any test module is imported.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import pytest
+
+TINY_SD15 = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+TINY_SD15_OLD_ID = "runwayml/stable-diffusion-v1-5"
+TINY_FLAGGING = "CompVis/stable-diffusion-v1-4"  # its safety checker flags every image
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    root = Path(tempfile.mkdtemp(prefix="easel-tests-"))
+    config._easel_root = root  # type: ignore[attr-defined]
+    os.environ["HF_HOME"] = str(root / "hf")
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    os.environ["EASEL_HOME"] = str(root / "easel-home")
+    os.environ["EASEL_THREADS"] = "1"
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    root = getattr(config, "_easel_root", None)
+    if root is not None:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def hf_home() -> Path:
+    """The temporary HF cache, with tiny SD 1.5 models installed under real repo ids."""
+    import torch
+
+    torch.set_num_threads(1)
+    from easel.testing.tiny_models import build_tiny_sd15, install_into_hf_cache, install_tiny_sd15
+
+    home = Path(os.environ["HF_HOME"])
+    install_tiny_sd15(home, (TINY_SD15, TINY_SD15_OLD_ID), safety="never")
+    install_into_hf_cache(build_tiny_sd15("always"), home, TINY_FLAGGING)
+    return home
+
+
+@pytest.fixture(scope="session")
+def engine(hf_home: Path):
+    """One engine for the session, as a long-running server would have."""
+    from easel import Easel, Settings
+
+    return Easel(Settings.from_env())
+
+
+@pytest.fixture(scope="session")
+def init_png(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 64x64 RGB picture: left half red, right half blue."""
+    from PIL import Image
+
+    path = tmp_path_factory.mktemp("inputs") / "init.png"
+    image = Image.new("RGB", (64, 64), (0, 0, 255))
+    image.paste((255, 0, 0), (0, 0, 32, 64))
+    image.save(path)
+    return path
