@@ -135,10 +135,10 @@ def test_txt2img_then_img2img_loads_the_base_once(engine, init_png):
 
     fresh = Easel(Settings.from_env())
     fresh.generate(GenerationRequest(model=TINY_SD15, prompt="a", steps=2, seed=1))
-    cached = list(fresh.cache._entries.values())[0].pipeline
+    cached = fresh.cache.loaded()[0].pipeline
     fresh.generate(GenerationRequest(model=TINY_SD15, prompt="a", steps=2, seed=1, init_image=str(init_png)))
     assert len(fresh.cache) == 1
-    assert list(fresh.cache._entries.values())[0].pipeline is cached
+    assert fresh.cache.loaded()[0].pipeline is cached
 
 
 def test_both_real_repo_ids_load_offline(engine):
@@ -245,7 +245,7 @@ def test_bad_references_fail_before_loading(engine, fields, error, fragment):
 def test_unreadable_init_image_names_the_field(engine, tmp_path):
     bad = tmp_path / "bad.png"
     bad.write_bytes(b"this is not a png")
-    with pytest.raises(InvalidRequest, match="invalid init_image=.*not a readable image"):
+    with pytest.raises(InvalidRequest, match=r"invalid init_image=.*not a readable image"):
         engine.generate(GenerationRequest(model=TINY_SD15, prompt="a", init_image=str(bad), steps=2))
 
 
@@ -257,7 +257,7 @@ def test_pickle_checkpoints_are_refused_unless_allowed(engine, tmp_path):
 
 
 def test_folder_without_model_index_says_where_it_looked(engine, tmp_path):
-    with pytest.raises(ModelNotFound, match="no model_index.json in"):
+    with pytest.raises(ModelNotFound, match=r"no model_index\.json in"):
         engine.generate(GenerationRequest(model=str(tmp_path), prompt="a"))
 
 
@@ -283,5 +283,5 @@ def test_data_url_init_image(engine, init_png):
 def test_corrupt_safetensors_file_is_an_invalid_model(engine, tmp_path):
     broken = tmp_path / "broken.safetensors"
     broken.write_bytes(b"junk")
-    with pytest.raises(InvalidRequest, match="invalid model=.*not a readable checkpoint"):
+    with pytest.raises(InvalidRequest, match=r"invalid model=.*not a readable checkpoint"):
         engine.generate(GenerationRequest(model=str(broken), prompt="a"))

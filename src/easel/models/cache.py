@@ -92,6 +92,11 @@ class PipelineCache:
     def __len__(self) -> int:
         return len(self._entries)
 
+    def loaded(self) -> list[LoadedModel]:
+        """What is in memory now, least recently used first (for status pages and tests)."""
+        with self._lock:
+            return list(self._entries.values())
+
     @contextmanager
     def lease(
         self, source: ModelSource, family: Family, *, device: str, dtype: Any, allow_pickle: bool
