@@ -90,7 +90,7 @@ class Easel:
             # 5. task pipeline sharing the base weights, with its own scheduler
             pipe = self.task_pipeline(loaded, request)
             # 6. run
-            output = self._run(pipe, request, init_image, on_progress, cancel)
+            output = self._run(family, pipe, request, init_image, on_progress, cancel)
         finished = time.perf_counter()
         nsfw = output.nsfw_content_detected or [False] * len(output.images)
         return GenerationResult(
@@ -115,7 +115,7 @@ class Easel:
         overrides: dict[str, Any] = {"scheduler": build_scheduler(request.scheduler, base.scheduler)}
         if not request.safety_checker and getattr(base, "safety_checker", None) is not None:
             overrides.update(safety_checker=None, requires_safety_checker=False)
-        pipe = loaded.family.pipeline_class(task).from_pipe(base, **overrides)
+        pipe = loaded.family.derive(base, task, **overrides)
         pipe.set_progress_bar_config(disable=True)
         return pipe
 
@@ -181,6 +181,7 @@ class Easel:
 
     @staticmethod
     def _run(
+        family: Family,
         pipe: Any,
         request: GenerationRequest,
         init_image: Image | None,
@@ -199,19 +200,8 @@ class Easel:
                 on_progress(Progress(step + 1, int(pipeline.num_timesteps)))
             return tensors
 
-        kwargs: dict[str, Any] = {
-            "prompt": request.prompt,
-            "negative_prompt": request.negative_prompt or None,
-            "num_inference_steps": request.steps,
-            "guidance_scale": request.guidance_scale,
-            "num_images_per_prompt": request.num_images,
-            "generator": generators,
-            "callback_on_step_end": on_step_end,
-        }
-        if init_image is not None:
-            kwargs.update(image=init_image, strength=request.strength)
-        else:
-            kwargs.update(width=request.width, height=request.height)
+        kwargs = family.call_arguments(pipe, request, init_image)
+        kwargs.update(generator=generators, callback_on_step_end=on_step_end)
         if cancel is not None and cancel.is_set():
             raise Cancelled("cancelled before the first step")
         try:

@@ -127,16 +127,10 @@ class PipelineCache:
 
 
 def _load(source: ModelSource, family: Family, *, device: str, dtype: Any, allow_pickle: bool) -> LoadedModel:
-    """Load the family's text-to-image pipeline; loader errors become EaselErrors."""
+    """Load the family's base pipeline; loader errors become EaselErrors."""
     started = time.perf_counter()
-    pipeline_class = family.pipeline_class("text2img")
     try:
-        if source.kind == "single_file":
-            pipe = pipeline_class.from_single_file(source.location, torch_dtype=dtype)
-        else:
-            pipe = pipeline_class.from_pretrained(
-                source.location, torch_dtype=dtype, use_safetensors=None if allow_pickle else True
-            )
+        pipe = family.load_pipeline(source, dtype=dtype, allow_pickle=allow_pickle)
     except OSError as error:
         message = str(error)
         if "safetensors" in message.lower() and not allow_pickle:
