@@ -50,6 +50,39 @@ class GenerationRequest(BaseModel):
     init_image: str | None = Field(None, description="Path or http(s)/data URL: makes this image-to-image")
     strength: float | None = Field(None, ge=0, le=1, description="img2img: 1.0 ignores the init image")
     safety_checker: bool = Field(True, description="Run the model's safety checker when it has one")
+    # Family-only fields (FAMILY_FIELDS): None = not used / the family's default. A family that
+    # cannot use one refuses the request (families.base.Family.check_request).
+    refiner: str | None = Field(
+        None,
+        description="SDXL: refiner model that finishes the base's denoising (ensemble of experts)",
+    )
+    refiner_at: float | None = Field(
+        None, gt=0, lt=1, description="SDXL + refiner: fraction of denoising done by the base (default 0.8)"
+    )
+    aesthetic_score: float | None = Field(
+        None, ge=0, le=10, description="SDXL refiner: aesthetic score conditioning (default 6.0)"
+    )
+    negative_aesthetic_score: float | None = Field(
+        None, ge=0, le=10, description="SDXL refiner: negative aesthetic score (default 2.5)"
+    )
+    original_size: tuple[int, int] | None = Field(
+        None, description="SDXL micro-conditioning (height, width) of the 'original' image"
+    )
+    target_size: tuple[int, int] | None = Field(
+        None, description="SDXL micro-conditioning (height, width) of the target image"
+    )
+    crops_coords_top_left: tuple[int, int] | None = Field(
+        None, description="SDXL micro-conditioning crop coordinates (top, left); (0, 0) looks centred"
+    )
+    prior: str | None = Field(
+        None, description="Kandinsky 2.2: prior model (default: the one the decoder's model card names)"
+    )
+    prior_steps: int | None = Field(
+        None, ge=1, le=1000, description="Kandinsky 2.2: prior denoising steps (default 25)"
+    )
+    prior_guidance_scale: float | None = Field(
+        None, ge=0, le=100, description="Kandinsky 2.2: prior guidance scale (default 4.0)"
+    )
 
     def __init__(self, **data: Any) -> None:
         try:
@@ -81,12 +114,44 @@ class GenerationRequest(BaseModel):
             raise ValueError("unknown scheduler; known: " + ", ".join(known_scheduler_names()))
         return value
 
+    @field_validator("original_size", "target_size")
+    @classmethod
+    def _positive_size(cls, value: tuple[int, int] | None) -> tuple[int, int] | None:
+        if value is not None and not all(1 <= side <= 4 * MAX_SIDE for side in value):
+            raise ValueError(f"must be (height, width), each between 1 and {4 * MAX_SIDE}")
+        return value
+
+    @field_validator("crops_coords_top_left")
+    @classmethod
+    def _crop_coordinates(cls, value: tuple[int, int] | None) -> tuple[int, int] | None:
+        if value is not None and not all(0 <= side <= 4 * MAX_SIDE for side in value):
+            raise ValueError(f"must be (top, left), each between 0 and {4 * MAX_SIDE}")
+        return value
+
+    @field_validator("refiner", "prior")
+    @classmethod
+    def _model_reference(cls, value: str | None) -> str | None:
+        if value is not None and not value.strip():
+            raise ValueError("must name a model (repo id, folder or .safetensors file)")
+        return value
+
     @field_validator("prompt")
     @classmethod
     def _prompt_is_text(cls, value: str) -> str:
         if "\x00" in value:
             raise ValueError("contains a NUL character")
         return value
+
+    @model_validator(mode="after")
+    def _refiner_at_needs_a_refiner(self) -> GenerationRequest:
+        if self.refiner_at is not None and self.refiner is None:
+            raise InvalidRequest(
+                f"invalid refiner_at={self.refiner_at!r}: it says where the refiner takes over; "
+                "give refiner too",
+                field="refiner_at",
+                value=self.refiner_at,
+            )
+        return self
 
     @model_validator(mode="after")
     def _img2img_runs_a_step(self) -> GenerationRequest:
@@ -109,6 +174,20 @@ class GenerationRequest(BaseModel):
 
 
 DEFAULT_STRENGTH = 0.8  # diffusers' img2img default
+
+# Fields only some families use; the family detected for the model refuses the rest.
+FAMILY_FIELDS = (
+    "refiner",
+    "refiner_at",
+    "aesthetic_score",
+    "negative_aesthetic_score",
+    "original_size",
+    "target_size",
+    "crops_coords_top_left",
+    "prior",
+    "prior_steps",
+    "prior_guidance_scale",
+)
 
 
 def invalid_request_from(error: ValidationError) -> InvalidRequest:

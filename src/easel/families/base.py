@@ -1,23 +1,53 @@
 """What a family is: its pipelines, its defaults, and how its pipelines are loaded and called.
 
 A family is data plus a few overridable methods. The engine never branches on a family's
-name: it asks the family to load a base pipeline, derive a task pipeline from it, and turn
-a concrete request into the pipeline's call arguments. A family with different needs
-(SDXL's refiner, Kandinsky's prior) subclasses Family and overrides just those methods.
+name: it asks the family to check a request, name the companion models it needs (SDXL's
+refiner, Kandinsky's prior), load a base pipeline, derive a task pipeline from it, turn a
+concrete request into the pipeline's call arguments, and run it. A family with different
+needs subclasses Family and overrides just those methods.
+
+The hooks, in the order the engine calls them:
+
+    check_request(request)                  refuse tasks/fields this family cannot serve
+    companions(request, source, identify)   other models the request needs, by role
+    field_defaults(request)                 family-only defaults recorded in the concrete request
+    load_pipeline(source, ...)              the cached base pipeline (companions may share parts
+    shared_components(source, base)           of the base they are loaded beside)
+    default_size(pipe)                      native size when the request gives none
+    derive(base, task, companions, ...)     the task pipeline, sharing the base's weights
+    call_arguments(pipe, request, image)    the pipeline's keyword arguments
+    run(pipe, arguments, request, ...)      call it; check the pixels are finite; PIL images
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
+
+from easel.errors import GenerationFailed, UnsupportedFeature
 
 if TYPE_CHECKING:
     from PIL.Image import Image
 
+    from easel.models.cache import LoadedModel
     from easel.models.reference import ModelSource
     from easel.request import GenerationRequest
 
 TASKS = ("text2img", "img2img")
+
+# Resolves a model reference (repo id, folder, file) to its source and detected family.
+Identify = Callable[[str], "tuple[ModelSource, Family]"]
+
+
+@dataclass
+class RunOutput:
+    """What a family's run returns: PIL images, safety flags (None: no checker) and
+    warnings the user should see (e.g. "decoded again in float32")."""
+
+    images: list[Any]
+    nsfw_content_detected: list[bool] | None = None
+    warnings: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -25,6 +55,8 @@ class Family:
     """A model family, described as data so the engine needs no branches on names.
 
     Pipeline classes are named (not imported) so describing a family imports nothing heavy.
+    `options` names the family-only request fields (request.FAMILY_FIELDS) this family
+    understands; any other family-only field set in a request is refused by check_request.
     """
 
     name: str
@@ -34,6 +66,54 @@ class Family:
     img2img_class: str
     default_steps: int
     default_guidance: float
+    tasks: tuple[str, ...] = TASKS
+    options: tuple[str, ...] = ()
+
+    # -- detection and checks -------------------------------------------------------------
+
+    def matches(self, model_index: Mapping[str, Any]) -> bool:
+        """Whether a model_index.json describes a model of this family."""
+        return str(model_index.get("_class_name", "")) in self.pipeline_classes
+
+    def check_request(self, request: GenerationRequest) -> None:
+        """Refuse, before anything loads, what this family cannot do: a task it lacks or a
+        family-only field it would silently ignore."""
+        from easel.request import FAMILY_FIELDS
+
+        task = "img2img" if request.is_img2img else "text2img"
+        if task not in self.tasks:
+            raise UnsupportedFeature(self.unsupported_task_message(task))
+        for name in FAMILY_FIELDS:
+            value = getattr(request, name)
+            if value is not None and name not in self.options:
+                users = ", ".join(self.families_using(name)) or "no family"
+                raise UnsupportedFeature(
+                    f"{name}={value!r} is not used by {self.name} models (it applies to: {users})"
+                )
+
+    def unsupported_task_message(self, task: str) -> str:
+        return f"{self.name} models cannot do {task}"
+
+    @staticmethod
+    def families_using(option: str) -> list[str]:
+        from easel.families import FAMILIES
+
+        return [family.name for family in FAMILIES if option in family.options]
+
+    def companions(
+        self, request: GenerationRequest, source: ModelSource, identify: Identify
+    ) -> dict[str, tuple[ModelSource, Family]]:
+        """Other models this request needs beside the base, by role ("refiner", "prior").
+        The engine leases each from the cache (loaded beside the base, see
+        shared_components) and hands them to derive and run. Default: none."""
+        return {}
+
+    def field_defaults(self, request: GenerationRequest) -> dict[str, Any]:
+        """Family-only fields to fill when the request leaves them None, so the concrete
+        request records what actually ran."""
+        return {}
+
+    # -- loading ------------------------------------------------------------------------------
 
     def pipeline_class(self, task: str) -> Any:
         import diffusers
@@ -41,17 +121,37 @@ class Family:
         name = {"text2img": self.text2img_class, "img2img": self.img2img_class}[task]
         return getattr(diffusers, name)
 
-    def load_pipeline(self, source: ModelSource, *, dtype: Any, allow_pickle: bool) -> Any:
-        """Load the base (text-to-image) pipeline; library errors propagate to the cache,
-        which translates them."""
+    def load_pipeline(
+        self,
+        source: ModelSource,
+        *,
+        dtype: Any,
+        allow_pickle: bool,
+        components: Mapping[str, Any] | None = None,
+    ) -> Any:
+        """Load the base pipeline; `components` are already-loaded modules to use instead of
+        loading the model's own (see shared_components). Library errors propagate to the
+        cache, which translates them."""
         pipeline_class = self.pipeline_class("text2img")
         if source.kind == "single_file":
-            return pipeline_class.from_single_file(source.location, torch_dtype=dtype)
+            return pipeline_class.from_single_file(source.location, torch_dtype=dtype, **(components or {}))
         return pipeline_class.from_pretrained(
-            source.location, torch_dtype=dtype, use_safetensors=None if allow_pickle else True
+            source.location,
+            torch_dtype=dtype,
+            use_safetensors=None if allow_pickle else True,
+            **(components or {}),
         )
 
-    def derive(self, base: Any, task: str, **overrides: Any) -> Any:
+    def shared_components(self, source: ModelSource, base: Any) -> dict[str, Any]:
+        """Modules of `base` (the pipeline this model is a companion of) that this model can
+        use instead of loading its own copy. Default: none."""
+        return {}
+
+    # -- running -------------------------------------------------------------------------------
+
+    def derive(
+        self, base: Any, task: str, *, companions: Mapping[str, LoadedModel] | None = None, **overrides: Any
+    ) -> Any:
         """The task's pipeline sharing `base`'s weights (from_pipe), with `overrides`
         (a fresh scheduler, safety_checker=None, ...) as its own components."""
         return self.pipeline_class(task).from_pipe(base, **overrides)
@@ -78,3 +178,99 @@ class Family:
         else:
             arguments.update(width=request.width, height=request.height)
         return arguments
+
+    def run(
+        self,
+        pipe: Any,
+        arguments: dict[str, Any],
+        *,
+        request: GenerationRequest,
+        companions: Mapping[str, LoadedModel],
+    ) -> RunOutput:
+        """Call the pipeline and return finite PIL images.
+
+        Why not output_type="pil": a VAE that overflows (the SDXL VAE in float16) decodes
+        to NaN, which PIL conversion silently turns into a black image. Asking for numpy
+        output keeps the NaN visible; the last step's latents (caught by the step callback)
+        are then decoded again in float32, and if even that is not finite the run fails
+        with a message instead of returning black pixels.
+        """
+        caught: dict[str, Any] = {}
+        output = pipe(**_catching_latents(arguments, caught), output_type="np")
+        images, warnings = self.finite_images(pipe, output.images, caught.get("latents"))
+        return RunOutput(
+            images=_numpy_to_pil(images),
+            nsfw_content_detected=getattr(output, "nsfw_content_detected", None),
+            warnings=warnings,
+        )
+
+    def finite_images(self, pipe: Any, images: Any, latents: Any) -> tuple[Any, list[str]]:
+        """`images` (numpy NHWC in [0, 1]) with non-finite ones decoded again in float32."""
+        import numpy as np
+
+        bad = [i for i in range(len(images)) if not np.isfinite(images[i]).all()]
+        if not bad:
+            return images, []
+        if latents is None:
+            raise GenerationFailed(
+                f"image(s) {bad} came out with non-finite values (NaN/inf) and there are no "
+                "latents to decode again; try --dtype float32"
+            )
+        redone = self.decode_float32(pipe, latents[bad])
+        if not np.isfinite(redone).all():
+            raise GenerationFailed(
+                f"image(s) {bad} came out with non-finite values (NaN/inf) even when decoded in "
+                "float32: the denoiser itself overflowed; try --dtype float32"
+            )
+        images = images.copy()
+        images[bad] = redone
+        return images, [
+            f"the VAE decode of image(s) {bad} gave non-finite values (NaN/inf, the float16 "
+            "overflow SDXL's VAE is known for); decoded them again in float32"
+        ]
+
+    def decode_float32(self, pipe: Any, latents: Any) -> Any:
+        """Decode final latents with the pipeline's VAE in float32, as the pipeline decodes
+        them (scaling factor, latents mean/std when the VAE has them, watermark);
+        numpy NHWC in [0, 1]."""
+        import torch
+
+        vae = pipe.vae
+        original = vae.dtype
+        try:
+            vae.to(dtype=torch.float32)
+            latents = latents.to(device=vae.device, dtype=torch.float32)
+            mean = getattr(vae.config, "latents_mean", None)
+            std = getattr(vae.config, "latents_std", None)
+            with torch.inference_mode():
+                if mean is not None and std is not None:
+                    mean_t = torch.tensor(mean).view(1, -1, 1, 1).to(latents)
+                    std_t = torch.tensor(std).view(1, -1, 1, 1).to(latents)
+                    latents = latents * std_t / vae.config.scaling_factor + mean_t
+                else:
+                    latents = latents / vae.config.scaling_factor
+                image = vae.decode(latents, return_dict=False)[0]
+                if getattr(pipe, "watermark", None) is not None:
+                    image = pipe.watermark.apply_watermark(image)
+                return pipe.image_processor.postprocess(image, output_type="np")
+        finally:
+            vae.to(dtype=original)
+
+
+def _catching_latents(arguments: dict[str, Any], caught: dict[str, Any]) -> dict[str, Any]:
+    """`arguments` with the step callback wrapped to remember the latest latents."""
+    callback = arguments.get("callback_on_step_end")
+
+    def on_step_end(pipeline: Any, step: int, timestep: Any, tensors: dict[str, Any]) -> dict[str, Any]:
+        if "latents" in tensors:
+            caught["latents"] = tensors["latents"]
+        return callback(pipeline, step, timestep, tensors) if callback is not None else tensors
+
+    return {**arguments, "callback_on_step_end": on_step_end}
+
+
+def _numpy_to_pil(images: Any) -> list[Any]:
+    """diffusers' own numpy -> PIL conversion, so pixels equal output_type="pil"."""
+    from diffusers.image_processor import VaeImageProcessor
+
+    return VaeImageProcessor.numpy_to_pil(images)
