@@ -10,20 +10,20 @@ from typing import Any
 
 from easel.errors import UnsupportedFeature
 from easel.families.base import Family
+from easel.families.kandinsky import KANDINSKY22, KANDINSKY22_PRIOR
 from easel.families.sd15 import SD15
+from easel.families.sdxl import SDXL, SDXL_REFINER
 
-FAMILIES: tuple[Family, ...] = (SD15,)
+FAMILIES: tuple[Family, ...] = (SD15, SDXL, SDXL_REFINER, KANDINSKY22, KANDINSKY22_PRIOR)
+
+
+def _supported_classes() -> str:
+    return ", ".join(dict.fromkeys(c for f in FAMILIES for c in f.pipeline_classes))
 
 
 def family_for_pipeline_class(class_name: str) -> Family:
     """The family whose pipelines include `class_name` (from model_index.json)."""
-    for family in FAMILIES:
-        if class_name in family.pipeline_classes:
-            return family
-    raise UnsupportedFeature(
-        f"pipeline class {class_name!r} is not supported by easel "
-        f"(supported: {', '.join(c for f in FAMILIES for c in f.pipeline_classes)})"
-    )
+    return family_for_index({"_class_name": class_name})
 
 
 def family_for_checkpoint(model_type: str) -> Family:
@@ -35,4 +35,12 @@ def family_for_checkpoint(model_type: str) -> Family:
 
 
 def family_for_index(model_index: dict[str, Any]) -> Family:
-    return family_for_pipeline_class(str(model_index.get("_class_name", "")))
+    """The family a model_index.json describes (its _class_name, and for SDXL whether it
+    requires aesthetic scores, which marks the refiner)."""
+    for family in FAMILIES:
+        if family.matches(model_index):
+            return family
+    class_name = str(model_index.get("_class_name", ""))
+    raise UnsupportedFeature(
+        f"pipeline class {class_name!r} is not supported by easel (supported: {_supported_classes()})"
+    )

@@ -86,7 +86,7 @@ class PipelineCache:
 
     def __init__(self, max_entries: int = 2) -> None:
         self._max_entries = max(1, max_entries)
-        self._entries: OrderedDict[tuple[str, str, str], LoadedModel] = OrderedDict()
+        self._entries: OrderedDict[tuple[str, ...], LoadedModel] = OrderedDict()
         self._lock = threading.Lock()
 
     def __len__(self) -> int:
@@ -99,14 +99,38 @@ class PipelineCache:
 
     @contextmanager
     def lease(
-        self, source: ModelSource, family: Family, *, device: str, dtype: Any, allow_pickle: bool
+        self,
+        source: ModelSource,
+        family: Family,
+        *,
+        device: str,
+        dtype: Any,
+        allow_pickle: bool,
+        share_from: LoadedModel | None = None,
     ) -> Iterator[LoadedModel]:
-        """Yield the loaded base pipeline for `source`, loading it on first use."""
-        key = (f"{source.kind}:{source.location}", device, str(dtype))
+        """Yield the loaded base pipeline for `source`, loading it on first use.
+
+        `share_from`: the model this one is a companion of (an SDXL base for its refiner);
+        the family picks the modules it can take from it instead of loading its own, and
+        such a model is cached apart from the same model loaded on its own.
+        """
+        key: tuple[str, ...] = (f"{source.kind}:{source.location}", device, str(dtype))
+        components: dict[str, Any] = {}
+        if share_from is not None:
+            components = family.shared_components(source, share_from.pipeline)
+            if components:
+                key += (f"beside {share_from.source.kind}:{share_from.source.location}",)
         with self._lock:
             entry = self._entries.get(key)
             if entry is None:
-                entry = _load(source, family, device=device, dtype=dtype, allow_pickle=allow_pickle)
+                entry = _load(
+                    source,
+                    family,
+                    device=device,
+                    dtype=dtype,
+                    allow_pickle=allow_pickle,
+                    components=components,
+                )
                 self._entries[key] = entry
             self._entries.move_to_end(key)
             entry.leases += 1
@@ -126,11 +150,19 @@ class PipelineCache:
                 del self._entries[key]
 
 
-def _load(source: ModelSource, family: Family, *, device: str, dtype: Any, allow_pickle: bool) -> LoadedModel:
+def _load(
+    source: ModelSource,
+    family: Family,
+    *,
+    device: str,
+    dtype: Any,
+    allow_pickle: bool,
+    components: dict[str, Any] | None = None,
+) -> LoadedModel:
     """Load the family's base pipeline; loader errors become EaselErrors."""
     started = time.perf_counter()
     try:
-        pipe = family.load_pipeline(source, dtype=dtype, allow_pickle=allow_pickle)
+        pipe = family.load_pipeline(source, dtype=dtype, allow_pickle=allow_pickle, components=components)
     except OSError as error:
         message = str(error)
         if "safetensors" in message.lower() and not allow_pickle:

@@ -1,0 +1,184 @@
+"""Kandinsky 2.2: a prior (text -> CLIP image embedding) and a decoder (embedding -> image).
+
+The user names the decoder (kandinsky-community/kandinsky-2-2-decoder); its prior comes
+from the decoder's model card (front matter `prior: [kandinsky-community/kandinsky-2-2-prior]`,
+the same place diffusers' combined pipelines look) or from the request's `prior`. Decoder
+and prior are cached as two models and joined per request into diffusers' combined
+pipeline, so changing the prior never reloads the decoder.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from easel.errors import InvalidRequest, UnsupportedFeature
+from easel.families.base import Family, Identify
+
+if TYPE_CHECKING:
+    from PIL.Image import Image
+
+    from easel.models.cache import LoadedModel
+    from easel.models.reference import ModelSource
+    from easel.request import GenerationRequest
+
+DEFAULT_PRIOR_STEPS = 25  # diffusers' combined-pipeline defaults
+DEFAULT_PRIOR_GUIDANCE = 4.0
+DEFAULT_SIDE = 512  # the combined pipelines' own height/width default
+
+
+@dataclass(frozen=True)
+class KandinskyDecoderFamily(Family):
+    """The decoder, run as diffusers' combined prior + decoder pipeline."""
+
+    loader_class: str = "KandinskyV22Pipeline"  # the decoder alone; the prior is a companion
+
+    def load_pipeline(
+        self,
+        source: ModelSource,
+        *,
+        dtype: Any,
+        allow_pickle: bool,
+        components: Mapping[str, Any] | None = None,
+    ) -> Any:
+        import diffusers
+
+        if source.kind == "single_file":
+            raise UnsupportedFeature("Kandinsky 2.2 loads from a diffusers folder or repo, not a single file")
+        return getattr(diffusers, self.loader_class).from_pretrained(
+            source.location,
+            torch_dtype=dtype,
+            use_safetensors=None if allow_pickle else True,
+            **(components or {}),
+        )
+
+    def companions(
+        self, request: GenerationRequest, source: ModelSource, identify: Identify
+    ) -> dict[str, tuple[ModelSource, Family]]:
+        reference = request.prior or prior_from_model_card(source)
+        if reference is None:
+            raise UnsupportedFeature(
+                f"{source.reference!r} is a Kandinsky 2.2 decoder whose model card names no prior; "
+                "give one with --prior (e.g. kandinsky-community/kandinsky-2-2-prior)"
+            )
+        prior_source, prior_family = identify(reference)
+        if not isinstance(prior_family, KandinskyPriorFamily):
+            raise InvalidRequest(
+                f"invalid prior={reference!r}: it is a {prior_family.name} model, not a Kandinsky 2.2 "
+                "prior (such as kandinsky-community/kandinsky-2-2-prior)",
+                field="prior",
+                value=reference,
+            )
+        return {"prior": (prior_source, prior_family)}
+
+    def field_defaults(self, request: GenerationRequest) -> dict[str, Any]:
+        return {"prior_steps": DEFAULT_PRIOR_STEPS, "prior_guidance_scale": DEFAULT_PRIOR_GUIDANCE}
+
+    def derive(
+        self, base: Any, task: str, *, companions: Mapping[str, LoadedModel] | None = None, **overrides: Any
+    ) -> Any:
+        """The combined pipeline from the cached decoder and prior; both schedulers fresh
+        (they keep step state), every weight shared."""
+        if not companions or "prior" not in companions:
+            raise UnsupportedFeature("a Kandinsky 2.2 decoder needs its prior to generate")
+        prior = companions["prior"].pipeline
+        return self.pipeline_class(task)(
+            unet=base.unet,
+            scheduler=overrides.get("scheduler", base.scheduler),
+            movq=base.movq,
+            prior_prior=prior.prior,
+            prior_image_encoder=prior.image_encoder,
+            prior_text_encoder=prior.text_encoder,
+            prior_tokenizer=prior.tokenizer,
+            prior_scheduler=type(prior.scheduler).from_config(prior.scheduler.config),
+            prior_image_processor=prior.image_processor,
+        )
+
+    def default_size(self, pipe: Any) -> tuple[int, int]:
+        return DEFAULT_SIDE, DEFAULT_SIDE
+
+    def call_arguments(
+        self, pipe: Any, request: GenerationRequest, init_image: Image | None
+    ) -> dict[str, Any]:
+        arguments = super().call_arguments(pipe, request, init_image)
+        # img2img resizes the init image to width x height, so both tasks pass the size
+        arguments.update(
+            width=request.width,
+            height=request.height,
+            prior_num_inference_steps=request.prior_steps,
+            prior_guidance_scale=request.prior_guidance_scale,
+        )
+        return arguments
+
+    def decode_float32(self, pipe: Any, latents: Any) -> Any:
+        """Decode with MoVQ in float32, as KandinskyV22Pipeline does."""
+        import torch
+
+        movq = pipe.movq
+        original = movq.dtype
+        try:
+            movq.to(dtype=torch.float32)
+            with torch.inference_mode():
+                image = movq.decode(latents.to(movq.device, torch.float32), force_not_quantize=True)["sample"]
+                image = (image * 0.5 + 0.5).clamp(0, 1)
+                return image.cpu().permute(0, 2, 3, 1).float().numpy()
+        finally:
+            movq.to(dtype=original)
+
+
+@dataclass(frozen=True)
+class KandinskyPriorFamily(Family):
+    """A Kandinsky 2.2 prior: no images of its own, only a companion of a decoder."""
+
+    def unsupported_task_message(self, task: str) -> str:
+        return (
+            "this is a Kandinsky 2.2 prior, which makes image embeddings, not images: use the decoder "
+            "as the model (kandinsky-community/kandinsky-2-2-decoder) and this as its --prior"
+        )
+
+
+def prior_from_model_card(source: ModelSource) -> str | None:
+    """The prior a decoder's README.md front matter names (`prior: [org/name]`), if any."""
+    if source.kind == "single_file":
+        return None
+    try:
+        if source.kind == "folder":
+            card = Path(source.location) / "README.md"
+        else:
+            from huggingface_hub import hf_hub_download
+
+            card = Path(hf_hub_download(source.location, "README.md"))
+        from huggingface_hub.repocard import metadata_load
+
+        metadata = metadata_load(card) or {}
+    except Exception:  # no card, or not readable: the caller asks for --prior
+        return None
+    prior = metadata.get("prior")
+    if isinstance(prior, list):
+        prior = prior[0] if prior else None
+    return str(prior) if prior else None
+
+
+KANDINSKY22 = KandinskyDecoderFamily(
+    name="kandinsky22",
+    pipeline_classes=("KandinskyV22Pipeline", "KandinskyV22CombinedPipeline", "KandinskyV22Img2ImgPipeline"),
+    single_file_types=(),
+    text2img_class="KandinskyV22CombinedPipeline",
+    img2img_class="KandinskyV22Img2ImgCombinedPipeline",
+    default_steps=100,
+    default_guidance=4.0,
+    options=("prior", "prior_steps", "prior_guidance_scale"),
+)
+
+KANDINSKY22_PRIOR = KandinskyPriorFamily(
+    name="kandinsky22_prior",
+    pipeline_classes=("KandinskyV22PriorPipeline",),
+    single_file_types=(),
+    text2img_class="KandinskyV22PriorPipeline",
+    img2img_class="KandinskyV22PriorPipeline",
+    default_steps=25,
+    default_guidance=4.0,
+    tasks=(),
+)
