@@ -12,12 +12,13 @@ from __future__ import annotations
 import secrets
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from contextlib import ExitStack
 from typing import TYPE_CHECKING, Any, Protocol
 
 from easel.config import Settings
 from easel.errors import Cancelled, EaselError, GenerationFailed, InvalidRequest
-from easel.families.base import Family
+from easel.families.base import Family, RunOutput
 from easel.models.cache import LoadedModel, PipelineCache, detect_family
 from easel.models.reference import ModelSource, resolve_reference
 from easel.request import DEFAULT_STRENGTH, GenerationRequest
@@ -56,6 +57,11 @@ class Easel:
             model or "", default_folder=demo_model_path(), allow_pickle=self.settings.allow_pickle
         )
 
+    def _identify(self, reference: str) -> tuple[ModelSource, Family]:
+        """A companion model reference (a refiner, a prior) -> its source and family."""
+        source = self.resolve_model(reference)
+        return source, detect_family(source)
+
     def generate(
         self,
         request: GenerationRequest,
@@ -67,6 +73,9 @@ class Easel:
         # 1. model reference -> source -> family (reads configs only, no weights)
         source = self.resolve_model(request.model)
         family = detect_family(source)
+        family.check_request(request)
+        # companion models the family needs (SDXL refiner, Kandinsky prior), resolved now
+        companions = family.companions(request, source, self._identify)
         # 2. family defaults; the request validator re-checks steps x strength now
         request = self._with_family_defaults(request, family)
         # 3. inputs that need I/O
@@ -77,7 +86,21 @@ class Easel:
             self.cache.lease(
                 source, family, device=device, dtype=dtype, allow_pickle=self.settings.allow_pickle
             ) as loaded,
+            ExitStack() as leases,
         ):
+            leased = {
+                role: leases.enter_context(
+                    self.cache.lease(
+                        companion_source,
+                        companion_family,
+                        device=device,
+                        dtype=dtype,
+                        allow_pickle=self.settings.allow_pickle,
+                        share_from=loaded,
+                    )
+                )
+                for role, (companion_source, companion_family) in companions.items()
+            }
             loaded_at = time.perf_counter()
             if device == "cpu":
                 self._set_cpu_threads(loaded)
@@ -88,9 +111,9 @@ class Easel:
 
                 init_image = fit_to_multiple_of_8(init_image, request.width, request.height)
             # 5. task pipeline sharing the base weights, with its own scheduler
-            pipe = self.task_pipeline(loaded, request)
+            pipe = self.task_pipeline(loaded, request, companions=leased)
             # 6. run
-            output = self._run(family, pipe, request, init_image, on_progress, cancel)
+            output = self._run(family, pipe, request, init_image, on_progress, cancel, leased)
         finished = time.perf_counter()
         nsfw = output.nsfw_content_detected or [False] * len(output.images)
         return GenerationResult(
@@ -104,10 +127,17 @@ class Easel:
                 "total_s": finished - started,
             },
             init_image=init_image,
+            warnings=list(output.warnings),
         )
 
-    def task_pipeline(self, loaded: LoadedModel, request: GenerationRequest) -> Any:
-        """The pipeline for this request's task, built on the cached base with from_pipe."""
+    def task_pipeline(
+        self,
+        loaded: LoadedModel,
+        request: GenerationRequest,
+        companions: Mapping[str, LoadedModel] | None = None,
+    ) -> Any:
+        """The pipeline for this request's task, built on the cached base with from_pipe
+        (and on the leased companions, for families that combine models)."""
         from easel.schedulers import build_scheduler
 
         base = loaded.pipeline
@@ -115,7 +145,7 @@ class Easel:
         overrides: dict[str, Any] = {"scheduler": build_scheduler(request.scheduler, base.scheduler)}
         if not request.safety_checker and getattr(base, "safety_checker", None) is not None:
             overrides.update(safety_checker=None, requires_safety_checker=False)
-        pipe = loaded.family.derive(base, task, **overrides)
+        pipe = loaded.family.derive(base, task, companions=companions or {}, **overrides)
         pipe.set_progress_bar_config(disable=True)
         return pipe
 
@@ -147,6 +177,9 @@ class Easel:
             fields["steps"] = family.default_steps
         if fields["guidance_scale"] is None:
             fields["guidance_scale"] = family.default_guidance
+        for name, value in family.field_defaults(request).items():
+            if fields[name] is None:
+                fields[name] = value
         if request.is_img2img and fields["strength"] is None:
             fields["strength"] = DEFAULT_STRENGTH
         if fields["seed"] is None:
@@ -187,7 +220,8 @@ class Easel:
         init_image: Image | None,
         on_progress: ProgressCallback | None,
         cancel: CancelToken | None,
-    ) -> Any:
+        companions: Mapping[str, LoadedModel],
+    ) -> RunOutput:
         import torch
 
         assert request.seed is not None
@@ -206,7 +240,7 @@ class Easel:
             raise Cancelled("cancelled before the first step")
         try:
             with torch.inference_mode():
-                return pipe(**kwargs)
+                return family.run(pipe, kwargs, request=request, companions=companions)
         except EaselError:
             raise
         except torch.OutOfMemoryError as error:

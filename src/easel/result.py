@@ -34,6 +34,7 @@ class GenerationResult:
     model_family: str
     timings: dict[str, float] = field(default_factory=dict)
     init_image: Image | None = None
+    warnings: list[str] = field(default_factory=list)  # e.g. "much smaller than SDXL's 1024x1024"
 
     @property
     def seeds(self) -> list[int]:
@@ -62,4 +63,5 @@ class GenerationResult:
             "effective_steps": self.effective_steps,
             "request": self.request.model_dump(mode="json"),
             "timings": {k: round(v, 4) for k, v in self.timings.items()},
+            "warnings": list(self.warnings),
         }
