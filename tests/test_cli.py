@@ -14,8 +14,12 @@ from conftest import TINY_SD15
 from PIL import Image
 
 
-def run_easel(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+def run_easel(
+    *args: str, cwd: Path | None = None, home: Path | None = None
+) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "EASEL_THREADS": "1"}
+    if home is not None:
+        env["EASEL_HOME"] = str(home)
     return subprocess.run(
         [sys.executable, "-m", "easel", *args], capture_output=True, text=True, env=env, cwd=cwd, timeout=300
     )
@@ -93,12 +97,66 @@ def test_img2img_reports_the_steps_actually_run(hf_home, tmp_path, init_png):
     assert json.loads(done.stdout)["effective_steps"] == 4
 
 
-def test_default_model_is_the_bundled_demo_and_output_name_has_the_seed(tmp_path):
+def test_default_model_is_the_bundled_demo_and_images_go_to_the_gallery(tmp_path):
+    done = run_easel("generate", "a red circle on a blue background", "--seed", "3", "--steps", "2", "--json")
+    assert done.returncode == 0, done.stderr
+    summary = json.loads(done.stdout)
+    path = Path(summary["images"][0]["path"])
+    assert path.is_relative_to(Path(os.environ["EASEL_HOME"]) / "gallery" / "images")
+    assert Image.open(path).size == (64, 64)
+    assert summary["model"] == "easel-demo"
+
+
+def test_no_gallery_writes_only_where_asked(tmp_path):
     done = run_easel(
-        "generate", "a red circle on a blue background", "--seed", "3", "--steps", "2", cwd=tmp_path
+        "generate", "a", "--seed", "4", "--steps", "1", "--no-gallery", cwd=tmp_path, home=tmp_path / "h"
     )
     assert done.returncode == 0, done.stderr
-    assert Image.open(tmp_path / "easel-3.png").size == (64, 64)
+    assert (tmp_path / "easel-4.png").is_file()
+    assert not (tmp_path / "h" / "gallery").exists()
+
+
+def test_info_replay_and_gallery_commands(hf_home, tmp_path):
+    home = tmp_path / "home"
+    made = run_easel(
+        "generate",
+        "a blue square, 蓝色",
+        "-m",
+        TINY_SD15,
+        "--steps",
+        "2",
+        "--seed",
+        "12",
+        "-N",
+        "2",
+        "--json",
+        home=home,
+    )
+    assert made.returncode == 0, made.stderr
+    second = json.loads(made.stdout)["images"][1]
+    info = run_easel("info", second["path"], "--json", home=home)
+    assert info.returncode == 0, info.stderr
+    carried = json.loads(info.stdout)
+    assert (
+        carried["parsed"]["prompt"] == "a blue square, 蓝色" and carried["parsed"]["settings"]["Seed"] == "13"
+    )
+    assert "Seed: 13" in run_easel("info", second["path"], home=home).stdout
+
+    copy = tmp_path / "again.png"
+    replayed = run_easel("replay", second["path"], "-o", str(copy), home=home)
+    assert replayed.returncode == 0, replayed.stderr
+    assert copy.read_bytes() == Path(second["path"]).read_bytes()
+
+    listed = json.loads(run_easel("gallery", "list", "--json", home=home).stdout)
+    assert len(listed) == 3
+    child = next(e for e in listed if e["parent_id"])
+    assert child["parent_id"] == second["id"]
+    found = json.loads(run_easel("gallery", "search", "蓝色", "--json", home=home).stdout)
+    assert len(found) == 3
+    assert run_easel("gallery", "delete", child["id"], home=home).returncode == 0
+    assert len(json.loads(run_easel("gallery", "list", "--json", home=home).stdout)) == 2
+    bad = run_easel("gallery", "show", "../../etc/passwd", home=home)
+    assert bad.returncode == 2 and "invalid id=" in bad.stderr
 
 
 @pytest.mark.parametrize(

@@ -75,13 +75,6 @@ def _quiet_libraries(debug: bool) -> None:
     hub_logging.set_verbosity_error()
 
 
-def output_paths(output: Path, count: int) -> list[Path]:
-    """out.png for one image; out-0.png, out-1.png, ... for several."""
-    if count == 1:
-        return [output]
-    return [output.with_name(f"{output.stem}-{i}{output.suffix}") for i in range(count)]
-
-
 @app.command()
 def generate(
     prompt: Annotated[str, typer.Argument(help="What to draw.")],
@@ -90,7 +83,8 @@ def generate(
         typer.Option(
             "--output",
             "-o",
-            help="Image file to write (default easel-SEED.png); several images get -0, -1, ... suffixes.",
+            help="Also write the image here (.png/.jpg/.webp); several images get -0, -1, ... suffixes. "
+            "Images are always kept in the gallery unless --no-gallery.",
         ),
     ] = None,
     model: Annotated[
@@ -132,6 +126,9 @@ def generate(
     ] = None,
     grid: Annotated[
         bool, typer.Option("--grid", help="Also write one grid image of all outputs (init image first).")
+    ] = False,
+    no_gallery: Annotated[
+        bool, typer.Option("--no-gallery", help="Do not keep the images in the gallery (EASEL_HOME).")
     ] = False,
     no_safety_checker: Annotated[
         bool, typer.Option("--no-safety-checker", help="Do not run the model's safety checker.")
@@ -187,21 +184,17 @@ def generate(
         engine = Easel(settings)
         with _progress_display(enabled=not as_json and sys.stderr.isatty()) as on_progress:
             result = engine.generate(request, on_progress=on_progress)
-        target = output or Path(f"easel-{result.seeds[0]}.png")
-        paths = output_paths(target, len(result.images))
-        for path, picture in zip(paths, result.images, strict=True):
-            path.parent.mkdir(parents=True, exist_ok=True)
-            picture.save(path)
-        grid_path = None
-        if grid:
-            grid_path = target.with_name(f"{target.stem}-grid{target.suffix}")
-            result.grid().save(grid_path)
+        from easel.storage.gallery import Gallery
+        from easel.storage.outputs import save_result
+
+        gallery = None if no_gallery else Gallery(settings.home)
+        images, grid_item = save_result(result, gallery=gallery, output=output, grid=grid)
         summary = result.summary()
         summary["images"] = [
-            {"path": str(p), "seed": s, "nsfw": flagged}
-            for p, s, flagged in zip(paths, result.seeds, result.nsfw, strict=True)
+            {"path": str(item.path), "seed": item.seed, "nsfw": item.nsfw, "id": item.gallery_id}
+            for item in images
         ]
-        summary["grid"] = None if grid_path is None else str(grid_path)
+        summary["grid"] = None if grid_item is None else str(grid_item.path)
         return summary
 
     summary = _run_door(run, debug=debug)
@@ -256,6 +249,175 @@ def schedulers() -> None:
 
     for name in known_scheduler_names():
         typer.echo(name)
+
+
+gallery_app = typer.Typer(help="Browse, search and delete the images easel has made.", no_args_is_help=True)
+app.add_typer(gallery_app, name="gallery")
+
+
+def _gallery() -> Any:
+    from easel.config import Settings
+    from easel.storage.gallery import Gallery
+
+    return Gallery(Settings.from_env().home)
+
+
+@app.command()
+def info(
+    image: Annotated[Path, typer.Argument(help="An image made by easel or another A1111-style tool.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
+) -> None:
+    """Show what an image carries: A1111 parameters and easel's full recipe."""
+    from easel.storage.metadata import read_metadata
+
+    metadata = _run_door(lambda: read_metadata(image), debug=False)
+    if metadata.parameters is None and metadata.document is None:
+        typer.echo(f"error: {image} carries no generation parameters", err=True)
+        raise typer.Exit(1)
+    if as_json:
+        payload = {
+            "parameters": metadata.parameters,
+            "parsed": metadata.parsed_parameters(),
+            "easel": metadata.document,
+        }
+        typer.echo(json.dumps(payload, ensure_ascii=False, indent=2))
+        return
+    if metadata.parameters is not None:
+        parsed = metadata.parsed_parameters() or {}
+        typer.echo(f"Prompt: {parsed.get('prompt', '')}")
+        if parsed.get("negative_prompt"):
+            typer.echo(f"Negative prompt: {parsed['negative_prompt']}")
+        for key, value in (parsed.get("settings") or {}).items():
+            typer.echo(f"{key}: {value}")
+    if metadata.document is not None:
+        hashes = (metadata.document.get("model") or {}).get("hashes") or {}
+        for component, digest in hashes.items():
+            typer.echo(f"{component} sha256: {digest}")
+        typer.echo("Replayable: yes (easel replay " + str(image) + ")")
+
+
+@app.command()
+def replay(
+    image: Annotated[Path, typer.Argument(help="An image made by easel.")],
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Also write the image here.")] = None,
+    seed: Annotated[int | None, typer.Option(help="New seed (same image, new seed).")] = None,
+    steps: Annotated[int | None, typer.Option(help="Override the steps.")] = None,
+    guidance: Annotated[
+        float | None, typer.Option("--guidance", "-g", help="Override the guidance scale.")
+    ] = None,
+    scheduler: Annotated[str | None, typer.Option(help="Override the scheduler.")] = None,
+    strength: Annotated[float | None, typer.Option(help="Override the image-to-image strength.")] = None,
+    negative: Annotated[
+        str | None, typer.Option("--negative", "-n", help="Override the negative prompt.")
+    ] = None,
+    no_gallery: Annotated[
+        bool, typer.Option("--no-gallery", help="Do not keep the result in the gallery.")
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
+    debug: Annotated[bool, typer.Option("--debug", help="Show library logs and tracebacks.")] = False,
+) -> None:
+    """Make an image again from the recipe it carries (byte-identical on the same machine)."""
+    overrides = {
+        key: value
+        for key, value in {
+            "seed": seed, "steps": steps, "guidance_scale": guidance, "scheduler": scheduler,
+            "strength": strength, "negative_prompt": negative,
+        }.items()
+        if value is not None
+    }  # fmt: skip
+
+    def run() -> dict[str, Any]:
+        _quiet_libraries(debug)
+        from easel.config import Settings
+        from easel.engine import Easel
+        from easel.storage.gallery import Gallery
+        from easel.storage.outputs import copy_image
+
+        settings = Settings.from_env()
+        gallery = None if no_gallery else Gallery(settings.home)
+        parent = None if gallery is None else gallery.find_by_path(image)
+        with _progress_display(enabled=not as_json and sys.stderr.isatty()) as on_progress:
+            result, index = Easel(settings).replay(image, overrides, on_progress=on_progress)
+        if gallery is not None:
+            parent_id = None if parent is None else parent.id
+            entry = gallery.add_result(result, parent_id=parent_id, indices=[index])[0]
+            path, image_id = entry.path, entry.id
+            if output is not None:
+                path = copy_image(entry.path, output)
+        else:
+            path, image_id = result.save(output or Path(f"easel-{result.seeds[index]}.png"), index), None
+        return {
+            "path": str(path),
+            "id": image_id,
+            "seed": result.seeds[index],
+            "request": result.request.model_dump(mode="json"),
+        }
+
+    summary = _run_door(run, debug=debug)
+    if as_json:
+        typer.echo(json.dumps(summary, ensure_ascii=False))
+    else:
+        typer.echo(f"{summary['path']}  seed {summary['seed']}")
+
+
+def _print_entries(entries: list[Any], as_json: bool) -> None:
+    if as_json:
+        typer.echo(json.dumps([entry.as_dict() for entry in entries], ensure_ascii=False, indent=2))
+        return
+    for entry in entries:
+        prompt = entry.prompt if len(entry.prompt) <= 60 else entry.prompt[:57] + "..."
+        typer.echo(
+            f"{entry.id}  {entry.created_at[:19]}  {entry.model}  seed {entry.seed}  {entry.kind}  {prompt}"
+        )
+
+
+@gallery_app.command("list")
+def gallery_list(
+    text: Annotated[
+        str | None, typer.Option("--search", "-s", help="Text in the prompt or negative prompt.")
+    ] = None,
+    model: Annotated[str | None, typer.Option(help="Model name as shown in the list.")] = None,
+    since: Annotated[str | None, typer.Option(help="From this date (YYYY-MM-DD or ISO time).")] = None,
+    until: Annotated[str | None, typer.Option(help="Before this date.")] = None,
+    limit: Annotated[int, typer.Option(help="At most this many, newest first.")] = 50,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
+) -> None:
+    """List images, newest first."""
+    entries = _run_door(
+        lambda: _gallery().list(text=text, model=model, since=since, until=until, limit=limit), debug=False
+    )
+    _print_entries(entries, as_json)
+
+
+@gallery_app.command("search")
+def gallery_search(
+    text: Annotated[str, typer.Argument(help="Text in the prompt or negative prompt.")],
+    limit: Annotated[int, typer.Option(help="At most this many, newest first.")] = 50,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
+) -> None:
+    """Find images by prompt text."""
+    _print_entries(_run_door(lambda: _gallery().list(text=text, limit=limit), debug=False), as_json)
+
+
+@gallery_app.command("show")
+def gallery_show(
+    image_id: Annotated[str, typer.Argument(help="Gallery id (from gallery list).")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
+) -> None:
+    """Show one image's record."""
+    entry = _run_door(lambda: _gallery().get(image_id), debug=False)
+    if as_json:
+        typer.echo(json.dumps(entry.as_dict(), ensure_ascii=False, indent=2))
+        return
+    for key, value in entry.as_dict().items():
+        typer.echo(f"{key}: {value}")
+
+
+@gallery_app.command("delete")
+def gallery_delete(image_id: Annotated[str, typer.Argument(help="Gallery id.")]) -> None:
+    """Delete an image file and its record."""
+    _run_door(lambda: _gallery().delete(image_id), debug=False)
+    typer.echo(f"deleted {image_id}")
 
 
 def main() -> None:

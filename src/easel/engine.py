@@ -14,6 +14,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from contextlib import ExitStack
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from easel.config import Settings
@@ -23,6 +24,7 @@ from easel.models.cache import LoadedModel, PipelineCache, detect_family
 from easel.models.reference import ModelSource, resolve_reference
 from easel.request import DEFAULT_STRENGTH, GenerationRequest
 from easel.result import GenerationResult, Progress
+from easel.schedulers import a1111_name_for
 
 if TYPE_CHECKING:
     from PIL.Image import Image
@@ -112,6 +114,7 @@ class Easel:
                 init_image = fit_to_multiple_of_8(init_image, request.width, request.height)
             # 5. task pipeline sharing the base weights, with its own scheduler
             pipe = self.task_pipeline(loaded, request, companions=leased)
+            sampler = a1111_name_for(type(pipe.scheduler).__name__, dict(pipe.scheduler.config))
             # 6. run
             output = self._run(family, pipe, request, init_image, on_progress, cancel, leased)
         finished = time.perf_counter()
@@ -121,6 +124,9 @@ class Easel:
             request=request,
             nsfw=[bool(flag) for flag in nsfw],
             model_family=family.name,
+            model_name=source.display_name,
+            model_hashes=self._model_hashes(loaded),
+            sampler=sampler,
             timings={
                 "load_s": loaded_at - started,  # resolve + (first time only) load weights
                 "generate_s": finished - loaded_at,
@@ -129,6 +135,27 @@ class Easel:
             init_image=init_image,
             warnings=list(output.warnings),
         )
+
+    def replay(
+        self,
+        image_path: str | Path,
+        overrides: dict[str, Any] | None = None,
+        on_progress: ProgressCallback | None = None,
+    ) -> tuple[GenerationResult, int]:
+        """Make an easel image again from the recipe it carries; returns the result and the
+        index of the replayed image in it. `overrides` replace request fields (a new seed)."""
+        from easel.storage.metadata import read_metadata, request_from_document
+
+        metadata = read_metadata(image_path)
+        if metadata.document is None:
+            why = " (only A1111 parameters, which do not say everything)" if metadata.parameters else ""
+            raise InvalidRequest(
+                f"invalid image={str(image_path)!r}: it carries no easel recipe{why}",
+                field="image",
+                value=str(image_path),
+            )
+        request, index = request_from_document(metadata.document, overrides)
+        return self.generate(request, on_progress=on_progress), index
 
     def task_pipeline(
         self,
@@ -158,6 +185,16 @@ class Easel:
             device = resolve_device(self.settings.device)
             self._placement = device, resolve_dtype(self.settings.dtype, device)
         return self._placement
+
+    def _model_hashes(self, loaded: LoadedModel) -> dict[str, str]:
+        """sha256 of each component's weights, computed once per loaded model."""
+        if loaded.hashes is None:
+            from easel.models.hashing import sha256_of, weights_file
+
+            weights = weights_file(loaded.source)
+            cache_file = self.settings.home / "hashes.json"
+            loaded.hashes = {} if weights is None else {"base": sha256_of(weights, cache_file)}
+        return loaded.hashes
 
     def _set_cpu_threads(self, loaded: LoadedModel) -> None:
         """torch's thread count is process state: set it from the settings and model size."""

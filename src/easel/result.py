@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from easel.request import GenerationRequest, effective_steps
@@ -32,6 +33,9 @@ class GenerationResult:
     request: GenerationRequest
     nsfw: list[bool]
     model_family: str
+    model_name: str = ""  # short name for metadata ("stable-diffusion-v1-5", "easel-demo")
+    model_hashes: dict[str, str] = field(default_factory=dict)  # component -> weights sha256
+    sampler: str = ""  # the scheduler used, as an A1111 sampler label where one matches
     timings: dict[str, float] = field(default_factory=dict)
     init_image: Image | None = None
     warnings: list[str] = field(default_factory=list)  # e.g. "much smaller than SDXL's 1024x1024"
@@ -54,10 +58,38 @@ class GenerationResult:
         lead = [self.init_image] if self.init_image is not None else []
         return make_grid([*lead, *self.images])
 
+    def parameters(self, index: int = 0) -> str:
+        """The AUTOMATIC1111 `parameters` text of image `index`."""
+        from easel.models.hashing import short_hash
+        from easel.storage.metadata import format_parameters
+
+        return format_parameters(
+            self.request,
+            seed=self.seeds[index],
+            sampler=self.sampler,
+            model_name=self.model_name,
+            model_hash=short_hash(self.model_hashes.get("base")),
+        )
+
+    def encode(self, index: int = 0, suffix: str = ".png") -> bytes:
+        """Image `index` as file bytes (PNG, JPEG or WebP) carrying its full recipe."""
+        from easel.storage.metadata import encode_image, image_document
+
+        return encode_image(self.images[index], suffix, self.parameters(index), image_document(self, index))
+
+    def save(self, path: str | Path, index: int = 0) -> Path:
+        """Write image `index` with its metadata, atomically; the format follows the suffix."""
+        from easel.storage.files import write_atomically
+
+        target = Path(path)
+        return write_atomically(target, self.encode(index, target.suffix))
+
     def summary(self) -> dict[str, Any]:
         """A JSON-ready description (no pixels), shared by the CLI's --json and the server."""
         return {
             "model_family": self.model_family,
+            "model": self.model_name,
+            "sampler": self.sampler,
             "seeds": self.seeds,
             "nsfw": self.nsfw,
             "effective_steps": self.effective_steps,

@@ -31,6 +31,7 @@ class LoadedModel:
     pipeline: Any
     load_seconds: float
     leases: int = field(default=0)
+    hashes: dict[str, str] | None = None  # filled on first use by the engine
 
 
 def detect_family(source: ModelSource) -> Family:

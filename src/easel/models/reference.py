@@ -18,6 +18,7 @@ from easel.errors import InvalidRequest, ModelNotFound
 
 SAFE_SUFFIXES = (".safetensors",)
 PICKLE_SUFFIXES = (".ckpt", ".bin", ".pt", ".pth")
+BUNDLED = "bundled demo model"
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
@@ -28,6 +29,15 @@ class ModelSource:
     kind: Literal["hub", "folder", "single_file"]
     reference: str  # what the user gave (repo id or path), for messages and metadata
     location: str  # repo id for hub, absolute path otherwise
+
+    @property
+    def display_name(self) -> str:
+        """The short name image metadata shows as "Model"."""
+        if self.reference == BUNDLED:
+            return "easel-demo"
+        if self.kind == "hub":
+            return self.location.rsplit("/", 1)[-1]
+        return Path(self.location).stem if self.kind == "single_file" else Path(self.location).name
 
     def read_model_index(self) -> dict[str, Any] | None:
         """model_index.json as a dict (None for single files, which have none)."""
@@ -43,7 +53,7 @@ class ModelSource:
 def resolve_reference(reference: str, *, default_folder: Path, allow_pickle: bool) -> ModelSource:
     """Resolve a --model value; `reference` empty means the bundled default folder."""
     if not reference:
-        return _folder_source(default_folder, "bundled demo model")
+        return _folder_source(default_folder, BUNDLED)
     path = Path(reference).expanduser()
     if path.is_dir():
         return _folder_source(path, reference)

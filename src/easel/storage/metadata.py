@@ -1,0 +1,236 @@
+"""Image metadata: how an image was made, in the formats the ecosystem already reads.
+
+Every image carries two texts:
+- `parameters`: the AUTOMATIC1111 layout (prompt line(s), an optional "Negative prompt:" line,
+  then the "Steps: ..., Sampler: ..., ..." settings line) that A1111, sd-parsers,
+  sd-prompt-reader and most galleries parse;
+- `easel`: the complete concrete request as schema-versioned JSON, with the index of the image
+  in its batch and the hashes of every model component used, which is what replay needs.
+
+PNG stores them as text chunks (iTXt when not Latin-1, so Chinese and emoji round-trip);
+JPEG and WebP store `parameters` in EXIF UserComment (as A1111 does) and the JSON in EXIF
+ImageDescription. Nothing time- or machine-dependent is written, so replaying a request on
+the same machine gives a byte-identical file.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from easel.errors import InvalidRequest
+
+if TYPE_CHECKING:
+    from PIL.Image import Image
+
+    from easel.request import GenerationRequest
+    from easel.result import GenerationResult
+
+SCHEMA = "easel.image/1"
+PARAMETERS_KEY = "parameters"
+EASEL_KEY = "easel"
+EXIF_USER_COMMENT = 0x9286
+EXIF_IMAGE_DESCRIPTION = 0x010E
+EXIF_IFD = 0x8769
+UNICODE_PREFIX = b"UNICODE\x00"
+FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}
+# one "Key: value" item of the settings line; values may be JSON-quoted
+SETTING = re.compile(r'\s*([\w][\w \-/+.()]*?):\s*("(?:\\.|[^\\"])*"|[^,]*)(?:,|$)')
+
+
+@dataclass(frozen=True)
+class ImageMetadata:
+    """What an image file carries (either part may be missing for other tools' images)."""
+
+    parameters: str | None
+    document: dict[str, Any] | None
+
+    def parsed_parameters(self) -> dict[str, Any] | None:
+        return None if self.parameters is None else parse_parameters(self.parameters)
+
+
+# -- the A1111 "parameters" text ------------------------------------------------------------
+
+
+def _quote(value: object) -> str:
+    text = str(value)
+    return json.dumps(text, ensure_ascii=False) if any(c in text for c in ",:\n") else text
+
+
+def _number(value: float) -> str:
+    return f"{value:g}" if value != int(value) else str(int(value))
+
+
+def format_parameters(
+    request: GenerationRequest,
+    *,
+    seed: int,
+    sampler: str,
+    model_name: str,
+    model_hash: str | None,
+    extra: dict[str, object] | None = None,
+) -> str:
+    """The A1111 layout for one image of a concrete request."""
+    lines = [request.prompt]
+    if request.negative_prompt:
+        lines.append(f"Negative prompt: {request.negative_prompt}")
+    settings: dict[str, object] = {
+        "Steps": request.steps,
+        "Sampler": sampler,
+        "CFG scale": _number(request.guidance_scale or 0),
+        "Seed": seed,
+        "Size": f"{request.width}x{request.height}",
+    }
+    if model_hash:
+        settings["Model hash"] = model_hash
+    settings["Model"] = model_name
+    if request.is_img2img and request.strength is not None:
+        settings["Denoising strength"] = _number(request.strength)
+    settings.update(extra or {})
+    settings["Version"] = f"easel {_easel_version()}"
+    lines.append(", ".join(f"{key}: {_quote(value)}" for key, value in settings.items()))
+    return "\n".join(lines)
+
+
+def parse_parameters(text: str) -> dict[str, Any]:
+    """Split an A1111 `parameters` text into prompt, negative prompt and settings."""
+    lines = text.strip("\n").split("\n")
+    settings: dict[str, str] = {}
+    if lines and lines[-1].startswith("Steps:"):
+        for key, value in SETTING.findall(lines.pop()):
+            settings[key.strip()] = json.loads(value) if value.startswith('"') else value.strip()
+    prompt_lines: list[str] = []
+    negative_lines: list[str] = []
+    for line in lines:
+        if negative_lines or line.startswith("Negative prompt:"):
+            negative_lines.append(
+                line.removeprefix("Negative prompt:").lstrip() if not negative_lines else line
+            )
+        else:
+            prompt_lines.append(line)
+    return {
+        "prompt": "\n".join(prompt_lines),
+        "negative_prompt": "\n".join(negative_lines),
+        "settings": settings,
+    }
+
+
+# -- the easel JSON document ------------------------------------------------------------------
+
+
+def image_document(result: GenerationResult, index: int) -> dict[str, Any]:
+    """Everything needed to make image `index` of `result` again."""
+    return {
+        "schema": SCHEMA,
+        "easel_version": _easel_version(),
+        "request": result.request.model_dump(mode="json"),
+        "image_index": index,
+        "seed": result.seeds[index],
+        "sampler": result.sampler,
+        "model": {"name": result.model_name, "family": result.model_family, "hashes": result.model_hashes},
+        "nsfw": result.nsfw[index],
+    }
+
+
+def request_from_document(
+    document: dict[str, Any], overrides: dict[str, Any] | None = None
+) -> tuple[GenerationRequest, int]:
+    """The request (with `overrides` applied) and image index recorded in an easel document."""
+    from easel.request import GenerationRequest
+
+    schema = document.get("schema")
+    if schema != SCHEMA:
+        raise InvalidRequest(
+            f"invalid metadata: schema {schema!r} is not {SCHEMA!r}", field="schema", value=schema
+        )
+    fields = {**document["request"], **(overrides or {})}
+    index = int(document.get("image_index", 0))
+    if overrides and ("seed" in overrides or "num_images" in overrides):
+        index = 0  # a new seed (or batch) starts a new batch: the image asked for comes first
+        fields["num_images"] = overrides.get("num_images", 1)
+    return GenerationRequest.from_fields(fields), index
+
+
+# -- files ---------------------------------------------------------------------------------
+
+
+def encode_image(image: Image, suffix: str, parameters: str, document: dict[str, Any]) -> bytes:
+    """The image as PNG/JPEG/WebP bytes, with both metadata texts embedded."""
+    from PIL import PngImagePlugin
+
+    image_format = FORMATS.get(suffix.lower())
+    if image_format is None:
+        raise InvalidRequest(
+            f"invalid output suffix {suffix!r}: use .png, .jpg or .webp", field="output", value=suffix
+        )
+    document_text = json.dumps(document, ensure_ascii=False, sort_keys=True)
+    buffer = io.BytesIO()
+    if image_format == "PNG":
+        info = PngImagePlugin.PngInfo()
+        info.add_text(PARAMETERS_KEY, parameters)
+        info.add_text(EASEL_KEY, document_text)
+        image.save(buffer, format="PNG", pnginfo=info)
+    else:
+        from PIL import Image as PILImage
+
+        exif = PILImage.Exif()
+        exif.get_ifd(EXIF_IFD)[EXIF_USER_COMMENT] = UNICODE_PREFIX + parameters.encode("utf-16-be")
+        exif[EXIF_IMAGE_DESCRIPTION] = json.dumps(document, ensure_ascii=True, sort_keys=True)
+        image.save(buffer, format=image_format, exif=exif, quality=95)
+    return buffer.getvalue()
+
+
+def read_metadata(path: str | Path) -> ImageMetadata:
+    """What an image file says about how it was made; InvalidRequest if it is no image."""
+    from PIL import Image as PILImage
+    from PIL import UnidentifiedImageError
+
+    try:
+        with PILImage.open(path) as image:
+            image.load()
+            text = dict(getattr(image, "text", {}) or {})
+            exif = image.getexif()
+    except (OSError, UnidentifiedImageError) as error:
+        raise InvalidRequest(
+            f"invalid image={str(path)!r}: cannot read it ({error})", field="image", value=str(path)
+        ) from None
+    parameters = text.get(PARAMETERS_KEY)
+    document_text = text.get(EASEL_KEY)
+    if parameters is None:
+        parameters = _user_comment(exif.get_ifd(EXIF_IFD).get(EXIF_USER_COMMENT))
+    if document_text is None:
+        description = exif.get(EXIF_IMAGE_DESCRIPTION)
+        document_text = description if isinstance(description, str) and description.startswith("{") else None
+    document = None
+    if document_text:
+        try:
+            document = json.loads(document_text)
+        except ValueError:
+            document = None
+    return ImageMetadata(parameters, document)
+
+
+def _user_comment(raw: object) -> str | None:
+    if isinstance(raw, str):
+        return raw or None
+    if not isinstance(raw, bytes) or not raw:
+        return None
+    if raw.startswith(UNICODE_PREFIX):
+        body = raw[len(UNICODE_PREFIX) :]
+        # A1111 writes UTF-16 big-endian via piexif; some tools write little-endian
+        encoding = "utf-16-le" if body[1:2] == b"\x00" and body[:1] != b"\x00" else "utf-16-be"
+        return body.decode(encoding, errors="replace")
+    return raw[8:].decode("utf-8", errors="replace") if raw[:8].strip(b"\x00 ") in (b"ASCII", b"") else None
+
+
+def _easel_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("easel")
+    except PackageNotFoundError:
+        return "0+unknown"

@@ -1,0 +1,129 @@
+"""The gallery: files plus SQLite, atomic writes, crash recovery, safe ids."""
+
+from __future__ import annotations
+
+import dataclasses
+import sqlite3
+import threading
+
+import pytest
+from PIL import Image
+
+from easel import GenerationRequest, InvalidRequest
+from easel.result import GenerationResult
+from easel.storage.gallery import Gallery
+from easel.storage.metadata import read_metadata
+
+
+def fake_result(
+    prompt: str = "a red circle", seed: int = 1, count: int = 1, model: str = "tiny"
+) -> GenerationResult:
+    """A concrete result without running a model (the gallery only stores it)."""
+    request = GenerationRequest(
+        prompt=prompt, seed=seed, steps=2, guidance_scale=7.5, width=16, height=16, num_images=count
+    )
+    images = [Image.new("RGB", (16, 16), (seed % 256, i * 40, 0)) for i in range(count)]
+    return GenerationResult(images=images, request=request, nsfw=[False] * count, model_family="sd15",
+                            model_name=model, model_hashes={"base": "ab" * 32}, sampler="PNDM")  # fmt: skip
+
+
+def test_add_list_show_delete(tmp_path):
+    gallery = Gallery(tmp_path)
+    first = gallery.add_result(fake_result("a red circle", 1, model="m1"))
+    second = gallery.add_result(fake_result("a blue square", 2, count=2, model="m2"), grid=True)
+    assert len(gallery.list()) == 4
+    assert [e.prompt for e in gallery.list(text="blue", limit=10) if e.kind == "image"] == [
+        "a blue square"
+    ] * 2
+    assert {e.id for e in gallery.list(model="m1")} == {first[0].id}
+    grid = second[-1]
+    assert grid.kind == "grid" and grid.members == [second[0].id, second[1].id]
+    assert read_metadata(grid.path).document["members"] == grid.members
+    assert gallery.get(first[0].id).seed == 1
+    assert read_metadata(first[0].path).document["request"]["prompt"] == "a red circle"
+    gallery.delete(first[0].id)
+    assert not first[0].path.exists()
+    with pytest.raises(InvalidRequest, match="no such image"):
+        gallery.get(first[0].id)
+
+
+def test_date_filters(tmp_path):
+    gallery = Gallery(tmp_path)
+    gallery.add_result(fake_result())
+    assert len(gallery.list(since="2000-01-01")) == 1
+    assert gallery.list(until="2000-01-01") == []
+    with pytest.raises(InvalidRequest, match="invalid date='yesterday'"):
+        gallery.list(since="yesterday")
+
+
+def test_like_wildcards_are_literal(tmp_path):
+    gallery = Gallery(tmp_path)
+    gallery.add_result(fake_result("100% cotton"))
+    gallery.add_result(fake_result("a cat"))
+    assert [e.prompt for e in gallery.list(text="%")] == ["100% cotton"]
+
+
+@pytest.mark.parametrize("bad_id", ["../../etc/passwd", "..", "", "A" * 32, "0" * 31, "0" * 32 + "/x"])
+def test_path_traversal_and_malformed_ids_are_rejected(tmp_path, bad_id):
+    gallery = Gallery(tmp_path)
+    with pytest.raises(InvalidRequest, match="invalid id="):
+        gallery.get(bad_id)
+    with pytest.raises(InvalidRequest, match="invalid id="):
+        gallery.delete(bad_id)
+
+
+def test_concurrent_writers_lose_nothing(tmp_path):
+    gallery = Gallery(tmp_path)
+    errors: list[BaseException] = []
+
+    def writer(worker: int) -> None:
+        try:
+            for i in range(6):
+                gallery.add_result(fake_result(f"worker {worker} image {i}", seed=worker * 100 + i))
+        except BaseException as error:  # pragma: no cover - reported below
+            errors.append(error)
+
+    threads = [threading.Thread(target=writer, args=(w,)) for w in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    entries = Gallery(tmp_path).list(limit=1000)
+    assert len(entries) == 48
+    assert len({e.id for e in entries}) == 48
+    assert all(e.path.is_file() for e in entries)
+
+
+def test_crash_between_file_and_row_is_repaired_on_reopen(tmp_path):
+    gallery = Gallery(tmp_path)
+    kept = gallery.add_result(fake_result("kept"))[0]
+    orphan_file = gallery.add_result(fake_result("file written, row lost", seed=5))[0]
+    lost_file = gallery.add_result(fake_result("row written, file lost", seed=6))[0]
+    with sqlite3.connect(gallery.database) as connection:  # the crash: a row never inserted
+        connection.execute("DELETE FROM images WHERE id = ?", (orphan_file.id,))
+    lost_file.path.unlink()  # ... and a file removed before its row
+    half_written = kept.path.with_name(f".{kept.id}.png.tmpx.part")
+    half_written.write_bytes(b"\x89PNG half")
+
+    reopened = Gallery(tmp_path)
+    ids = {e.id for e in reopened.list()}
+    assert ids == {kept.id, orphan_file.id}  # adopted from its own metadata; the lost row dropped
+    assert reopened.get(orphan_file.id).prompt == "file written, row lost"
+    assert reopened.get(orphan_file.id).seed == 5
+    assert not half_written.exists()
+    assert all(e.path.is_file() for e in reopened.list())
+
+
+def test_init_images_are_stored_by_content(tmp_path):
+    gallery = Gallery(tmp_path)
+    init = Image.new("RGB", (16, 16), (1, 2, 3))
+    plain = fake_result()
+    request = plain.request.model_copy(update={"init_image": "/elsewhere/in.png", "strength": 0.5})
+    result = dataclasses.replace(plain, init_image=init, request=request)
+    first = gallery.add_result(result)[0]
+    second = gallery.add_result(result)[0]
+    stored = first.request["init_image"]
+    assert stored == second.request["init_image"] and stored.startswith(str(gallery.root / "inputs"))
+    assert len(list((gallery.root / "inputs").iterdir())) == 1
+    assert read_metadata(first.path).document["request"]["init_image"] == stored
