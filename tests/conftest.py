@@ -66,3 +66,27 @@ def init_png(tmp_path_factory: pytest.TempPathFactory) -> Path:
     image.paste((255, 0, 0), (0, 0, 32, 64))
     image.save(path)
     return path
+
+
+TINY_SDXL = "stabilityai/stable-diffusion-xl-base-1.0"
+TINY_SDXL_REFINER = "stabilityai/stable-diffusion-xl-refiner-1.0"
+TINY_KANDINSKY = "kandinsky-community/kandinsky-2-2-decoder"
+TINY_KANDINSKY_PRIOR = "kandinsky-community/kandinsky-2-2-prior"
+
+
+@pytest.fixture(scope="session")
+def sdxl_models(hf_home: Path) -> dict[str, Path]:
+    """Tiny SDXL base and refiner (64x64 native) under their real repo ids; snapshot folders."""
+    from easel.testing.tiny_models import install_tiny_sdxl
+
+    base, refiner = install_tiny_sdxl(hf_home)
+    return {TINY_SDXL: base, TINY_SDXL_REFINER: refiner}
+
+
+@pytest.fixture(scope="session")
+def kandinsky_models(hf_home: Path) -> dict[str, Path]:
+    """Tiny Kandinsky 2.2 decoder (whose model card names its prior) and prior; snapshot folders."""
+    from easel.testing.tiny_models import install_tiny_kandinsky
+
+    decoder, prior = install_tiny_kandinsky(hf_home)
+    return {TINY_KANDINSKY: decoder, TINY_KANDINSKY_PRIOR: prior}

@@ -152,3 +152,268 @@ def install_tiny_sd15(
     """Build the tiny SD 1.5 once and install it under each of `repo_ids`."""
     pipeline = build_tiny_sd15(safety)
     return [install_into_hf_cache(pipeline, hf_home, repo_id) for repo_id in repo_ids]
+
+
+SDXL_BASE_ID = "stabilityai/stable-diffusion-xl-base-1.0"
+SDXL_REFINER_ID = "stabilityai/stable-diffusion-xl-refiner-1.0"
+KANDINSKY_DECODER_ID = "kandinsky-community/kandinsky-2-2-decoder"
+KANDINSKY_PRIOR_ID = "kandinsky-community/kandinsky-2-2-prior"
+KANDINSKY_DECODER_CARD = f"""---
+license: apache-2.0
+prior:
+- {KANDINSKY_PRIOR_ID}
+tags:
+- text-to-image
+- kandinsky
+---
+
+# Tiny random Kandinsky 2.2 decoder (easel tests)
+
+Randomly initialised; its prior is named in the front matter, as on the real model card.
+"""
+
+
+def _tiny_tokenizer() -> Any:
+    import tempfile
+
+    from transformers import CLIPTokenizer
+
+    with tempfile.TemporaryDirectory() as scratch:
+        return CLIPTokenizer.from_pretrained(write_clip_tokenizer(Path(scratch), list(CAPTION_WORDS)))
+
+
+def _tiny_clip_text_config(tokenizer: Any, layers: int = 2) -> Any:
+    from transformers import CLIPTextConfig
+
+    return CLIPTextConfig(
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        hidden_size=32,
+        intermediate_size=37,
+        layer_norm_eps=1e-05,
+        num_attention_heads=4,
+        num_hidden_layers=layers,
+        vocab_size=len(tokenizer),
+        hidden_act="gelu",
+        projection_dim=32,
+    )
+
+
+def _tiny_sdxl_unet(*, refiner: bool) -> Any:
+    """diffusers' SDXL test UNet: text_time added embeddings of 6 (base) or 5 (refiner:
+    no target size, an aesthetic score instead) x 8 time features + the 32-wide pooled text."""
+    from diffusers import UNet2DConditionModel
+
+    return UNet2DConditionModel(
+        block_out_channels=(32, 64),
+        layers_per_block=2,
+        sample_size=32,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        attention_head_dim=(2, 4),
+        use_linear_projection=True,
+        addition_embed_type="text_time",
+        addition_time_embed_dim=8,
+        transformer_layers_per_block=(1, 2),
+        projection_class_embeddings_input_dim=(5 if refiner else 6) * 8 + 32,
+        cross_attention_dim=32 if refiner else 64,  # refiner: text_encoder_2 only
+        norm_num_groups=1,
+    )
+
+
+def build_tiny_sdxl() -> Any:
+    """A tiny StableDiffusionXLPipeline (64x64 native size), Euler scheduler like the real one."""
+    import torch
+    from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLPipeline
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection
+
+    torch.manual_seed(0)
+    unet = _tiny_sdxl_unet(refiner=False)
+    scheduler = EulerDiscreteScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        steps_offset=1,
+        beta_schedule="scaled_linear",
+        timestep_spacing="leading",
+    )
+    vae = AutoencoderKL(
+        block_out_channels=[32, 64],
+        in_channels=3,
+        out_channels=3,
+        down_block_types=["DownEncoderBlock2D", "DownEncoderBlock2D"],
+        up_block_types=["UpDecoderBlock2D", "UpDecoderBlock2D"],
+        latent_channels=4,
+        sample_size=128,
+    )
+    tokenizer = _tiny_tokenizer()
+    text_encoder = CLIPTextModel(_tiny_clip_text_config(tokenizer))
+    tokenizer_2 = _tiny_tokenizer()
+    text_encoder_2 = CLIPTextModelWithProjection(_tiny_clip_text_config(tokenizer_2))
+    return StableDiffusionXLPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        text_encoder_2=text_encoder_2,
+        tokenizer_2=tokenizer_2,
+        unet=unet,
+        scheduler=scheduler,
+        add_watermarker=False,
+    )
+
+
+def build_tiny_sdxl_refiner(base: Any) -> Any:
+    """A tiny refiner (StableDiffusionXLImg2ImgPipeline, requires_aesthetics_score, no first
+    text encoder) whose VAE and second text encoder are the base's, as on the hub."""
+    import torch
+    from diffusers import StableDiffusionXLImg2ImgPipeline
+
+    torch.manual_seed(1)
+    return StableDiffusionXLImg2ImgPipeline(
+        vae=base.vae,
+        text_encoder=None,
+        tokenizer=None,
+        text_encoder_2=base.text_encoder_2,
+        tokenizer_2=base.tokenizer_2,
+        unet=_tiny_sdxl_unet(refiner=True),
+        scheduler=type(base.scheduler).from_config(base.scheduler.config),
+        requires_aesthetics_score=True,
+        force_zeros_for_empty_prompt=False,
+        add_watermarker=False,
+    )
+
+
+def install_tiny_sdxl(hf_home: Path) -> tuple[Path, Path]:
+    """Install the tiny SDXL base and refiner under their real repo ids."""
+    base = build_tiny_sdxl()
+    refiner = build_tiny_sdxl_refiner(base)
+    return (
+        install_into_hf_cache(base, hf_home, SDXL_BASE_ID),
+        install_into_hf_cache(refiner, hf_home, SDXL_REFINER_ID),
+    )
+
+
+def build_tiny_kandinsky_prior() -> Any:
+    """A tiny KandinskyV22PriorPipeline (32-wide CLIP embeddings), per diffusers' tests."""
+    import torch
+    from diffusers import KandinskyV22PriorPipeline, PriorTransformer, UnCLIPScheduler
+    from transformers import (
+        CLIPImageProcessor,
+        CLIPTextModelWithProjection,
+        CLIPVisionConfig,
+        CLIPVisionModelWithProjection,
+    )
+
+    torch.manual_seed(0)
+    tokenizer = _tiny_tokenizer()
+    text_encoder = CLIPTextModelWithProjection(_tiny_clip_text_config(tokenizer))
+    prior = PriorTransformer(num_attention_heads=2, attention_head_dim=12, embedding_dim=32, num_layers=1)
+    with torch.no_grad():  # zeros would map every embedding to the mean
+        prior.clip_std.fill_(1.0)
+    image_encoder = CLIPVisionModelWithProjection(
+        CLIPVisionConfig(
+            hidden_size=32,
+            image_size=32,
+            projection_dim=32,
+            intermediate_size=37,
+            num_attention_heads=4,
+            num_channels=3,
+            num_hidden_layers=2,
+            patch_size=8,
+        )
+    )
+    image_processor = CLIPImageProcessor(
+        crop_size=32,
+        do_center_crop=True,
+        do_normalize=True,
+        do_resize=True,
+        image_mean=[0.48145466, 0.4578275, 0.40821073],
+        image_std=[0.26862954, 0.26130258, 0.27577711],
+        resample=3,
+        size=32,
+    )
+    scheduler = UnCLIPScheduler(
+        variance_type="fixed_small_log",
+        prediction_type="sample",
+        num_train_timesteps=1000,
+        clip_sample=True,
+        clip_sample_range=10.0,
+    )
+    return KandinskyV22PriorPipeline(
+        prior=prior,
+        image_encoder=image_encoder,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        scheduler=scheduler,
+        image_processor=image_processor,
+    )
+
+
+def build_tiny_kandinsky_decoder() -> Any:
+    """A tiny KandinskyV22Pipeline: image-embedding UNet + 4-block MoVQ (8x downscale)."""
+    import torch
+    from diffusers import DDIMScheduler, KandinskyV22Pipeline, UNet2DConditionModel, VQModel
+
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(
+        in_channels=4,
+        out_channels=8,  # predicts mean and variance
+        addition_embed_type="image",
+        down_block_types=("ResnetDownsampleBlock2D", "SimpleCrossAttnDownBlock2D"),
+        up_block_types=("SimpleCrossAttnUpBlock2D", "ResnetUpsampleBlock2D"),
+        mid_block_type="UNetMidBlock2DSimpleCrossAttn",
+        block_out_channels=(32, 64),
+        layers_per_block=1,
+        encoder_hid_dim=32,
+        encoder_hid_dim_type="image_proj",
+        cross_attention_dim=32,
+        attention_head_dim=4,
+        resnet_time_scale_shift="scale_shift",
+        class_embed_type=None,
+    )
+    movq = VQModel(
+        block_out_channels=[32, 32, 64, 64],
+        down_block_types=[
+            "DownEncoderBlock2D",
+            "DownEncoderBlock2D",
+            "DownEncoderBlock2D",
+            "AttnDownEncoderBlock2D",
+        ],
+        in_channels=3,
+        latent_channels=4,
+        layers_per_block=1,
+        norm_num_groups=8,
+        norm_type="spatial",
+        num_vq_embeddings=12,
+        out_channels=3,
+        up_block_types=["AttnUpDecoderBlock2D", "UpDecoderBlock2D", "UpDecoderBlock2D", "UpDecoderBlock2D"],
+        vq_embed_dim=4,
+    )
+    scheduler = DDIMScheduler(
+        num_train_timesteps=1000,
+        beta_schedule="linear",
+        beta_start=0.00085,
+        beta_end=0.012,
+        clip_sample=False,
+        set_alpha_to_one=False,
+        steps_offset=1,
+        prediction_type="epsilon",
+        thresholding=False,
+    )
+    return KandinskyV22Pipeline(unet=unet, scheduler=scheduler, movq=movq)
+
+
+def install_tiny_kandinsky(hf_home: Path) -> tuple[Path, Path]:
+    """Install the tiny Kandinsky 2.2 prior and decoder under their real repo ids; the
+    decoder's README.md names the prior, as the real model card does."""
+    return (
+        install_into_hf_cache(
+            build_tiny_kandinsky_decoder(),
+            hf_home,
+            KANDINSKY_DECODER_ID,
+            {"README.md": KANDINSKY_DECODER_CARD},
+        ),
+        install_into_hf_cache(build_tiny_kandinsky_prior(), hf_home, KANDINSKY_PRIOR_ID),
+    )
