@@ -1,19 +1,48 @@
 """Settings: how this process runs models, read once at the door and passed down.
 
 Nothing below the doors reads the environment; the CLI and the server build one Settings
-(from EASEL_* variables plus their own flags) and hand it to Easel.
+(from EASEL_* variables plus their own flags) and hand it to Easel. Every field has an
+EASEL_<FIELD NAME> variable, converted by the field's type, so adding a setting is adding
+a field.
 """
 
 from __future__ import annotations
 
 import os
+import types
+import typing
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
+
+from easel.errors import InvalidRequest
+
+ATTENTION = ("sdpa", "xformers", "slicing", "default")
+OFFLOAD = ("none", "model", "sequential")
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")
+VARIANTS = ("auto", "fp16", "none")
+TRUE = ("1", "true", "yes", "on")
+FALSE = ("0", "false", "no", "off", "")
 
 
 def _default_home() -> Path:
     return Path.home() / ".easel"
+
+
+@dataclass(frozen=True)
+class PerformanceOptions:
+    """The speed/memory options of a loaded pipeline; part of the pipeline cache key, so a
+    change loads a differently prepared pipeline instead of mutating a cached one."""
+
+    attention: str = "sdpa"
+    compile: bool = False
+    compile_mode: str = "reduce-overhead"
+    compile_fullgraph: bool = False
+    offload: str = "none"
+    vae_slicing: bool = False
+    vae_tiling: bool = False
+    channels_last: bool = False
+    variant: str = "auto"
 
 
 @dataclass(frozen=True)
@@ -24,24 +53,82 @@ class Settings:
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
     dtype: str = "auto"  # auto | float32 | float16 | bfloat16
     allow_pickle: bool = False  # load .ckpt/.bin/.pt checkpoints (they can run code)
-    threads: int | None = None  # torch CPU threads; None keeps torch's default
+    threads: int | None = None  # torch CPU threads; None: 1 for small models on CPU, else torch's
     max_cached_models: int = 2  # base pipelines kept in memory
+    # speed and memory (see PerformanceOptions and docs/performance.md)
+    attention: str = "sdpa"  # sdpa | xformers | slicing | default (diffusers' own choice)
+    compile: bool = False  # torch.compile the UNet
+    compile_mode: str = "reduce-overhead"  # default | reduce-overhead | max-autotune
+    compile_fullgraph: bool = False
+    offload: str = "none"  # none | model | sequential (CPU offload; needs an accelerator)
+    vae_slicing: bool = False  # decode a batch one image at a time
+    vae_tiling: bool = False  # decode large images in tiles
+    channels_last: bool = False  # UNet memory format
+    variant: str = "auto"  # auto: fp16 weight files when dtype is float16 and they exist
+
+    def __post_init__(self) -> None:
+        for name, allowed in (
+            ("attention", ATTENTION),
+            ("offload", OFFLOAD),
+            ("compile_mode", COMPILE_MODES),
+            ("variant", VARIANTS),
+        ):
+            value = getattr(self, name)
+            if value not in allowed:
+                raise InvalidRequest(
+                    f"invalid {name}={value!r}: use one of {', '.join(allowed)}", field=name, value=value
+                )
+        if self.threads is not None and self.threads < 1:
+            raise InvalidRequest(
+                f"invalid threads={self.threads!r}: must be >= 1", field="threads", value=self.threads
+            )
+
+    @property
+    def performance(self) -> PerformanceOptions:
+        return PerformanceOptions(**{f.name: getattr(self, f.name) for f in fields(PerformanceOptions)})
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: object) -> Settings:
-        """Settings from EASEL_* variables, then explicit overrides (e.g. CLI flags)."""
+        """Settings from EASEL_* variables, then explicit overrides (e.g. CLI flags; None
+        means "not given")."""
         env = os.environ if environ is None else environ
+        hints = typing.get_type_hints(cls)
         values: dict[str, object] = {}
-        if "EASEL_HOME" in env:
-            values["home"] = Path(env["EASEL_HOME"]).expanduser()
-        for name in ("device", "dtype"):
-            if f"EASEL_{name.upper()}" in env:
-                values[name] = env[f"EASEL_{name.upper()}"]
-        if "EASEL_ALLOW_PICKLE" in env:
-            values["allow_pickle"] = env["EASEL_ALLOW_PICKLE"].lower() in ("1", "true", "yes")
-        for name in ("threads", "max_cached_models"):
-            raw = env.get(f"EASEL_{name.upper()}")
-            if raw:
-                values[name] = int(raw)
+        for setting in fields(cls):
+            raw = env.get(f"EASEL_{setting.name.upper()}")
+            if raw is not None:
+                values[setting.name] = _convert(setting.name, raw, hints[setting.name])
         values.update({k: v for k, v in overrides.items() if v is not None})
         return replace(cls(), **values)  # type: ignore[arg-type]
+
+
+def _convert(name: str, raw: str, hint: object) -> object:
+    """An environment string as the field's type; errors name the variable."""
+    optional = isinstance(hint, types.UnionType) and type(None) in typing.get_args(hint)
+    base = next((a for a in typing.get_args(hint) if a is not type(None)), hint) if optional else hint
+    if optional and raw.strip() == "":
+        return None
+    variable = f"EASEL_{name.upper()}"
+    if base is bool:
+        if raw.strip().lower() in TRUE:
+            return True
+        if raw.strip().lower() in FALSE:
+            return False
+        raise InvalidRequest(
+            f"invalid {variable}={raw!r}: use 1/0, true/false, yes/no", field=name, value=raw
+        )
+    if base is int:
+        try:
+            return int(raw)
+        except ValueError:
+            raise InvalidRequest(
+                f"invalid {variable}={raw!r}: not an integer", field=name, value=raw
+            ) from None
+    if base is float:
+        try:
+            return float(raw)
+        except ValueError:
+            raise InvalidRequest(f"invalid {variable}={raw!r}: not a number", field=name, value=raw) from None
+    if base is Path:
+        return Path(raw).expanduser()
+    return raw
