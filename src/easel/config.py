@@ -65,6 +65,15 @@ class Settings:
     vae_tiling: bool = False  # decode large images in tiles
     channels_last: bool = False  # UNet memory format
     variant: str = "auto"  # auto: fp16 weight files when dtype is float16 and they exist
+    # the HTTP server (easel serve, src/easel/server)
+    api_key: str | None = field(default=None, repr=False)  # when set, every route requires it
+    queue_size: int = 64  # jobs waiting at most; more is answered 429 with Retry-After
+    server_workers: int = 1  # generation workers: one per device, pipelines never run concurrently
+    max_pixels: int = 2048 * 2048  # width x height of one image
+    max_steps: int = 150  # steps (and prior steps) per request
+    max_images: int = 8  # images per request
+    max_upload_bytes: int = 20 * 1024 * 1024  # one uploaded image (base64 bodies may be 4/3 of it)
+    allow_url_images: bool = False  # init images by http(s) URL; off: server-side request forgery
 
     def __post_init__(self) -> None:
         for name, allowed in (
