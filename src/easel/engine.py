@@ -21,6 +21,7 @@ from easel.config import Settings
 from easel.errors import Cancelled, EaselError, GenerationFailed, InvalidRequest
 from easel.families.base import Family, RunOutput
 from easel.models.cache import LoadedModel, PipelineCache, detect_family
+from easel.models.optimizations import check_options, prepare_task
 from easel.models.reference import ModelSource, resolve_reference
 from easel.request import DEFAULT_STRENGTH, GenerationRequest
 from easel.result import GenerationResult, Progress
@@ -83,10 +84,17 @@ class Easel:
         # 3. inputs that need I/O
         init_image = self._load_init_image(request)
         device, dtype = self._device_and_dtype()
+        options = self.settings.performance
+        check_options(options, device)
         with (
             self._run_lock,
             self.cache.lease(
-                source, family, device=device, dtype=dtype, allow_pickle=self.settings.allow_pickle
+                source,
+                family,
+                device=device,
+                dtype=dtype,
+                allow_pickle=self.settings.allow_pickle,
+                options=options,
             ) as loaded,
             ExitStack() as leases,
         ):
@@ -99,6 +107,7 @@ class Easel:
                         dtype=dtype,
                         allow_pickle=self.settings.allow_pickle,
                         share_from=loaded,
+                        options=options,
                     )
                 )
                 for role, (companion_source, companion_family) in companions.items()
@@ -174,6 +183,7 @@ class Easel:
             overrides.update(safety_checker=None, requires_safety_checker=False)
         pipe = loaded.family.derive(base, task, companions=companions or {}, **overrides)
         pipe.set_progress_bar_config(disable=True)
+        prepare_task(pipe, self.settings.performance, self._device_and_dtype()[0])
         return pipe
 
     # -- steps --------------------------------------------------------------------------------

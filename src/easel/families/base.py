@@ -128,10 +128,11 @@ class Family:
         dtype: Any,
         allow_pickle: bool,
         components: Mapping[str, Any] | None = None,
+        variant: str | None = None,
     ) -> Any:
         """Load the base pipeline; `components` are already-loaded modules to use instead of
-        loading the model's own (see shared_components). Library errors propagate to the
-        cache, which translates them."""
+        loading the model's own (see shared_components); `variant` ("fp16") picks weight
+        files. Library errors propagate to the cache, which translates them."""
         pipeline_class = self.pipeline_class("text2img")
         if source.kind == "single_file":
             return pipeline_class.from_single_file(source.location, torch_dtype=dtype, **(components or {}))
@@ -139,6 +140,7 @@ class Family:
             source.location,
             torch_dtype=dtype,
             use_safetensors=None if allow_pickle else True,
+            variant=variant,
             **(components or {}),
         )
 

@@ -16,6 +16,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+from easel.config import PerformanceOptions
 from easel.errors import InvalidRequest, ModelNotFound, UnsupportedFeature
 from easel.families import family_for_checkpoint, family_for_index
 from easel.families.base import Family
@@ -108,6 +109,7 @@ class PipelineCache:
         dtype: Any,
         allow_pickle: bool,
         share_from: LoadedModel | None = None,
+        options: PerformanceOptions | None = None,
     ) -> Iterator[LoadedModel]:
         """Yield the loaded base pipeline for `source`, loading it on first use.
 
@@ -115,7 +117,8 @@ class PipelineCache:
         the family picks the modules it can take from it instead of loading its own, and
         such a model is cached apart from the same model loaded on its own.
         """
-        key: tuple[str, ...] = (f"{source.kind}:{source.location}", device, str(dtype))
+        options = options or PerformanceOptions()
+        key: tuple[str, ...] = (f"{source.kind}:{source.location}", device, str(dtype), repr(options))
         components: dict[str, Any] = {}
         if share_from is not None:
             components = family.shared_components(source, share_from.pipeline)
@@ -131,6 +134,7 @@ class PipelineCache:
                     dtype=dtype,
                     allow_pickle=allow_pickle,
                     components=components,
+                    options=options,
                 )
                 self._entries[key] = entry
             self._entries.move_to_end(key)
@@ -159,11 +163,24 @@ def _load(
     dtype: Any,
     allow_pickle: bool,
     components: dict[str, Any] | None = None,
+    options: PerformanceOptions,
 ) -> LoadedModel:
-    """Load the family's base pipeline; loader errors become EaselErrors."""
+    """Load the family's base pipeline and prepare it; loader errors become EaselErrors."""
+    from easel.models.optimizations import prepare_loaded, variant_for
+
     started = time.perf_counter()
+    variant = variant_for(options, dtype)
     try:
-        pipe = family.load_pipeline(source, dtype=dtype, allow_pickle=allow_pickle, components=components)
+        try:
+            loader_options = {} if variant is None else {"variant": variant}
+            pipe = family.load_pipeline(
+                source, dtype=dtype, allow_pickle=allow_pickle, components=components, **loader_options
+            )
+        except (OSError, ValueError) as error:
+            if variant is None or options.variant != "auto" or "variant" not in str(error):
+                raise
+            # no fp16 files in this repository: the full-precision files, cast on load
+            pipe = family.load_pipeline(source, dtype=dtype, allow_pickle=allow_pickle, components=components)
     except OSError as error:
         message = str(error)
         if "safetensors" in message.lower() and not allow_pickle:
@@ -178,6 +195,6 @@ def _load(
         ) from None
     except (ValueError, KeyError, RuntimeError) as error:
         raise UnsupportedFeature(f"could not load model {source.reference!r}: {error}") from None
-    pipe.to(device)
+    prepare_loaded(pipe, options, device)
     pipe.set_progress_bar_config(disable=True)
     return LoadedModel(source, family, pipe, time.perf_counter() - started)
