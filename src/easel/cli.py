@@ -124,6 +124,43 @@ def generate(
             help="Image-to-image strength in [0, 1] (default 0.8); steps run = int(steps x strength)."
         ),
     ] = None,
+    refiner: Annotated[
+        str | None,
+        typer.Option(
+            help="SDXL: refiner model that finishes the base's denoising in latent space "
+            "(e.g. stabilityai/stable-diffusion-xl-refiner-1.0)."
+        ),
+    ] = None,
+    refiner_at: Annotated[
+        float | None,
+        typer.Option(help="SDXL + --refiner: share of the denoising the base does, in (0, 1) (default 0.8)."),
+    ] = None,
+    aesthetic_score: Annotated[
+        float | None, typer.Option(help="SDXL refiner: aesthetic score conditioning (default 6.0).")
+    ] = None,
+    negative_aesthetic_score: Annotated[
+        float | None, typer.Option(help="SDXL refiner: negative aesthetic score (default 2.5).")
+    ] = None,
+    original_size: Annotated[
+        tuple[int, int] | None,
+        typer.Option(metavar="HEIGHT WIDTH", help="SDXL micro-conditioning: size of the 'original' image."),
+    ] = None,
+    target_size: Annotated[
+        tuple[int, int] | None,
+        typer.Option(metavar="HEIGHT WIDTH", help="SDXL micro-conditioning: target size."),
+    ] = None,
+    crops_coords_top_left: Annotated[
+        tuple[int, int] | None,
+        typer.Option(metavar="TOP LEFT", help="SDXL micro-conditioning: crop coordinates (0 0: centred)."),
+    ] = None,
+    prior: Annotated[
+        str | None,
+        typer.Option(help="Kandinsky 2.2: prior model (default: the one the decoder's model card names)."),
+    ] = None,
+    prior_steps: Annotated[int | None, typer.Option(help="Kandinsky 2.2: prior steps (default 25).")] = None,
+    prior_guidance: Annotated[
+        float | None, typer.Option(help="Kandinsky 2.2: prior guidance scale (default 4.0).")
+    ] = None,
     grid: Annotated[
         bool, typer.Option("--grid", help="Also write one grid image of all outputs (init image first).")
     ] = False,
@@ -169,6 +206,16 @@ def generate(
             init_image=image,
             strength=strength,
             safety_checker=not no_safety_checker,
+            refiner=refiner,
+            refiner_at=refiner_at,
+            aesthetic_score=aesthetic_score,
+            negative_aesthetic_score=negative_aesthetic_score,
+            original_size=original_size,
+            target_size=target_size,
+            crops_coords_top_left=crops_coords_top_left,
+            prior=prior,
+            prior_steps=prior_steps,
+            prior_guidance_scale=prior_guidance,
         )
         if output is not None and output.suffix.lower() not in (".png", ".jpg", ".jpeg", ".webp"):
             raise InvalidRequest(
@@ -206,6 +253,8 @@ def generate(
         typer.echo(f"{item['path']}  seed {item['seed']}{flag}")
     if summary["grid"]:
         typer.echo(f"{summary['grid']}  grid")
+    for warning in summary.get("warnings", []):
+        typer.echo(f"warning: {warning}", err=True)
     typer.echo(
         f"{summary['effective_steps']} steps run, "
         f"{summary['request']['width']}x{summary['request']['height']}, "

@@ -42,7 +42,9 @@ class KandinskyDecoderFamily(Family):
         dtype: Any,
         allow_pickle: bool,
         components: Mapping[str, Any] | None = None,
+        **loading: Any,
     ) -> Any:
+        """The decoder alone; `loading` passes further from_pretrained options (variant)."""
         import diffusers
 
         if source.kind == "single_file":
@@ -51,6 +53,7 @@ class KandinskyDecoderFamily(Family):
             source.location,
             torch_dtype=dtype,
             use_safetensors=None if allow_pickle else True,
+            **loading,
             **(components or {}),
         )
 

@@ -239,8 +239,9 @@ def _same_component(source: ModelSource, name: str, module: Any) -> bool:
     config = _component_config(source, name)
     if config is None:
         return False
-    theirs = module.config if isinstance(module.config, Mapping) else module.config.to_dict()
-    return _essential(config) == _essential(dict(theirs))
+    # diffusers configs are mappings; transformers configs save only their non-default values
+    theirs = dict(module.config) if isinstance(module.config, Mapping) else module.config.to_diff_dict()
+    return _essential(config) == _essential(json.loads(json.dumps(theirs, default=str)))
 
 
 def _component_config(source: ModelSource, name: str) -> dict[str, Any] | None:
