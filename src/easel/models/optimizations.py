@@ -57,11 +57,9 @@ def prepare_loaded(pipe: Any, options: PerformanceOptions, device: str) -> None:
     if options.offload == "none":
         pipe.to(device)
     if options.attention == "sdpa":
-        from diffusers.models.attention_processor import AttnProcessor2_0
-
         for module in _denoisers(pipe):
             if hasattr(module, "set_attn_processor"):
-                module.set_attn_processor(AttnProcessor2_0())
+                module.set_attn_processor(_sdpa_processors(module.attn_processors))
     elif options.attention == "xformers":
         pipe.enable_xformers_memory_efficient_attention()
     elif options.attention == "slicing":
@@ -88,6 +86,24 @@ def prepare_task(pipe: Any, options: PerformanceOptions, device: str) -> None:
         pipe.enable_model_cpu_offload(device=device)
     elif options.offload == "sequential":
         pipe.enable_sequential_cpu_offload(device=device)
+
+
+def _sdpa_processors(processors: dict[str, Any]) -> dict[str, Any]:
+    """Each attention processor swapped for its scaled-dot-product version, keeping its kind:
+    one AttnProcessor2_0 everywhere would break UNets with added key/value projections
+    (Kandinsky 2.2's decoder needs AttnAddedKVProcessor2_0)."""
+    from diffusers.models.attention_processor import (
+        AttnAddedKVProcessor,
+        AttnAddedKVProcessor2_0,
+        AttnProcessor,
+        AttnProcessor2_0,
+    )
+
+    sdpa = {AttnProcessor: AttnProcessor2_0, AttnAddedKVProcessor: AttnAddedKVProcessor2_0}
+    return {
+        name: sdpa[type(processor)]() if type(processor) in sdpa else processor
+        for name, processor in processors.items()
+    }
 
 
 def _denoiser_names(pipe: Any) -> list[str]:
