@@ -183,6 +183,28 @@ def generate(
         str | None, typer.Option(help="auto | float32 | float16 | bfloat16 (env EASEL_DTYPE).")
     ] = None,
     threads: Annotated[int | None, typer.Option(help="CPU threads for torch (env EASEL_THREADS).")] = None,
+    attention: Annotated[
+        str | None, typer.Option(help="sdpa | xformers | slicing | default (env EASEL_ATTENTION).")
+    ] = None,
+    compile_unet: Annotated[
+        bool | None,
+        typer.Option("--compile/--no-compile", help="torch.compile the UNet (env EASEL_COMPILE)."),
+    ] = None,
+    offload: Annotated[
+        str | None,
+        typer.Option(help="CPU offload: none | model | sequential (needs a GPU; env EASEL_OFFLOAD)."),
+    ] = None,
+    vae_slicing: Annotated[
+        bool | None,
+        typer.Option("--vae-slicing/--no-vae-slicing", help="Decode a batch one image at a time."),
+    ] = None,
+    vae_tiling: Annotated[
+        bool | None, typer.Option("--vae-tiling/--no-vae-tiling", help="Decode large images in tiles.")
+    ] = None,
+    channels_last: Annotated[
+        bool | None,
+        typer.Option("--channels-last/--no-channels-last", help="channels_last UNet memory format."),
+    ] = None,
     as_json: Annotated[
         bool, typer.Option("--json", help="Print one JSON object instead of progress and paths.")
     ] = False,
@@ -226,7 +248,16 @@ def generate(
         from easel.engine import Easel
 
         settings = Settings.from_env(
-            allow_pickle=allow_pickle or None, device=device, dtype=dtype, threads=threads
+            allow_pickle=allow_pickle or None,
+            device=device,
+            dtype=dtype,
+            threads=threads,
+            attention=attention,
+            compile=compile_unet,
+            offload=offload,
+            vae_slicing=vae_slicing,
+            vae_tiling=vae_tiling,
+            channels_last=channels_last,
         )
         engine = Easel(settings)
         with _progress_display(enabled=not as_json and sys.stderr.isatty()) as on_progress:

@@ -76,6 +76,7 @@ class Settings:
     allow_url_images: bool = False  # init images by http(s) URL; off: server-side request forgery
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "home", Path(self.home).expanduser())  # accept str from callers
         for name, allowed in (
             ("attention", ATTENTION),
             ("offload", OFFLOAD),

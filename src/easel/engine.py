@@ -45,7 +45,7 @@ class Easel:
 
     def __init__(self, settings: Settings | None = None, *, cache: PipelineCache | None = None) -> None:
         self.settings = settings or Settings()
-        self.cache = cache or PipelineCache(self.settings.max_cached_models)
+        self.cache = cache if cache is not None else PipelineCache(self.settings.max_cached_models)
         # Pipelines, schedulers and fast tokenizers are not thread-safe: one run at a time.
         self._run_lock = threading.Lock()
         self._placement: tuple[str, Any] | None = None
