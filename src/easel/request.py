@@ -78,7 +78,10 @@ class GenerationRequest(BaseModel):
         None, description="Kandinsky 2.2: prior model (default: the one the decoder's model card names)"
     )
     prior_steps: int | None = Field(
-        None, ge=1, le=1000, description="Kandinsky 2.2: prior denoising steps (default 25)"
+        None,
+        ge=2,
+        le=1000,
+        description="Kandinsky 2.2: prior denoising steps (default 25; its scheduler needs 2+)",
     )
     prior_guidance_scale: float | None = Field(
         None, ge=0, le=100, description="Kandinsky 2.2: prior guidance scale (default 4.0)"

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from easel.errors import InvalidRequest, UnsupportedFeature
-from easel.families.base import Family, Identify
+from easel.families.base import Family, Identify, RunOutput
 
 if TYPE_CHECKING:
     from PIL.Image import Image
@@ -114,6 +114,48 @@ class KandinskyDecoderFamily(Family):
             prior_guidance_scale=request.prior_guidance_scale,
         )
         return arguments
+
+    def run(
+        self,
+        pipe: Any,
+        arguments: dict[str, Any],
+        *,
+        request: GenerationRequest,
+        companions: Mapping[str, LoadedModel],
+    ) -> RunOutput:
+        """One combined-pipeline call per image, each with its own generator.
+
+        Why: with a negative prompt the prior draws noise for prompt and negative prompt
+        together (twice the batch), so diffusers cannot take one generator per image there;
+        one image per call keeps easel's convention that image i is exactly the image seed+i
+        gives alone. Progress counts the steps of all images against one total.
+        """
+        from types import SimpleNamespace
+
+        callback = arguments["callback_on_step_end"]
+        count = len(arguments["generator"])
+        outputs: list[RunOutput] = []
+        for index, generator in enumerate(arguments["generator"]):
+
+            def on_step_end(
+                pipeline: Any, step: int, timestep: Any, tensors: dict[str, Any], index: int = index
+            ) -> dict[str, Any]:
+                per_image = int(pipeline.num_timesteps)
+                total = SimpleNamespace(num_timesteps=per_image * count)
+                return callback(total, index * per_image + step, timestep, tensors)
+
+            single = {
+                **arguments,
+                "generator": generator,
+                "num_images_per_prompt": 1,
+                "callback_on_step_end": on_step_end,
+            }
+            outputs.append(super().run(pipe, single, request=request, companions=companions))
+        return RunOutput(
+            images=[image for output in outputs for image in output.images],
+            nsfw_content_detected=None,
+            warnings=list(dict.fromkeys(w for output in outputs for w in output.warnings)),
+        )
 
     def decode_float32(self, pipe: Any, latents: Any) -> Any:
         """Decode with MoVQ in float32, as KandinskyV22Pipeline does."""
