@@ -500,6 +500,60 @@ def gallery_delete(image_id: Annotated[str, typer.Argument(help="Gallery id.")])
     typer.echo(f"deleted {image_id}")
 
 
+@app.command()
+def serve(
+    host: Annotated[
+        str, typer.Option(help="Address to bind; anything but loopback needs an API key or --insecure.")
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port (7860, as AUTOMATIC1111).")] = 7860,
+    api_key: Annotated[
+        str | None,
+        typer.Option(
+            "--api-key",
+            help="Require this key on every route but /health (Bearer, or HTTP Basic password). "
+            "Prefer env EASEL_API_KEY: command lines are visible to other users.",
+        ),
+    ] = None,
+    insecure: Annotated[
+        bool, typer.Option("--insecure", help="Allow a non-loopback bind without an API key.")
+    ] = False,
+    allow_url_images: Annotated[
+        bool,
+        typer.Option(
+            "--allow-url-images", help="Accept init images by http(s) URL (off: the server fetches nothing)."
+        ),
+    ] = False,
+    queue_size: Annotated[
+        int | None, typer.Option(help="Jobs waiting at most; more get 429 (env EASEL_QUEUE_SIZE, 64).")
+    ] = None,
+    workers: Annotated[
+        int | None, typer.Option(help="Generation workers (env EASEL_SERVER_WORKERS, 1 per device).")
+    ] = None,
+    device: Annotated[
+        str | None, typer.Option(help="auto | cpu | cuda | cuda:N | mps (env EASEL_DEVICE).")
+    ] = None,
+    dtype: Annotated[
+        str | None, typer.Option(help="auto | float32 | float16 | bfloat16 (env EASEL_DTYPE).")
+    ] = None,
+    threads: Annotated[int | None, typer.Option(help="CPU threads for torch (env EASEL_THREADS).")] = None,
+    debug: Annotated[bool, typer.Option("--debug", help="Show library logs and tracebacks.")] = False,
+) -> None:
+    """Run the HTTP server: native jobs API, AUTOMATIC1111- and OpenAI-compatible endpoints."""
+
+    def run() -> None:
+        _quiet_libraries(debug)
+        from easel.config import Settings
+        from easel.server.app import serve as serve_app
+
+        settings = Settings.from_env(
+            api_key=api_key, allow_url_images=allow_url_images or None, queue_size=queue_size,
+            server_workers=workers, device=device, dtype=dtype, threads=threads,
+        )  # fmt: skip
+        serve_app(settings, host=host, port=port, insecure=insecure)
+
+    _run_door(run, debug=debug)
+
+
 def main() -> None:
     """Console-script entry point."""
     app()
