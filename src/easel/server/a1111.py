@@ -1,0 +1,351 @@
+"""AUTOMATIC1111-compatible API (/sdapi/v1/...), enough for the `webuiapi` client unchanged.
+
+A1111 fields map onto GenerationRequest: prompt, negative_prompt, steps, cfg_scale ->
+guidance_scale, seed (-1 random), width, height, sampler_name (+ the newer separate
+`scheduler` "Karras") -> scheduler, batch_size x n_iter -> num_images (A1111 also seeds
+image i with seed + i), denoising_strength -> strength (img2img), init_images[0] -> init_image,
+refiner_checkpoint / refiner_switch_at -> refiner / refiner_at, override_settings
+sd_model_checkpoint -> model. Unknown fields are ignored, as A1111 does. Errors name the
+A1111 field, not ours. ControlNet units (alwayson_scripts.controlnet) are refused with a
+clear 422 until easel's ControlNet request fields land; an inpainting mask likewise.
+
+The model A1111 clients switch with POST /options {"sd_model_checkpoint": title} is state of
+this app (ServerState.current_model), checked when set, loaded on the next generation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import time
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends
+from pydantic import BaseModel, ConfigDict, Field
+
+from easel.errors import InvalidRequest, UnsupportedFeature
+from easel.request import GenerationRequest
+from easel.server.app import ServerState, state_of
+from easel.server.jobs import Job
+from easel.server.native import gallery_entry, submit
+from easel.server.policy import DEMO_TITLE
+
+router = APIRouter(prefix="/sdapi/v1", tags=["AUTOMATIC1111"])
+State = Annotated[ServerState, Depends(state_of)]
+
+# our field -> the A1111 field, so errors name what the client sent
+A1111_FIELD = {
+    "guidance_scale": "cfg_scale", "scheduler": "sampler_name", "num_images": "batch_size",
+    "strength": "denoising_strength", "init_image": "init_images", "refiner": "refiner_checkpoint",
+    "refiner_at": "refiner_switch_at", "model": "sd_model_checkpoint",
+}  # fmt: skip
+SCHEDULE_TYPES = ("automatic", "karras")
+
+
+class Txt2ImgRequest(BaseModel):
+    """The A1111 txt2img fields easel uses; every other field is accepted and ignored."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    prompt: str = ""
+    negative_prompt: str = ""
+    steps: int | None = None
+    cfg_scale: float | None = None
+    seed: int = -1
+    width: int | None = None
+    height: int | None = None
+    sampler_name: str | None = None
+    sampler_index: str | None = None  # older clients send the sampler name here
+    scheduler: str | None = None  # A1111 >= 1.9: schedule type ("Automatic", "Karras")
+    batch_size: int = Field(1, ge=1)
+    n_iter: int = Field(1, ge=1)
+    refiner_checkpoint: str | None = None
+    refiner_switch_at: float | None = None
+    override_settings: dict[str, Any] | None = None
+    alwayson_scripts: dict[str, Any] | None = None
+
+
+class Img2ImgRequest(Txt2ImgRequest):
+    init_images: list[str] = Field(default_factory=list)
+    denoising_strength: float | None = None
+    mask: str | None = None
+
+
+class OptionsUpdate(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    sd_model_checkpoint: str | None = None
+
+
+class PngInfoRequest(BaseModel):
+    image: str
+
+
+def to_generation_request(body: Txt2ImgRequest, state: ServerState) -> GenerationRequest:
+    """The A1111 request as a GenerationRequest, with errors naming A1111's fields."""
+    _refuse_controlnet(body.alwayson_scripts or {})
+    fields: dict[str, Any] = {
+        "prompt": body.prompt,
+        "negative_prompt": body.negative_prompt,
+        "steps": body.steps,
+        "guidance_scale": body.cfg_scale,
+        "seed": None if body.seed < 0 else body.seed,
+        "width": body.width,
+        "height": body.height,
+        "scheduler": _sampler(body),
+        "num_images": body.batch_size * body.n_iter,
+    }
+    model = (body.override_settings or {}).get("sd_model_checkpoint")
+    fields["model"] = state.policy.model_reference(model, field="model") if model else state.current_model
+    if body.refiner_checkpoint and body.refiner_checkpoint.lower() not in ("none", ""):
+        fields["refiner"] = body.refiner_checkpoint
+        fields["refiner_at"] = body.refiner_switch_at
+    if isinstance(body, Img2ImgRequest):
+        if body.mask:
+            raise UnsupportedFeature("inpainting (img2img with mask) is not supported yet")
+        if not body.init_images:
+            raise InvalidRequest("init_images is required for img2img", field="init_images")
+        fields["init_image"] = state.policy.data_url(body.init_images[0], field="init_images")
+        fields["strength"] = 0.75 if body.denoising_strength is None else body.denoising_strength
+    try:
+        return state.policy.check(GenerationRequest.from_fields(fields))
+    except InvalidRequest as error:
+        raise _renamed(error) from None
+
+
+def _renamed(error: InvalidRequest) -> InvalidRequest:
+    theirs = A1111_FIELD.get(error.field or "")
+    if theirs is None:
+        return error
+    message = str(error).replace(f"invalid {error.field}=", f"invalid {theirs}=", 1)
+    return InvalidRequest(message.replace(f"{error.field} is required", f"{theirs} is required"),
+                          field=theirs, value=error.value)  # fmt: skip
+
+
+def _sampler(body: Txt2ImgRequest) -> str | None:
+    name = body.sampler_name or body.sampler_index
+    schedule = (body.scheduler or "automatic").strip().lower()
+    if schedule not in SCHEDULE_TYPES:
+        raise InvalidRequest(
+            f"invalid scheduler={body.scheduler!r}: easel supports the schedule types Automatic and Karras",
+            field="scheduler",
+            value=body.scheduler,
+        )
+    if name and schedule == "karras" and not name.lower().endswith("karras"):
+        return f"{name} Karras"
+    return name
+
+
+def _refuse_controlnet(scripts: dict[str, Any]) -> None:
+    for name, script in scripts.items():
+        if name.lower() != "controlnet":
+            continue
+        units = script.get("args", []) if isinstance(script, dict) else []
+        if any(unit.get("enabled", True) if isinstance(unit, dict) else unit for unit in units):
+            raise UnsupportedFeature(
+                "ControlNet is not supported yet by this server (alwayson_scripts.controlnet); "
+                "send the request without ControlNet units"
+            )
+
+
+async def _run(state: ServerState, request: GenerationRequest) -> Job:
+    job = await state.queue.wait(submit(state, request, "a1111"))
+    error = job.exception()
+    if error is not None:
+        raise _renamed(error) if isinstance(error, InvalidRequest) else error
+    return job
+
+
+def _response(state: ServerState, job: Job, body: BaseModel) -> dict[str, Any]:
+    """{"images", "parameters", "info"} as A1111 answers; info is a JSON string."""
+    result = job.result
+    assert result is not None
+    request = result.request
+    count = len(result.images)
+    images = [
+        base64.b64encode(gallery_entry(state, image["id"]).path.read_bytes()).decode("ascii")
+        for image in job.images
+    ]
+    from easel.models.hashing import short_hash
+
+    info = {
+        "prompt": request.prompt,
+        "all_prompts": [request.prompt] * count,
+        "negative_prompt": request.negative_prompt,
+        "all_negative_prompts": [request.negative_prompt] * count,
+        "seed": result.seeds[0],
+        "all_seeds": result.seeds,
+        "subseed": result.seeds[0],
+        "all_subseeds": result.seeds,
+        "subseed_strength": 0,
+        "width": request.width,
+        "height": request.height,
+        "sampler_name": result.sampler,
+        "cfg_scale": request.guidance_scale,
+        "steps": request.steps,
+        "batch_size": getattr(body, "batch_size", 1),
+        "restore_faces": False,
+        "face_restoration_model": None,
+        "sd_model_name": result.model_name,
+        "sd_model_hash": short_hash(result.model_hashes.get("base")),
+        "sd_vae_name": None,
+        "sd_vae_hash": None,
+        "seed_resize_from_w": -1,
+        "seed_resize_from_h": -1,
+        "denoising_strength": request.strength,
+        "extra_generation_params": {},
+        "index_of_first_image": 0,
+        "infotexts": [result.parameters(i) for i in range(count)],
+        "styles": [],
+        "job_timestamp": time.strftime("%Y%m%d%H%M%S"),
+        "clip_skip": 1,
+        "is_using_inpainting_conditioning": False,
+        "version": f"easel-{_easel_version()}",
+    }
+    parameters = body.model_dump()
+    for secretive in ("init_images", "mask"):  # A1111 does not echo uploaded images either
+        if secretive in parameters:
+            parameters[secretive] = None
+    return {"images": images, "parameters": parameters, "info": json.dumps(info, ensure_ascii=False)}
+
+
+def _easel_version() -> str:
+    from easel.server.app import _version
+
+    return _version()
+
+
+@router.post("/txt2img")
+async def txt2img(body: Txt2ImgRequest, state: State) -> dict[str, Any]:
+    job = await _run(state, to_generation_request(body, state))
+    return _response(state, job, body)
+
+
+@router.post("/img2img")
+async def img2img(body: Img2ImgRequest, state: State) -> dict[str, Any]:
+    job = await _run(state, to_generation_request(body, state))
+    return _response(state, job, body)
+
+
+@router.get("/sd-models")
+async def sd_models(state: State) -> list[dict[str, Any]]:
+    return [
+        {"title": m.title, "model_name": m.name, "hash": None, "sha256": None, "filename": m.title,
+         "config": None}
+        for m in state.models()
+    ]  # fmt: skip
+
+
+@router.post("/refresh-checkpoints")
+async def refresh_checkpoints() -> None:
+    """Models are listed fresh on every request; nothing to refresh."""
+
+
+@router.get("/options")
+async def get_options(state: State) -> dict[str, Any]:
+    return {
+        "sd_model_checkpoint": state.current_model or DEMO_TITLE,
+        "sd_checkpoint_hash": None,
+        "samples_format": "png",
+    }
+
+
+@router.post("/options")
+async def set_options(body: OptionsUpdate, state: State) -> None:
+    """Only sd_model_checkpoint means something here; it must name a model easel can find."""
+    if body.sd_model_checkpoint is None:
+        return
+    reference = state.policy.model_reference(body.sd_model_checkpoint, field="sd_model_checkpoint")
+    if reference is not None:
+        from easel.models.cache import detect_family
+
+        try:
+            source = await asyncio.to_thread(state.engine.resolve_model, reference)
+            await asyncio.to_thread(detect_family, source)
+        except InvalidRequest as error:
+            raise InvalidRequest(str(error), field="sd_model_checkpoint", value=reference) from None
+    state.current_model = reference
+
+
+@router.get("/samplers")
+async def samplers() -> list[dict[str, Any]]:
+    from easel.schedulers import A1111_SAMPLERS
+
+    return [
+        {"name": name, "aliases": [cls], "options": options}
+        for name, (cls, options) in A1111_SAMPLERS.items()
+    ]
+
+
+@router.get("/schedulers")
+async def schedulers() -> list[dict[str, Any]]:
+    return [
+        {
+            "name": "automatic",
+            "label": "Automatic",
+            "aliases": None,
+            "default_rho": -1,
+            "need_inner_model": False,
+        },
+        {"name": "karras", "label": "Karras", "aliases": None, "default_rho": 7.0, "need_inner_model": False},
+    ]
+
+
+@router.get("/scripts")
+async def scripts() -> dict[str, list[str]]:
+    """No A1111 scripts; webuiapi reads this to decide which extensions to talk to."""
+    return {"txt2img": [], "img2img": []}
+
+
+@router.get("/progress")
+async def progress(state: State) -> dict[str, Any]:
+    now = state.queue.state()
+    job: Job | None = now["running"]
+    fraction = job.step / job.total if job is not None and job.total else 0.0
+    count = now["queued"] + (1 if job is not None else 0)
+    return {
+        "progress": round(fraction, 4),
+        "eta_relative": 0.0,
+        "state": {
+            "skipped": False, "interrupted": bool(job and job.cancel.is_set()), "job": job.id if job else "",
+            "job_count": count, "job_timestamp": "0", "job_no": 0,
+            "sampling_step": job.step if job else 0, "sampling_steps": job.total if job else 0,
+        },
+        "current_image": None,
+        "textinfo": None,
+        "current_task": job.id if job else None,
+    }  # fmt: skip
+
+
+@router.post("/interrupt")
+async def interrupt(state: State) -> None:
+    """Stop the running generation at its next step (queued jobs still run, as in A1111)."""
+    state.queue.interrupt()
+
+
+@router.post("/skip")
+async def skip(state: State) -> None:
+    """A1111 skips the current image of a batch; easel's batches are one run, so: interrupt."""
+    state.queue.interrupt()
+
+
+@router.post("/png-info")
+async def png_info(body: PngInfoRequest, state: State) -> dict[str, Any]:
+    """The A1111 parameters (and their parsed items) an image carries."""
+    import io
+
+    from easel.storage.metadata import read_metadata
+
+    data = base64.b64decode(state.policy.data_url(body.image, field="image").partition(",")[2])
+    metadata = read_metadata(io.BytesIO(data))
+    parsed = metadata.parsed_parameters() or {}
+    parameters: dict[str, Any] = {}
+    if metadata.parameters is not None:
+        parameters = {
+            "Prompt": parsed.get("prompt", ""),
+            "Negative prompt": parsed.get("negative_prompt", ""),
+            **parsed.get("settings", {}),
+        }
+    items = {"parameters": metadata.parameters} if metadata.parameters is not None else {}
+    return {"info": metadata.parameters or "", "items": items, "parameters": parameters}

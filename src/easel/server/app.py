@@ -1,0 +1,115 @@
+"""create_app(settings): the HTTP door, built fresh for each call (no module globals).
+
+The app holds one ServerState on app.state.easel: the settings, one Easel (the only path to
+the models), the gallery, the job queue and the door policy. The three routers (native,
+A1111, OpenAI) only translate their API's fields into GenerationRequests, submit them to the
+queue and render results; errors are mapped in server/errors.py, one shape per flavour.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from starlette.requests import Request  # at runtime: FastAPI reads state_of's annotation
+
+from easel.config import Settings
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
+
+    from easel.engine import Easel
+    from easel.server.jobs import JobQueue
+    from easel.server.policy import DoorPolicy, ModelEntry
+    from easel.storage.gallery import Gallery
+
+
+@dataclass
+class ServerState:
+    """Everything the routes share, created by create_app and reachable from each request."""
+
+    settings: Settings
+    engine: Easel
+    gallery: Gallery
+    queue: JobQueue
+    policy: DoorPolicy
+    current_model: str | None = None  # A1111's sd_model_checkpoint (None: the bundled model)
+
+    def models(self) -> list[ModelEntry]:
+        from easel.server.policy import list_models
+
+        return list_models()
+
+
+def state_of(request: Request) -> ServerState:
+    """FastAPI dependency: the state of the app serving this request."""
+    return request.app.state.easel
+
+
+def create_app(settings: Settings | None = None, *, engine: Easel | None = None) -> FastAPI:
+    """A new server app. `engine` lets tests share one loaded Easel between apps."""
+    from fastapi import FastAPI
+
+    from easel.engine import Easel
+    from easel.server import a1111, errors, native, openai
+    from easel.server.jobs import JobQueue, JobStore
+    from easel.server.policy import DoorPolicy
+    from easel.server.security import ApiKeyMiddleware, BodyLimitMiddleware
+    from easel.storage.gallery import Gallery
+
+    settings = settings or Settings.from_env()
+    engine = engine or Easel(settings)
+    gallery = Gallery(settings.home)
+    queue = JobQueue(
+        engine, gallery, JobStore(gallery.database), size=settings.queue_size, workers=settings.server_workers
+    )
+    state = ServerState(settings, engine, gallery, queue, DoorPolicy(settings))
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        queue.start()
+        try:
+            yield
+        finally:
+            queue.stop()
+
+    app = FastAPI(
+        title="easel",
+        summary="Local image generation: native jobs API, AUTOMATIC1111- and OpenAI-compatible endpoints",
+        version=_version(),
+        lifespan=lifespan,
+    )
+    app.state.easel = state
+    errors.install(app)
+    app.include_router(native.router)
+    app.include_router(a1111.router)
+    app.include_router(openai.router)
+    # outermost first: a request without the key is refused before its body is read
+    app.add_middleware(BodyLimitMiddleware, limit=settings.max_upload_bytes * 4 // 3 + 1024 * 1024)
+    app.add_middleware(ApiKeyMiddleware, api_key=settings.api_key)
+    return app
+
+
+def serve(settings: Settings, *, host: str, port: int, insecure: bool = False) -> None:
+    """Run the app on uvicorn (blocking); refuses a non-loopback bind without a key."""
+    import uvicorn
+
+    from easel.server.security import check_bind
+
+    check_bind(host, api_key=settings.api_key, insecure=insecure)
+    uvicorn.run(create_app(settings), host=host, port=port, log_level="info", access_log=False)
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("easel")
+    except PackageNotFoundError:
+        return "0+unknown"
+
+
+def public_models(state: ServerState) -> list[dict[str, Any]]:
+    return [entry.public() for entry in state.models()]

@@ -1,0 +1,174 @@
+"""OpenAI-compatible Images API, enough for the official `openai` client unchanged.
+
+    POST /v1/images/generations   JSON: prompt, n, size "WxH" | "auto", response_format
+    POST /v1/images/edits         multipart: image (or image[]), prompt, n, size, ...; with a
+                                  mask this would be inpainting (refused for now), without one
+                                  it is image-to-image
+
+Fields OpenAI's API does not have but easel does are honoured when sent (the client's
+extra_body puts them at the top level): seed, negative_prompt, steps, guidance_scale,
+scheduler, strength. `model` names an easel model; OpenAI's own model names (dall-e-*,
+gpt-image-*) mean the server's current model. Responses are {"created", "data": [{"b64_json"}]}
+(or "url", pointing at the native image route).
+"""
+
+from __future__ import annotations
+
+import base64
+import time
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Request
+from pydantic import BaseModel, ConfigDict, Field
+
+from easel.errors import InvalidRequest, UnsupportedFeature
+from easel.request import GenerationRequest
+from easel.server.app import ServerState, state_of
+from easel.server.jobs import Job
+from easel.server.native import gallery_entry, submit
+
+router = APIRouter(prefix="/v1/images", tags=["OpenAI"])
+State = Annotated[ServerState, Depends(state_of)]
+OPENAI_MODELS = ("dall-e-", "gpt-image-")
+OUR_FIELDS = {"guidance_scale", "negative_prompt", "seed", "steps", "scheduler", "strength"}
+THEIR_FIELD = {"num_images": "n", "width": "size", "height": "size", "init_image": "image"}
+
+
+class GenerationsRequest(BaseModel):
+    """OpenAI's fields plus easel's extras; unknown fields (quality, style, user) are ignored."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    prompt: str
+    n: int = Field(1, ge=1)
+    size: str | None = None
+    response_format: str = "b64_json"
+    model: str | None = None
+    seed: int | None = None
+    negative_prompt: str = ""
+    steps: int | None = None
+    guidance_scale: float | None = None
+    scheduler: str | None = None
+
+
+def _size(size: str | None) -> tuple[int | None, int | None]:
+    if size is None or size == "auto":
+        return None, None
+    width, _, height = size.lower().partition("x")
+    if not (width.isdigit() and height.isdigit()):
+        raise InvalidRequest(f"invalid size={size!r}: use WIDTHxHEIGHT, e.g. 512x512, or auto", field="size")
+    return int(width), int(height)
+
+
+def _request(state: ServerState, fields: dict[str, Any]) -> GenerationRequest:
+    """OpenAI fields -> GenerationRequest; errors name the OpenAI field where one differs."""
+    model = fields.pop("model", None)
+    fields["model"] = (
+        state.current_model
+        if model is None or model.startswith(OPENAI_MODELS)
+        else state.policy.model_reference(model, field="model")
+    )
+    fields["width"], fields["height"] = _size(fields.pop("size", None))
+    fields["num_images"] = fields.pop("n", 1)
+    try:
+        return state.policy.check(GenerationRequest.from_fields(fields))
+    except InvalidRequest as error:
+        theirs = THEIR_FIELD.get(error.field or "")
+        if theirs is None:
+            raise
+        raise InvalidRequest(str(error), field=theirs, value=error.value) from None
+
+
+async def _respond(state: ServerState, request: Request, job: Job, response_format: str) -> dict[str, Any]:
+    job = await state.queue.wait(job)
+    error = job.exception()
+    if error is not None:
+        raise error
+    data = []
+    for image in job.images:
+        if response_format == "url":
+            data.append({"url": str(request.base_url).rstrip("/") + f"/api/v1/images/{image['id']}"})
+        else:
+            png = gallery_entry(state, image["id"]).path.read_bytes()
+            data.append({"b64_json": base64.b64encode(png).decode("ascii")})
+    summary = job.summary or {}
+    size = f"{summary.get('request', {}).get('width')}x{summary.get('request', {}).get('height')}"
+    return {"created": int(time.time()), "data": data, "output_format": "png", "size": size}
+
+
+def _response_format(value: str | None) -> str:
+    value = value or "b64_json"
+    if value not in ("b64_json", "url"):
+        raise InvalidRequest(
+            f"invalid response_format={value!r}: use b64_json or url", field="response_format", value=value
+        )
+    return value
+
+
+@router.post("/generations")
+async def generations(body: GenerationsRequest, request: Request, state: State) -> dict[str, Any]:
+    response_format = _response_format(body.response_format)
+    fields = body.model_dump(exclude={"response_format"})
+    generation = _request(state, fields)
+    return await _respond(state, request, submit(state, generation, "openai"), response_format)
+
+
+EDITS_SCHEMA = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["image", "prompt"],
+                    "properties": {
+                        "image": {"type": "string", "format": "binary"},
+                        "mask": {"type": "string", "format": "binary", "description": "not supported yet"},
+                        "prompt": {"type": "string"},
+                        "n": {"type": "integer"},
+                        "size": {"type": "string"},
+                        "response_format": {"type": "string", "enum": ["b64_json", "url"]},
+                        "model": {"type": "string"},
+                        **{name: {"type": "string"} for name in sorted(OUR_FIELDS)},
+                    },
+                }
+            }
+        },
+    }
+}
+
+
+@router.post("/edits", openapi_extra=EDITS_SCHEMA)
+async def edits(request: Request, state: State) -> dict[str, Any]:
+    """Image-to-image from an uploaded image (multipart, as the openai client sends it)."""
+    from starlette.datastructures import UploadFile
+
+    limit = state.settings.max_upload_bytes
+    try:
+        form = await request.form(max_files=4, max_fields=64, max_part_size=limit)
+    except Exception as error:  # malformed multipart, or a part over the limit
+        if isinstance(error, InvalidRequest):
+            raise
+        raise InvalidRequest(f"invalid body: not a readable multipart form ({error})", field="body") from None
+    async with form:
+        uploads = [v for key in ("image", "image[]") for v in form.getlist(key) if isinstance(v, UploadFile)]
+        if not uploads:
+            raise InvalidRequest("image is required (a multipart file field)", field="image")
+        if form.get("mask") is not None:
+            raise UnsupportedFeature("inpainting (an edit with mask) is not supported yet; send no mask "
+                                     "for image-to-image")  # fmt: skip
+        data = await uploads[0].read(limit + 1)
+        text = {key: value for key, value in form.items() if isinstance(value, str)}
+    fields: dict[str, Any] = {"prompt": text.get("prompt")}
+    if fields["prompt"] is None:
+        raise InvalidRequest("prompt is required", field="prompt")
+    for name in ("size", "model"):
+        if name in text:
+            fields[name] = text[name]
+    for name in ("n", *sorted(OUR_FIELDS)):
+        if name in text and text[name] != "":
+            fields[name] = text[name]  # strings: GenerationRequest validates and converts them
+    fields["init_image"] = state.policy.data_url(data, field="image")
+    response_format = _response_format(text.get("response_format"))
+    generation = _request(state, fields)
+    return await _respond(state, request, submit(state, generation, "openai"), response_format)

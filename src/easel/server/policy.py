@@ -1,0 +1,195 @@
+"""What the server accepts beyond what GenerationRequest itself validates.
+
+GenerationRequest is the contract for every door; a network door adds the limits a shared
+machine needs (pixels, steps, images per request, upload bytes, decompression bombs) and
+refuses what would let a remote caller reach the server's file system or network: local
+paths as models or images, and image URLs unless the operator turned them on (server-side
+request forgery). Each refusal is an InvalidRequest naming the field, so it is a clear 4xx.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from easel.config import Settings
+from easel.errors import InvalidRequest
+from easel.request import GenerationRequest
+from easel.server.errors import PayloadTooLarge
+
+DEMO_TITLE = "easel-demo"  # the bundled model as the server lists it (model=None)
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """A model the server can name without revealing where it lives."""
+
+    title: str  # what clients send back: a repo id, or DEMO_TITLE
+    name: str
+    pipeline: str | None = None  # model_index.json _class_name
+    reference: str | None = field(default=None)  # the GenerationRequest.model value
+
+    def public(self) -> dict[str, Any]:
+        return {"title": self.title, "name": self.name, "pipeline": self.pipeline}
+
+
+def list_models() -> list[ModelEntry]:
+    """The bundled model plus every diffusers model (model_index.json) in the HF cache."""
+    entries = [ModelEntry(DEMO_TITLE, DEMO_TITLE, "StableDiffusionPipeline", None)]
+    try:
+        from huggingface_hub import scan_cache_dir
+
+        repos = sorted(scan_cache_dir().repos, key=lambda repo: repo.repo_id.lower())
+    except Exception:  # no cache yet, or an unreadable one: the bundled model still works
+        return entries
+    for repo in repos:
+        if repo.repo_type != "model":
+            continue
+        index = next(
+            (f.file_path for rev in repo.revisions for f in rev.files if f.file_name == "model_index.json"),
+            None,
+        )
+        if index is None:
+            continue
+        pipeline = None
+        try:
+            import json
+
+            pipeline = json.loads(Path(index).read_text("utf-8")).get("_class_name")
+        except (OSError, ValueError):
+            pass
+        entries.append(ModelEntry(repo.repo_id, repo.repo_id.rsplit("/", 1)[-1], pipeline, repo.repo_id))
+    return entries
+
+
+class DoorPolicy:
+    """Checks every request the server is about to queue; see the module docstring."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+    def check(self, request: GenerationRequest) -> GenerationRequest:
+        s = self.settings
+        pixels = (request.width or 0) * (request.height or 0)
+        if pixels > s.max_pixels:
+            raise InvalidRequest(
+                f"invalid width x height={request.width}x{request.height}: more than this server's "
+                f"limit of {s.max_pixels} pixels",
+                field="width",
+                value=request.width,
+            )
+        for name in ("steps", "prior_steps"):
+            value = getattr(request, name, None)
+            if value is not None and value > s.max_steps:
+                raise InvalidRequest(
+                    f"invalid {name}={value}: more than this server's limit of {s.max_steps}",
+                    field=name,
+                    value=value,
+                )
+        if request.num_images > s.max_images:
+            raise InvalidRequest(
+                f"invalid num_images={request.num_images}: more than this server's limit of {s.max_images}",
+                field="num_images",
+                value=request.num_images,
+            )
+        updates: dict[str, Any] = {}
+        for name in ("model", "refiner", "prior"):
+            value = getattr(request, name, None)
+            if value is not None:
+                updates[name] = self.model_reference(value, field=name)
+        if request.init_image is not None:
+            self.image_reference(request.init_image, field="init_image")
+        return request.model_copy(update=updates) if updates else request
+
+    def model_reference(self, value: str, *, field: str) -> str | None:
+        """A listed title or a hub repo id; never a path on the server."""
+        from easel.models.reference import HUB_ID, PICKLE_SUFFIXES, SAFE_SUFFIXES
+
+        title = value.split(" [", 1)[0].strip()  # A1111 titles carry " [hash]"
+        if title == DEMO_TITLE:
+            return None
+        looks_like_path = (
+            title.startswith((".", "/", "~")) or "\\" in title or title.count("/") != 1
+            or title.lower().endswith(SAFE_SUFFIXES + PICKLE_SUFFIXES) or Path(title).exists()
+        )  # fmt: skip
+        if looks_like_path or not HUB_ID.match(title):
+            raise InvalidRequest(
+                f"invalid {field}={value!r}: the server takes a listed model title or a Hugging Face "
+                "repo id (org/name); local paths are not accepted over HTTP",
+                field=field,
+                value=value,
+            )
+        return title
+
+    def image_reference(self, value: str, *, field: str) -> None:
+        """Data URLs are checked here; URLs only when allowed; paths never."""
+        if value.startswith("data:"):
+            self.image_bytes(_decode_base64(value.partition(",")[2], field=field, limit=self._b64_limit),
+                             field=field)  # fmt: skip
+            return
+        if value.startswith(("http://", "https://")):
+            if not self.settings.allow_url_images:
+                raise InvalidRequest(
+                    f"invalid {field}: image URLs are off on this server (they would let callers make it "
+                    "fetch any address); send the image as base64 / a data URL, or start the server "
+                    "with --allow-url-images",
+                    field=field,
+                )
+            return
+        raise InvalidRequest(
+            f"invalid {field}: the server does not read local paths; send the image as base64 / a data URL",
+            field=field,
+        )
+
+    def data_url(self, data: bytes | str, *, field: str) -> str:
+        """An uploaded image (bytes, base64 or a data URL) as a checked PNG-labelled data URL."""
+        if isinstance(data, str):
+            data = _decode_base64(data.partition(",")[2] if data.startswith("data:") else data,
+                                  field=field, limit=self._b64_limit)  # fmt: skip
+        self.image_bytes(data, field=field)
+        return "data:image/png;base64," + base64.b64encode(data).decode("ascii")
+
+    def image_bytes(self, data: bytes, *, field: str) -> None:
+        """Size in bytes and in pixels (read from the header, before any decoding)."""
+        from PIL import Image, UnidentifiedImageError
+
+        from easel.storage.images import MAX_PIXELS
+
+        if len(data) > self.settings.max_upload_bytes:
+            raise PayloadTooLarge(
+                f"invalid {field}: {len(data)} bytes is more than this server's limit of "
+                f"{self.settings.max_upload_bytes}",
+                field=field,
+                value=len(data),
+            )
+        try:
+            with Image.open(io.BytesIO(data)) as image:
+                width, height = image.size
+        except (UnidentifiedImageError, OSError, Image.DecompressionBombError, SyntaxError) as error:
+            raise InvalidRequest(f"invalid {field}: not a readable image ({error})", field=field) from None
+        if width * height > MAX_PIXELS:
+            raise InvalidRequest(
+                f"invalid {field}: {width}x{height} is larger than the {MAX_PIXELS // 1_000_000} megapixel "
+                "limit for input images",
+                field=field,
+                value=f"{width}x{height}",
+            )
+
+    @property
+    def _b64_limit(self) -> int:
+        return self.settings.max_upload_bytes * 4 // 3 + 4
+
+
+def _decode_base64(text: str, *, field: str, limit: int) -> bytes:
+    if len(text) > limit:
+        raise PayloadTooLarge(
+            f"invalid {field}: {len(text)} base64 characters is more than this server accepts", field=field
+        )
+    try:
+        return base64.b64decode(text.strip(), validate=True)
+    except (binascii.Error, ValueError):
+        raise InvalidRequest(f"invalid {field}: not valid base64", field=field) from None
