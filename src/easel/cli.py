@@ -331,6 +331,48 @@ def schedulers() -> None:
         typer.echo(name)
 
 
+@app.command()
+def bench(
+    model: Annotated[
+        str | None, typer.Option("--model", "-m", help="Model to measure (default: bundled demo).")
+    ] = None,
+    prompt: Annotated[str, typer.Option(help="Prompt to generate.")] = "a red circle on a blue background",
+    steps: Annotated[int, typer.Option(help="Denoising steps per image.")] = 20,
+    width: Annotated[int | None, typer.Option(help="Width (default: the model's native size).")] = None,
+    height: Annotated[int | None, typer.Option(help="Height.")] = None,
+    rounds: Annotated[int, typer.Option(help="Timed rounds (each runs easel then diffusers).")] = 5,
+    warmup: Annotated[int, typer.Option(help="Untimed rounds first.")] = 1,
+    extras: Annotated[
+        bool, typer.Option("--extras/--no-extras", help="Also measure task switching and cold start.")
+    ] = True,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    debug: Annotated[bool, typer.Option("--debug", help="Show library logs and tracebacks.")] = False,
+) -> None:
+    """Time easel against a plain diffusers call (alternating rounds, medians, memory, equality)."""
+
+    def run() -> dict[str, Any]:
+        _quiet_libraries(debug)
+        from easel.bench import measure_cold_start, measure_task_switching, run_benchmark
+        from easel.config import Settings
+
+        settings = Settings.from_env()
+        report = run_benchmark(
+            model=model, prompt=prompt, steps=steps, width=width, height=height, rounds=rounds,
+            warmup=warmup, settings=settings,
+        ).as_dict()  # fmt: skip
+        if extras:
+            report["task_switching"] = measure_task_switching(model, settings)
+            report["cold_start"] = measure_cold_start(prompt) if model is None else None
+        return report
+
+    report = _run_door(run, debug=debug)
+    if as_json:
+        typer.echo(json.dumps(report))
+        return
+    for key, value in report.items():
+        typer.echo(f"{key}: {value}")
+
+
 gallery_app = typer.Typer(help="Browse, search and delete the images easel has made.", no_args_is_help=True)
 app.add_typer(gallery_app, name="gallery")
 

@@ -1,0 +1,226 @@
+"""The benchmark: easel against a plain diffusers call, in one process, alternating.
+
+What it answers: does easel's machinery (request validation, model resolution, from_pipe
+task pipelines, a fresh scheduler per request, metadata) cost anything measurable next to
+calling diffusers directly, and do both make the same pixels? Rounds alternate between the
+two after warm-up so drift (thermal, other load) hits both alike; medians are reported.
+Timings belong here, in the benchmark's output, never in test assertions.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from easel.config import Settings
+from easel.request import GenerationRequest
+
+
+@dataclass
+class BenchReport:
+    """Everything one benchmark run measured (JSON-ready through as_dict)."""
+
+    model: str
+    device: str
+    dtype: str
+    threads: int
+    steps: int
+    size: str
+    rounds: int
+    easel_s: list[float] = field(default_factory=list)
+    diffusers_s: list[float] = field(default_factory=list)
+    images_equal: bool = False
+    rss_mb: dict[str, float] = field(default_factory=dict)
+    cuda_max_allocated_mb: float | None = None
+    recompiles: int | None = None
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        easel, plain = statistics.median(self.easel_s), statistics.median(self.diffusers_s)
+        return {
+            "model": self.model,
+            "device": self.device,
+            "dtype": self.dtype,
+            "threads": self.threads,
+            "steps": self.steps,
+            "size": self.size,
+            "rounds": self.rounds,
+            "easel_median_s": round(easel, 4),
+            "diffusers_median_s": round(plain, 4),
+            "ratio_easel_over_diffusers": round(easel / plain, 4),
+            "easel_steps_per_s": round(self.steps / easel, 2),
+            "diffusers_steps_per_s": round(self.steps / plain, 2),
+            "images_equal": self.images_equal,
+            "rss_mb": {k: round(v, 1) for k, v in self.rss_mb.items()},
+            "cuda_max_allocated_mb": self.cuda_max_allocated_mb,
+            "recompiles": self.recompiles,
+            **self.extras,
+        }
+
+
+def _rss_mb() -> float:
+    import psutil
+
+    return psutil.Process().memory_info().rss / 2**20
+
+
+def run_benchmark(
+    *,
+    model: str | None,
+    prompt: str = "a red circle on a blue background",
+    steps: int = 20,
+    width: int | None = None,
+    height: int | None = None,
+    rounds: int = 5,
+    warmup: int = 1,
+    seed: int = 0,
+    settings: Settings | None = None,
+) -> BenchReport:
+    """Time `rounds` alternating generations through easel and through diffusers."""
+    import numpy as np
+    import torch
+    from diffusers import AutoPipelineForText2Image
+
+    from easel.engine import Easel
+
+    settings = settings or Settings.from_env()
+    engine = Easel(settings)
+    rss = {"start": _rss_mb()}
+    request = GenerationRequest(
+        model=model, prompt=prompt, steps=steps, seed=seed, width=width, height=height, scheduler=None
+    )
+    first = engine.generate(request)  # loads the model; also the warm-up's first round
+    concrete = first.request
+    rss["easel_loaded"] = _rss_mb()
+    (loaded,) = [entry for entry in engine.cache.loaded() if entry.source.display_name == first.model_name]
+    device = str(loaded.pipeline.device)
+    dtype = loaded.pipeline.unet.dtype if hasattr(loaded.pipeline, "unet") else torch.float32
+    location = loaded.source.location
+    plain = AutoPipelineForText2Image.from_pretrained(location, torch_dtype=dtype).to(device)
+    plain.set_progress_bar_config(disable=True)
+    rss["both_loaded"] = _rss_mb()
+
+    def run_easel() -> Any:
+        return engine.generate(concrete).images[0]
+
+    def run_plain() -> Any:
+        generator = [torch.Generator("cpu").manual_seed(seed)]
+        return plain(
+            prompt,
+            num_inference_steps=steps,
+            guidance_scale=concrete.guidance_scale,
+            width=concrete.width,
+            height=concrete.height,
+            generator=generator,
+        ).images[0]
+
+    if device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+    compiled_before = _graph_count()
+    for _ in range(warmup):
+        run_easel()
+        run_plain()
+    report = BenchReport(
+        model=first.model_name,
+        device=device,
+        dtype=str(dtype).removeprefix("torch."),
+        threads=torch.get_num_threads(),
+        steps=steps,
+        size=f"{concrete.width}x{concrete.height}",
+        rounds=rounds,
+    )
+    ours = theirs = None
+    for _ in range(rounds):
+        started = time.perf_counter()
+        ours = run_easel()
+        report.easel_s.append(time.perf_counter() - started)
+        started = time.perf_counter()
+        theirs = run_plain()
+        report.diffusers_s.append(time.perf_counter() - started)
+    report.images_equal = bool(np.array_equal(np.asarray(ours), np.asarray(theirs)))
+    rss["end"] = _rss_mb()
+    report.rss_mb = rss
+    if device.startswith("cuda"):
+        report.cuda_max_allocated_mb = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+    if settings.compile:
+        report.recompiles = _graph_count() - compiled_before
+    return report
+
+
+def measure_task_switching(model: str | None, settings: Settings | None = None) -> dict[str, float]:
+    """RSS growth while one base alternates between text-to-image and image-to-image: from_pipe
+    must add no weights (growth as a fraction of the base's parameter bytes). One round of
+    each runs first, so the allocator's working memory for both tasks is already counted;
+    what is left is what switching itself costs."""
+    import tempfile
+
+    from easel.engine import Easel
+
+    engine = Easel(settings or Settings.from_env())
+    text2img = GenerationRequest(model=model, prompt="a red circle", steps=2, seed=0)
+    first = engine.generate(text2img)
+    (loaded,) = engine.cache.loaded()
+    base_bytes = sum(
+        p.numel() * p.element_size()
+        for name in ("unet", "vae", "text_encoder")
+        if getattr(loaded.pipeline, name, None) is not None
+        for p in getattr(loaded.pipeline, name).parameters()
+    )
+    with tempfile.TemporaryDirectory() as scratch:
+        path = os.path.join(scratch, "init.png")
+        first.images[0].save(path)
+        img2img = text2img.model_copy(update={"init_image": path, "strength": 0.5})
+        engine.generate(img2img)
+        before = _rss_mb()
+        for _ in range(3):
+            engine.generate(text2img)
+            engine.generate(img2img)
+        growth_mb = _rss_mb() - before
+    return {
+        "base_weights_mb": round(base_bytes / 2**20, 2),
+        "rss_growth_over_3_switches_mb": round(growth_mb, 2),
+        "growth_fraction_of_base": round(growth_mb * 2**20 / base_bytes, 4),
+    }
+
+
+def measure_cold_start(prompt: str = "a red circle on a blue background") -> dict[str, float]:
+    """Wall time of `easel --help` and of a first image from the bundled model, each in a
+    fresh process (what a user waits for)."""
+    command = [sys.executable, "-m", "easel"]
+    started = time.perf_counter()
+    subprocess.run([*command, "--help"], check=True, capture_output=True)
+    help_s = time.perf_counter() - started
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as scratch:
+        started = time.perf_counter()
+        subprocess.run(
+            [
+                *command,
+                "generate",
+                prompt,
+                "--seed",
+                "1",
+                "--no-gallery",
+                "-o",
+                os.path.join(scratch, "x.png"),
+            ],
+            check=True,
+            capture_output=True,
+        )
+        first_image_s = time.perf_counter() - started
+    return {"help_s": round(help_s, 3), "cold_first_image_s": round(first_image_s, 3)}
+
+
+def _graph_count() -> int:
+    try:
+        from torch._dynamo.utils import counters
+
+        return int(counters["stats"]["unique_graphs"])
+    except (ImportError, KeyError):
+        return 0
