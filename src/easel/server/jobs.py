@@ -401,7 +401,9 @@ class JobQueue:
             summary = result.summary()
             summary["request"] = public_request(summary["request"])
             job.summary = summary
-            job.step = job.total = result.effective_steps
+            if not job.total:  # no step callback ran (nothing to denoise): report the steps run
+                job.total = result.effective_steps
+            job.step = job.total  # the pipeline's own count (PNDM runs one step more than asked)
             self._finish(job, SUCCEEDED)
 
     def _finish(self, job: Job, status: str, error: EaselError | None = None) -> None:

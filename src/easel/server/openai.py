@@ -150,15 +150,18 @@ async def edits(request: Request, state: State) -> dict[str, Any]:
         if isinstance(error, InvalidRequest):
             raise
         raise InvalidRequest(f"invalid body: not a readable multipart form ({error})", field="body") from None
-    async with form:
+    try:
         uploads = [v for key in ("image", "image[]") for v in form.getlist(key) if isinstance(v, UploadFile)]
         if not uploads:
             raise InvalidRequest("image is required (a multipart file field)", field="image")
         if form.get("mask") is not None:
-            raise UnsupportedFeature("inpainting (an edit with mask) is not supported yet; send no mask "
-                                     "for image-to-image")  # fmt: skip
+            raise UnsupportedFeature(
+                "inpainting (an edit with mask) is not supported yet; send no mask for image-to-image"
+            )
         data = await uploads[0].read(limit + 1)
         text = {key: value for key, value in form.items() if isinstance(value, str)}
+    finally:
+        await form.close()
     fields: dict[str, Any] = {"prompt": text.get("prompt")}
     if fields["prompt"] is None:
         raise InvalidRequest("prompt is required", field="prompt")
