@@ -1,0 +1,167 @@
+"""The real thing: `python -m easel serve` on a free loopback port, driven by the PyPI
+clients `webuiapi` and `openai`, unchanged, with an API key."""
+
+from __future__ import annotations
+
+import base64
+import io
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pytest
+from conftest import TINY_SD15
+from PIL import Image
+
+KEY = "process-test-key"
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def live_server(hf_home, tmp_path_factory):
+    port = free_port()
+    home = tmp_path_factory.mktemp("live-home")
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "EASEL_THREADS": "1",
+        "EASEL_HOME": str(home),
+        "EASEL_API_KEY": KEY,
+    }
+    log = (home / "server.log").open("w")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "easel", "serve", "--host", "127.0.0.1", "--port", str(port)],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            assert process.poll() is None, (home / "server.log").read_text()
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as answer:
+                    if answer.status == 200:
+                        break
+            except OSError:
+                pass
+            assert time.monotonic() < deadline, "server did not start in 90 s"
+            time.sleep(0.2)
+        yield port
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=10)
+        log.close()
+
+
+def test_webuiapi_client_unchanged(live_server, init_png):
+    import webuiapi
+
+    api = webuiapi.WebUIApi(host="127.0.0.1", port=live_server, username="webui", password=KEY)
+    assert TINY_SD15 in api.util_get_model_names()
+    api.util_set_model(TINY_SD15)
+    assert api.util_get_current_model() == TINY_SD15
+    assert "Euler a" in api.util_get_sampler_names()
+
+    result = api.txt2img(
+        prompt="a red circle",
+        negative_prompt="blue",
+        seed=42,
+        steps=2,
+        width=64,
+        height=64,
+        cfg_scale=6,
+        batch_size=2,
+        sampler_name="Euler a",
+    )
+    assert [image.size for image in result.images] == [(64, 64), (64, 64)]
+    assert result.info["all_seeds"] == [42, 43] and result.info["sd_model_name"] == "stable-diffusion-v1-5"
+    assert result.info["infotexts"][0].startswith(
+        "a red circle\nNegative prompt: blue\nSteps: 2, Sampler: Euler a"
+    )
+    assert result.images[0].info["parameters"] == result.info["infotexts"][0]
+
+    edited = api.img2img(
+        images=[Image.open(init_png)],
+        prompt="paint",
+        denoising_strength=0.5,
+        steps=4,
+        seed=3,
+        width=64,
+        height=64,
+    )
+    assert edited.images[0].size == (64, 64) and edited.info["denoising_strength"] == 0.5
+
+    assert api.png_info(result.images[0]).info == result.info["infotexts"][0]
+    assert api.get_progress()["state"]["job_count"] == 0
+
+    unit = webuiapi.ControlNetUnit(
+        image=Image.open(init_png), module="canny", model="control_v11p_sd15_canny"
+    )
+    with pytest.raises(RuntimeError) as refused:
+        api.txt2img(prompt="x", steps=1, width=64, height=64, controlnet_units=[unit])
+    assert refused.value.args[0] == 422 and "ControlNet is not supported yet" in refused.value.args[1]
+
+    stranger = webuiapi.WebUIApi(host="127.0.0.1", port=live_server, username="webui", password="wrong")
+    with pytest.raises(RuntimeError) as denied:
+        stranger.txt2img(prompt="x", steps=1)
+    assert denied.value.args[0] == 401
+
+
+def test_openai_client_unchanged(live_server, init_png):
+    import openai
+
+    client = openai.OpenAI(
+        base_url=f"http://127.0.0.1:{live_server}/v1", api_key=KEY, max_retries=0, timeout=120
+    )
+    made = client.images.generate(
+        prompt="a green triangle",
+        model=TINY_SD15,
+        n=2,
+        size="64x64",
+        response_format="b64_json",
+        extra_body={"seed": 5, "steps": 2},
+    )
+    images = [Image.open(io.BytesIO(base64.b64decode(item.b64_json))) for item in made.data]
+    assert [image.size for image in images] == [(64, 64), (64, 64)]
+    assert "Seed: 5," in images[0].info["parameters"] and "Seed: 6," in images[1].info["parameters"]
+    again = client.images.generate(
+        prompt="a green triangle",
+        model=TINY_SD15,
+        n=2,
+        size="64x64",
+        response_format="b64_json",
+        extra_body={"seed": 5, "steps": 2},
+    )
+    assert [item.b64_json for item in again.data] == [item.b64_json for item in made.data]
+
+    with init_png.open("rb") as upload:
+        edited = client.images.edit(
+            image=upload,
+            prompt="paint it",
+            model=TINY_SD15,
+            size="64x64",
+            response_format="b64_json",
+            extra_body={"strength": 0.5, "steps": 4, "seed": 1},
+        )
+    edited_image = Image.open(io.BytesIO(base64.b64decode(edited.data[0].b64_json)))
+    assert "Denoising strength: 0.5" in edited_image.info["parameters"]
+
+    with pytest.raises(openai.UnprocessableEntityError) as invalid:
+        client.images.generate(prompt="x", size="65x64")
+    assert invalid.value.body["param"] == "size"
+    wrong = openai.OpenAI(base_url=f"http://127.0.0.1:{live_server}/v1", api_key="nope", max_retries=0)
+    with pytest.raises(openai.AuthenticationError):
+        wrong.images.generate(prompt="x")
