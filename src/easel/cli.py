@@ -58,21 +58,19 @@ def _run_door(action: Callable[[], T], *, debug: bool) -> T:
 
 
 def _quiet_libraries(debug: bool) -> None:
-    """Hub/diffusers/transformers chatter is for debugging, not for every run."""
+    """Hub/diffusers/transformers chatter is for debugging, not for every run.
+
+    Set through the libraries' environment variables (read when they are first imported), so
+    a run that fails before any model loads never pays for importing torch."""
     if debug:
         return
+    import os
     import warnings
 
     warnings.filterwarnings("ignore", category=FutureWarning)
-    from diffusers.utils import logging as diffusers_logging
-    from huggingface_hub.utils import logging as hub_logging
-    from transformers.utils import logging as transformers_logging
-
-    diffusers_logging.set_verbosity_error()
-    diffusers_logging.disable_progress_bar()
-    transformers_logging.set_verbosity_error()
-    transformers_logging.disable_progress_bar()
-    hub_logging.set_verbosity_error()
+    for variable in ("DIFFUSERS_VERBOSITY", "TRANSFORMERS_VERBOSITY", "HF_HUB_VERBOSITY"):
+        os.environ.setdefault(variable, "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 
 @app.command()

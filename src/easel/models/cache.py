@@ -170,6 +170,47 @@ def _load(
 
     started = time.perf_counter()
     variant = variant_for(options, dtype)
+    with _no_loading_bars():
+        pipe = _load_pipeline(
+            source,
+            family,
+            dtype=dtype,
+            allow_pickle=allow_pickle,
+            components=components,
+            options=options,
+            variant=variant,
+        )
+    prepare_loaded(pipe, options, device)
+    pipe.set_progress_bar_config(disable=True)
+    return LoadedModel(source, family, pipe, time.perf_counter() - started)
+
+
+@contextmanager
+def _no_loading_bars() -> Iterator[None]:
+    """diffusers draws a tqdm bar while loading; progress is the engine's to report (through
+    its callback), so the bar is off while easel loads and restored afterwards."""
+    from diffusers.utils import logging as diffusers_logging
+
+    was_enabled = diffusers_logging.is_progress_bar_enabled()
+    diffusers_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            diffusers_logging.enable_progress_bar()
+
+
+def _load_pipeline(
+    source: ModelSource,
+    family: Family,
+    *,
+    dtype: Any,
+    allow_pickle: bool,
+    components: dict[str, Any] | None,
+    options: PerformanceOptions,
+    variant: str | None,
+) -> Any:
+    """The family's loader with easel's fallbacks; loader errors become EaselErrors."""
     try:
         try:
             loader_options = {} if variant is None else {"variant": variant}
@@ -195,6 +236,4 @@ def _load(
         ) from None
     except (ValueError, KeyError, RuntimeError) as error:
         raise UnsupportedFeature(f"could not load model {source.reference!r}: {error}") from None
-    prepare_loaded(pipe, options, device)
-    pipe.set_progress_bar_config(disable=True)
-    return LoadedModel(source, family, pipe, time.perf_counter() - started)
+    return pipe
