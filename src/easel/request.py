@@ -24,6 +24,86 @@ def effective_steps(steps: int, strength: float | None) -> int:
     return steps if strength is None else int(steps * strength)
 
 
+MAX_CONTROLS = 8
+MAX_CONTROL_SCALE = 2.0  # A1111's weight slider range; beyond it ControlNets only add artifacts
+
+
+class FieldProblem(ValueError):
+    """A cross-field problem inside a nested model (a ControlUnit), raised as a ValueError so
+    pydantic records where it happened; invalid_request_from names `controls[i].<field>`."""
+
+    def __init__(self, field: str, value: object, reason: str) -> None:
+        super().__init__(reason)
+        self.field, self.value, self.reason = field, value, reason
+
+
+class UnitError(InvalidRequest, ValueError):
+    """InvalidRequest from a ControlUnit; a ValueError so a request holding the unit can say
+    which unit (controls[i]) it came from."""
+
+
+class ControlUnit(BaseModel):
+    """One ControlNet: a control model steered by a control image. Several units in one
+    request run together (MultiControlNet), each with its own image, scale and schedule.
+
+    `image` is read as given unless `preprocessor` turns it into the map the model expects
+    (`canny` edges with OpenCV, or a controlnet_aux detector such as `openpose`).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    model: str = Field(
+        ...,
+        description="ControlNet: hub repo id, local folder (config.json inside), .safetensors file, "
+        "or 'demo' for the bundled demo ControlNet",
+    )
+    image: str = Field(..., description="Control image: path, http(s) URL or data URL")
+    preprocessor: str = Field("none", description="none | canny | openpose | depth | ... (see README)")
+    conditioning_scale: float = Field(
+        1.0, ge=0, le=MAX_CONTROL_SCALE, description="How strongly the control steers (0 = not at all)"
+    )
+    guidance_start: float = Field(0.0, ge=0, le=1, description="Fraction of the schedule where it starts")
+    guidance_end: float = Field(1.0, ge=0, le=1, description="Fraction of the schedule where it stops")
+    canny_low: int = Field(100, ge=0, le=255, description="canny: lower hysteresis threshold")
+    canny_high: int = Field(200, ge=0, le=255, description="canny: upper hysteresis threshold")
+
+    def __init__(self, **data: Any) -> None:
+        try:
+            super().__init__(**data)
+        except ValidationError as error:
+            # a ValueError too, so inside a GenerationRequest pydantic records the unit's index
+            problem = invalid_request_from(error)
+            raise UnitError(str(problem), field=problem.field, value=problem.value) from None
+
+    @field_validator("model", "image")
+    @classmethod
+    def _not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("must not be empty")
+        return value
+
+    @field_validator("preprocessor")
+    @classmethod
+    def _known_preprocessor(cls, value: str) -> str:
+        from easel.control.preprocessors import PREPROCESSORS
+
+        if value not in PREPROCESSORS:
+            raise ValueError("unknown preprocessor; known: " + ", ".join(PREPROCESSORS))
+        return value
+
+    @model_validator(mode="after")
+    def _ordered(self) -> ControlUnit:
+        if self.guidance_start >= self.guidance_end:
+            raise FieldProblem(
+                "guidance_start",
+                self.guidance_start,
+                f"must be below guidance_end={self.guidance_end!r} (0 <= start < end <= 1)",
+            )
+        if self.canny_low > self.canny_high:
+            raise FieldProblem("canny_low", self.canny_low, f"must not exceed canny_high={self.canny_high!r}")
+        return self
+
+
 class GenerationRequest(BaseModel):
     """Everything needed to make (and later remake) a set of images.
 
@@ -50,6 +130,11 @@ class GenerationRequest(BaseModel):
     init_image: str | None = Field(None, description="Path or http(s)/data URL: makes this image-to-image")
     strength: float | None = Field(None, ge=0, le=1, description="img2img: 1.0 ignores the init image")
     safety_checker: bool = Field(True, description="Run the model's safety checker when it has one")
+    controls: list[ControlUnit] = Field(
+        default_factory=list,
+        max_length=MAX_CONTROLS,
+        description="ControlNet units; several = MultiControlNet (families without ControlNet refuse them)",
+    )
     # Family-only fields (FAMILY_FIELDS): None = not used / the family's default. A family that
     # cannot use one refuses the request (families.base.Family.check_request).
     refiner: str | None = Field(
@@ -196,11 +281,27 @@ FAMILY_FIELDS = (
 def invalid_request_from(error: ValidationError) -> InvalidRequest:
     """One readable line naming the first bad field and its value."""
     first = error.errors()[0]
-    field = ".".join(str(part) for part in first["loc"]) or "request"
+    # ("controls", 0, "guidance_end") -> "controls[0].guidance_end"
+    field = "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in first["loc"])
+    field = field.removeprefix(".") or "request"
     message = first["msg"].removeprefix("Value error, ")
     original = (first.get("ctx") or {}).get("error")
     if isinstance(original, InvalidRequest):
-        return original
+        if field == "request" or original.field is None:
+            return original
+        inner = f"{field}.{original.field}"  # a nested unit's error, now naming its place
+        message = str(original)
+        name = original.field
+        for prefix in (f"invalid {name}=", f"{name} is", f"unknown field {name!r}"):
+            if message.startswith(prefix):
+                message = message.replace(original.field, inner, 1)
+                break
+        return InvalidRequest(message, field=inner, value=original.value)
+    if isinstance(original, FieldProblem):
+        field = f"{field}.{original.field}" if field != "request" else original.field
+        return InvalidRequest(
+            f"invalid {field}={original.value!r}: {original.reason}", field=field, value=original.value
+        )
     if first["type"] == "missing":
         return InvalidRequest(f"{field} is required", field=field)
     if first["type"] == "extra_forbidden":
