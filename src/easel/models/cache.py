@@ -11,7 +11,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -30,6 +30,19 @@ class LoadedModel:
     source: ModelSource
     family: Family
     pipeline: Any
+    load_seconds: float
+    leases: int = field(default=0)
+    hashes: dict[str, str] | None = None  # filled on first use by the engine
+
+
+@dataclass
+class LoadedComponent:
+    """A loaded model component used beside base pipelines (a ControlNet): one module,
+    cached by (kind, source, device, dtype) so every pipeline derived with it shares it."""
+
+    kind: str
+    source: ModelSource
+    module: Any
     load_seconds: float
     leases: int = field(default=0)
     hashes: dict[str, str] | None = None  # filled on first use by the engine
@@ -89,6 +102,9 @@ class PipelineCache:
     def __init__(self, max_entries: int = 2) -> None:
         self._max_entries = max(1, max_entries)
         self._entries: OrderedDict[tuple[str, ...], LoadedModel] = OrderedDict()
+        # components (ControlNets) are small beside a base; a few more of them stay loaded
+        self._max_components = 2 * self._max_entries + 2
+        self._components: OrderedDict[tuple[str, ...], LoadedComponent] = OrderedDict()
         self._lock = threading.Lock()
 
     def __len__(self) -> int:
@@ -147,7 +163,41 @@ class PipelineCache:
                 entry.leases -= 1
                 self._evict()
 
+    def components(self) -> list[LoadedComponent]:
+        """Loaded components (ControlNets), least recently used first."""
+        with self._lock:
+            return list(self._components.values())
+
+    @contextmanager
+    def lease_component(
+        self, kind: str, source: ModelSource, *, device: str, dtype: Any, load: Callable[[], Any]
+    ) -> Iterator[LoadedComponent]:
+        """Yield the `kind` component (e.g. "controlnet") loaded from `source`, calling
+        `load()` on first use. Leased like pipelines, so eviction never frees one in use."""
+        key = (kind, f"{source.kind}:{source.location}", device, str(dtype))
+        with self._lock:
+            entry = self._components.get(key)
+            if entry is None:
+                started = time.perf_counter()
+                module = load()
+                entry = LoadedComponent(kind, source, module, time.perf_counter() - started)
+                self._components[key] = entry
+            self._components.move_to_end(key)
+            entry.leases += 1
+            self._evict()
+        try:
+            yield entry
+        finally:
+            with self._lock:
+                entry.leases -= 1
+                self._evict()
+
     def _evict(self) -> None:
+        for key in list(self._components):
+            if len(self._components) <= self._max_components:
+                break
+            if self._components[key].leases == 0:
+                del self._components[key]
         for key in list(self._entries):
             if len(self._entries) <= self._max_entries:
                 return
