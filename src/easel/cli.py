@@ -94,6 +94,12 @@ def generate(
         ),
     ] = None,
     negative: Annotated[str, typer.Option("--negative", "-n", help="Negative prompt.")] = "",
+    syntax: Annotated[
+        str,
+        typer.Option(
+            "--syntax", help="Prompt weighting syntax: compel (default), a1111 or plain (prompt_syntax)."
+        ),
+    ] = "compel",
     width: Annotated[
         int | None,
         typer.Option(help="Width, a multiple of 8 (default: the model's native size, or the init image's)."),
@@ -216,6 +222,7 @@ def generate(
             model=model,
             prompt=prompt,
             negative_prompt=negative,
+            prompt_syntax=syntax,
             width=width,
             height=height,
             steps=steps,
@@ -318,6 +325,28 @@ class _progress_display:
     def __exit__(self, *exc: object) -> None:
         if self._bar is not None:
             self._bar.stop()
+
+
+@app.command()
+def tokens(
+    prompt: Annotated[str, typer.Argument(help="The prompt to count.")],
+    model: Annotated[str | None, typer.Option("--model", "-m", help="Model whose tokenizer counts.")] = None,
+    syntax: Annotated[str, typer.Option("--syntax", help="compel | a1111 | plain.")] = "compel",
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
+) -> None:
+    """Count a prompt's CLIP tokens and chunks ("83/150, 2 chunks"): past 75 easel chunks, never truncates."""
+
+    def run() -> Any:
+        from easel.config import Settings
+        from easel.engine import Easel
+
+        return Easel(Settings.from_env()).count_tokens(prompt, model=model, syntax=syntax)
+
+    count = _run_door(run, debug=False)
+    if as_json:
+        typer.echo(json.dumps({"tokens": count.tokens, "chunks": count.chunks, "capacity": count.capacity}))
+    else:
+        typer.echo(str(count))
 
 
 @app.command()

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from easel.config import Settings
-from easel.errors import Cancelled, EaselError, GenerationFailed, InvalidRequest
+from easel.errors import Cancelled, EaselError, GenerationFailed, InvalidRequest, UnsupportedFeature
 from easel.families.base import Family, RunOutput
 from easel.models.cache import LoadedModel, PipelineCache, detect_family
 from easel.models.optimizations import check_options, prepare_task
@@ -29,6 +29,8 @@ from easel.schedulers import a1111_name_for
 
 if TYPE_CHECKING:
     from PIL.Image import Image
+
+    from easel.prompts.encoding import TokenCount
 
 
 class CancelToken(Protocol):
@@ -49,6 +51,8 @@ class Easel:
         # Pipelines, schedulers and fast tokenizers are not thread-safe: one run at a time.
         self._run_lock = threading.Lock()
         self._placement: tuple[str, Any] | None = None
+        self._tokenizers: dict[str, Any] = {}
+        self._tokenizer_lock = threading.Lock()
 
     # -- public API -------------------------------------------------------------------------
 
@@ -59,6 +63,29 @@ class Easel:
         return resolve_reference(
             model or "", default_folder=demo_model_path(), allow_pickle=self.settings.allow_pickle
         )
+
+    def count_tokens(self, prompt: str, *, model: str | None = None, syntax: str = "compel") -> TokenCount:
+        """How many CLIP tokens and 75-token chunks `prompt` takes with `model`'s tokenizer.
+
+        Uses a tokenizer of its own (loaded once per model, files only, no weights), so a
+        prompt box can count while a generation runs: fast tokenizers must not be shared
+        between threads.
+        """
+        from easel.prompts.encoding import SYNTAXES, plan_prompt, token_count
+
+        if syntax not in SYNTAXES:
+            raise InvalidRequest(
+                f"invalid prompt_syntax={syntax!r}: use one of {', '.join(SYNTAXES)}",
+                field="prompt_syntax",
+                value=syntax,
+            )
+        plan = plan_prompt(prompt, syntax)
+        source = self.resolve_model(model)
+        with self._tokenizer_lock:
+            tokenizer = self._tokenizers.get(source.location)
+            if tokenizer is None:
+                tokenizer = self._tokenizers[source.location] = _load_tokenizer(source)
+            return token_count(tokenizer, plan)
 
     def _identify(self, reference: str) -> tuple[ModelSource, Family]:
         """A companion model reference (a refiner, a prior) -> its source and family."""
@@ -125,7 +152,7 @@ class Easel:
             pipe = self.task_pipeline(loaded, request, companions=leased)
             sampler = a1111_name_for(type(pipe.scheduler).__name__, dict(pipe.scheduler.config))
             # 6. run
-            output = self._run(family, pipe, request, init_image, on_progress, cancel, leased)
+            output = self._run(family, pipe, request, init_image, on_progress, cancel, leased, loaded.state)
         finished = time.perf_counter()
         nsfw = output.nsfw_content_detected or [False] * len(output.images)
         return GenerationResult(
@@ -268,6 +295,7 @@ class Easel:
         on_progress: ProgressCallback | None,
         cancel: CancelToken | None,
         companions: Mapping[str, LoadedModel],
+        state: dict[str, Any],
     ) -> RunOutput:
         import torch
 
@@ -283,11 +311,14 @@ class Easel:
 
         kwargs = family.call_arguments(pipe, request, init_image)
         kwargs.update(generator=generators, callback_on_step_end=on_step_end)
+        prompt_warnings = family.apply_prompts(pipe, request, kwargs, state)
         if cancel is not None and cancel.is_set():
             raise Cancelled("cancelled before the first step")
         try:
             with torch.inference_mode():
-                return family.run(pipe, kwargs, request=request, companions=companions)
+                output = family.run(pipe, kwargs, request=request, companions=companions)
+            output.warnings[:0] = prompt_warnings
+            return output
         except EaselError:
             raise
         except torch.OutOfMemoryError as error:
@@ -300,6 +331,22 @@ class Easel:
             raise InvalidRequest(f"invalid request: {error}") from error
         except Exception as error:
             raise GenerationFailed(f"generation failed: {type(error).__name__}: {error}") from error
+
+
+def _load_tokenizer(source: ModelSource) -> Any:
+    """The model's first CLIP tokenizer, from its files (the `tokenizer` folder)."""
+    from transformers import CLIPTokenizer
+
+    if source.kind == "single_file":
+        raise UnsupportedFeature(
+            "token counting needs a diffusers folder or repo, not a single checkpoint file"
+        )
+    try:
+        return CLIPTokenizer.from_pretrained(source.location, subfolder="tokenizer")
+    except (OSError, ValueError) as error:
+        raise UnsupportedFeature(
+            f"model {source.reference!r} has no CLIP tokenizer to count with ({error})"
+        ) from None
 
 
 def _free_accelerator_memory() -> None:

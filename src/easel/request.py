@@ -8,7 +8,7 @@ engine and reported with the same field names.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -120,6 +120,9 @@ class GenerationRequest(BaseModel):
     )
     prompt: str = Field(..., description="What to draw")
     negative_prompt: str = Field("", description="What to steer away from")
+    prompt_syntax: Literal["compel", "a1111", "plain"] = Field(
+        "compel", description="Weighting syntax of prompt and negative_prompt: compel | a1111 | plain"
+    )
     width: int | None = Field(None, description="Output width in pixels, a multiple of 8")
     height: int | None = Field(None, description="Output height in pixels, a multiple of 8")
     steps: int | None = Field(None, ge=1, le=1000, description="num_inference_steps")

@@ -78,8 +78,11 @@ class Family:
     def check_request(self, request: GenerationRequest) -> None:
         """Refuse, before anything loads, what this family cannot do: a task it lacks or a
         family-only field it would silently ignore."""
+        from easel.prompts.encoding import plan_prompt
         from easel.request import FAMILY_FIELDS
 
+        plan_prompt(request.prompt, request.prompt_syntax)  # malformed syntax fails here, early
+        plan_prompt(request.negative_prompt, request.prompt_syntax, field="negative_prompt")
         task = "img2img" if request.is_img2img else "text2img"
         if task not in self.tasks:
             raise UnsupportedFeature(self.unsupported_task_message(task))
@@ -180,6 +183,58 @@ class Family:
         else:
             arguments.update(width=request.width, height=request.height)
         return arguments
+
+    # -- prompts ------------------------------------------------------------------------------
+
+    def prompt_encoders(self, pipe: Any) -> list[tuple[Any, Any, str, bool]]:
+        """(tokenizer, text encoder, Compel embeddings type, pooled?) in the order the
+        pipeline concatenates them; SD 1.x/2.x: one CLIP text encoder, last hidden state."""
+        return [(pipe.tokenizer, pipe.text_encoder, "LAST_HIDDEN_STATES_NORMALIZED", False)]
+
+    def apply_prompts(
+        self, pipe: Any, request: GenerationRequest, arguments: dict[str, Any], state: dict[str, Any]
+    ) -> list[str]:
+        """Put the encoded prompts into `arguments` (in place); returns warnings.
+
+        Unweighted prompts within one 75-token window keep the pipeline's own encode_prompt
+        (identical embeddings, no extra cost); anything else is encoded with Compel, chunked
+        instead of truncated, into prompt_embeds (and pooled embeds where the family has
+        them). `state` is the loaded model's scratch space: the encoder and its cache live
+        there, so they go when the model is evicted.
+        """
+        from easel.prompts.encoding import (
+            CHUNK_TOKENS,
+            PromptEncoder,
+            count_tokens,
+            plan_prompt,
+            syntax_warnings,
+        )
+
+        positive = plan_prompt(request.prompt, request.prompt_syntax)
+        negative = plan_prompt(request.negative_prompt, request.prompt_syntax, field="negative_prompt")
+        warnings = syntax_warnings(request.prompt, request.prompt_syntax)
+        encoders = self.prompt_encoders(pipe)
+        tokenizer = encoders[0][0]
+        longest = max(count_tokens(tokenizer, positive) + count_tokens(tokenizer, negative))
+        if not positive.weighted and not negative.weighted and longest <= CHUNK_TOKENS:
+            arguments["prompt"] = positive.text
+            arguments["negative_prompt"] = negative.text or None
+            return warnings
+        encoder = state.get("prompt_encoder")
+        if encoder is None:
+            encoder = state["prompt_encoder"] = PromptEncoder(encoders)
+        embeds, negative_embeds, pooled, negative_pooled = encoder.encode(positive, negative)
+        if not request.negative_prompt and getattr(pipe.config, "force_zeros_for_empty_prompt", False):
+            import torch  # SDXL's convention for an empty negative prompt, as diffusers applies it
+
+            negative_embeds = torch.zeros_like(negative_embeds)
+            negative_pooled = None if negative_pooled is None else torch.zeros_like(negative_pooled)
+        arguments.pop("prompt", None)
+        arguments.pop("negative_prompt", None)
+        arguments.update(prompt_embeds=embeds, negative_prompt_embeds=negative_embeds)
+        if pooled is not None:
+            arguments.update(pooled_prompt_embeds=pooled, negative_pooled_prompt_embeds=negative_pooled)
+        return warnings
 
     def run(
         self,

@@ -102,6 +102,39 @@ class KandinskyDecoderFamily(Family):
     def default_size(self, pipe: Any) -> tuple[int, int]:
         return DEFAULT_SIDE, DEFAULT_SIDE
 
+    def check_request(self, request: GenerationRequest) -> None:
+        """Kandinsky conditions on one CLIP image embedding made by its prior from the plain
+        prompt text: per-word weights have nowhere to go, so a weighted prompt is refused
+        instead of silently ignored."""
+        super().check_request(request)
+        from easel.prompts.encoding import plan_prompt
+
+        for field, text in (("prompt", request.prompt), ("negative_prompt", request.negative_prompt)):
+            if plan_prompt(text, request.prompt_syntax, field=field).weighted:
+                raise UnsupportedFeature(
+                    f"{field}={text!r} uses {request.prompt_syntax} weighting syntax, which Kandinsky 2.2 "
+                    "cannot honour (its prior encodes the plain text); remove the weights or use "
+                    "prompt_syntax='plain'"
+                )
+
+    def apply_prompts(
+        self, pipe: Any, request: GenerationRequest, arguments: dict[str, Any], state: dict[str, Any]
+    ) -> list[str]:
+        """Plain text to the prior, which truncates at 77 tokens: say how much is dropped."""
+        from easel.prompts.encoding import CHUNK_TOKENS, count_tokens, plan_prompt
+
+        warnings = []
+        for field, text in (("prompt", request.prompt), ("negative_prompt", request.negative_prompt)):
+            plan = plan_prompt(text, request.prompt_syntax, field=field)
+            arguments[field] = plan.text or (None if field == "negative_prompt" else "")
+            tokens = sum(count_tokens(pipe.prior_tokenizer, plan))
+            if tokens > CHUNK_TOKENS:
+                warnings.append(
+                    f"{field} has {tokens} tokens; Kandinsky 2.2's prior reads only the first "
+                    f"{CHUNK_TOKENS}, so {tokens - CHUNK_TOKENS} are dropped"
+                )
+        return warnings
+
     def call_arguments(
         self, pipe: Any, request: GenerationRequest, init_image: Image | None
     ) -> dict[str, Any]:

@@ -46,6 +46,16 @@ class SDXLFamily(Family):
         requires_aesthetics = bool(model_index.get("requires_aesthetics_score", False))
         return super().matches(model_index) and requires_aesthetics == self.refiner
 
+    def prompt_encoders(self, pipe: Any) -> list[tuple[Any, Any, str, bool]]:
+        """Both CLIP encoders' penultimate hidden states, concatenated, plus the second's
+        pooled output; the refiner has only the second encoder."""
+        kind = "PENULTIMATE_HIDDEN_STATES_NON_NORMALIZED"
+        encoders = []
+        if getattr(pipe, "text_encoder", None) is not None:
+            encoders.append((pipe.tokenizer, pipe.text_encoder, kind, False))
+        encoders.append((pipe.tokenizer_2, pipe.text_encoder_2, kind, True))
+        return encoders
+
     def call_arguments(
         self, pipe: Any, request: GenerationRequest, init_image: Image | None
     ) -> dict[str, Any]:
@@ -170,6 +180,8 @@ class SDXLBaseFamily(SDXLFamily):
         for name in CONDITIONING:
             if getattr(request, name) is not None:
                 refiner_arguments[name] = tuple(getattr(request, name))
+        # the refiner encodes the prompts with its own text encoder (warnings came from the base)
+        refiner.family.apply_prompts(refiner_pipe, request, refiner_arguments, refiner.state)
         return Family.run(refiner.family, refiner_pipe, refiner_arguments, request=request, companions={})
 
 

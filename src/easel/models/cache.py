@@ -33,6 +33,7 @@ class LoadedModel:
     load_seconds: float
     leases: int = field(default=0)
     hashes: dict[str, str] | None = None  # filled on first use by the engine
+    state: dict[str, Any] = field(default_factory=dict)  # family scratch space (prompt encoder)
 
 
 @dataclass

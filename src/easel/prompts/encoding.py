@@ -1,0 +1,184 @@
+"""Prompt text -> what a pipeline is called with, for the three syntaxes easel accepts.
+
+- `compel`: Compel's own syntax (`word+`, `(words)1.3`, `.blend()`, `.and()`), the seed
+  document's choice and easel's default;
+- `a1111`: AUTOMATIC1111's syntax, translated exactly by easel.prompts.a1111 (Compel would
+  misread it), with `BREAK` starting a new 75-token chunk;
+- `plain`: the text as written, no syntax at all.
+
+Nothing is truncated silently: prompts longer than one CLIP window (75 tokens) are encoded in
+chunks by Compel (truncate_long_prompts=False) and positive and negative conditioning are
+padded to the same length. A prompt with no weighting and no more than 75 tokens takes the
+cheapest path that gives identical embeddings: the pipeline's own encode_prompt (the test
+suite checks the equality), so ordinary prompts cost nothing extra.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from easel.errors import InvalidRequest
+
+Syntax = Literal["compel", "a1111", "plain"]
+SYNTAXES: tuple[str, ...] = ("compel", "a1111", "plain")
+CHUNK_TOKENS = 75  # CLIP's 77 positions minus the start and end tokens
+COMPEL_SPECIAL = re.compile(r'[()+\-"\\]|\.(?:and|blend|swap)\(')
+LOOKS_LIKE_A1111 = re.compile(r"\([^()]*:\s*[-+]?\d*\.?\d+\s*\)")
+CACHE_SIZE = 32
+
+
+@dataclass(frozen=True)
+class PromptPlan:
+    """How one prompt will be encoded: Compel-syntax chunks (one per BREAK chunk), and
+    whether the plain encode_prompt path gives the same embeddings (`text` is then what it
+    is given)."""
+
+    chunks: tuple[str, ...]
+    weighted: bool
+    text: str
+
+
+def plan_prompt(prompt: str, syntax: str, *, field: str = "prompt") -> PromptPlan:
+    """Parse `prompt` in `syntax`; malformed A1111 syntax is an InvalidRequest at its position."""
+    if syntax == "compel":
+        weighted = bool(COMPEL_SPECIAL.search(prompt))
+        return PromptPlan((prompt,), weighted, prompt)
+    if syntax == "plain":
+        return PromptPlan((_escape_for_compel(prompt),), False, prompt)
+    from easel.prompts.a1111 import PromptSyntaxError, a1111_to_compel, parse_a1111
+
+    try:
+        chunks = tuple(a1111_to_compel(prompt))
+        spans = parse_a1111(prompt)
+    except PromptSyntaxError as error:
+        raise InvalidRequest(f"invalid {field}: {error}", field=field, value=prompt) from None
+    flat = [span for chunk in spans for span in chunk]
+    # One chunk at weight 1 is plain text (escapes resolved): the pipeline's own path.
+    weighted = len(spans) > 1 or any(span.weight != 1.0 for span in flat)
+    return PromptPlan(chunks, weighted, "".join(span.text for span in flat))
+
+
+def syntax_warnings(prompt: str, syntax: str) -> list[str]:
+    """A nudge when a prompt seems written for another syntax than the one chosen."""
+    if syntax == "compel" and LOOKS_LIKE_A1111.search(prompt):
+        return [
+            "the prompt contains AUTOMATIC1111 weighting like '(word:1.3)', which Compel reads as "
+            "text; use --syntax a1111 (prompt_syntax='a1111') if that is what you meant"
+        ]
+    return []
+
+
+def _escape_for_compel(text: str) -> str:
+    """Plain text as a Compel prompt that means exactly that text (used for long plain
+    prompts, which must be chunked instead of truncated)."""
+    from easel.prompts.a1111 import a1111_to_compel
+
+    escaped = re.sub(r"([()\[\]\\])", r"\\\1", text).replace("BREAK", "BRE\u200bAK")
+    return " ".join(a1111_to_compel(escaped)).replace("BRE\u200bAK", "BREAK")
+
+
+def count_tokens(tokenizer: Any, plan: PromptPlan) -> list[int]:
+    """Tokens in each BREAK chunk (without start/end tokens)."""
+    return [len(tokenizer(_visible_text(chunk), verbose=False).input_ids) - 2 for chunk in plan.chunks]
+
+
+def _visible_text(compel_prompt: str) -> str:
+    """The words of a Compel prompt without its weighting syntax (for counting tokens)."""
+    text = re.sub(r"\)[0-9.]+", " ", compel_prompt)
+    text = re.sub(r"(?<=\w)[+-]+(?=\s|$)", "", text)
+    return re.sub(r'\\(.)|[()"]', lambda m: m.group(1) or " ", text)
+
+
+@dataclass(frozen=True)
+class TokenCount:
+    """What a prompt box shows: "83/150, 2 chunks"."""
+
+    tokens: int
+    chunks: int
+
+    @property
+    def capacity(self) -> int:
+        return self.chunks * CHUNK_TOKENS
+
+    def __str__(self) -> str:
+        return f"{self.tokens}/{self.capacity}, {self.chunks} chunk{'s' if self.chunks != 1 else ''}"
+
+
+def token_count(tokenizer: Any, plan: PromptPlan) -> TokenCount:
+    per_chunk = count_tokens(tokenizer, plan)
+    chunks = sum(max(1, -(-n // CHUNK_TOKENS)) for n in per_chunk)
+    return TokenCount(sum(per_chunk), chunks)
+
+
+class PromptEncoder:
+    """Compel-based encoding for one pipeline's text encoders, with a small cache.
+
+    `encoders` lists (tokenizer, text_encoder, returned embeddings type name, pooled?) in the
+    order the pipeline concatenates them (SD: one; SDXL: two; the SDXL refiner: the second).
+    Cached encodings are keyed by the plan, so a repeated prompt costs a dictionary lookup.
+    """
+
+    def __init__(self, encoders: list[tuple[Any, Any, str, bool]]) -> None:
+        from compel import Compel, ReturnedEmbeddingsType
+
+        self._compels = [
+            Compel(
+                tokenizer=tokenizer,
+                text_encoder=text_encoder,
+                returned_embeddings_type=getattr(ReturnedEmbeddingsType, kind),
+                requires_pooled=pooled,
+                truncate_long_prompts=False,
+                device=str(text_encoder.device),
+            )
+            for tokenizer, text_encoder, kind, pooled in encoders
+        ]
+        self._pooled = [pooled for *_, pooled in encoders]
+        self._cache: OrderedDict[tuple[Any, ...], tuple[Any, Any, Any, Any]] = OrderedDict()
+
+    def encode(self, positive: PromptPlan, negative: PromptPlan) -> tuple[Any, Any, Any, Any]:
+        """(prompt_embeds, negative_prompt_embeds, pooled, negative_pooled) padded to one length;
+        the pooled ones are None for encoders without a pooled output."""
+        key = (positive, negative)
+        if key in self._cache:
+            self._cache.move_to_end(key)
+            return self._cache[key]
+        import torch
+
+        with torch.inference_mode():
+            embeds, pooled = self._encode_chunks(positive.chunks)
+            negative_embeds, negative_pooled = self._encode_chunks(negative.chunks)
+            embeds, negative_embeds = self._compels[0].pad_conditioning_tensors_to_same_length(
+                [embeds, negative_embeds]
+            )
+        value = (embeds, negative_embeds, pooled, negative_pooled)
+        self._cache[key] = value
+        if len(self._cache) > CACHE_SIZE:
+            self._cache.popitem(last=False)
+        return value
+
+    def _encode_chunks(self, chunks: tuple[str, ...]) -> tuple[Any, Any]:
+        """Each BREAK chunk encoded on its own (so it starts a fresh CLIP window), then joined
+        along the sequence; the pooled embedding comes from the first chunk."""
+        import torch
+
+        parts, pooled = [], None
+        for index, chunk in enumerate(chunks):
+            per_encoder = []
+            for compel, has_pool in zip(self._compels, self._pooled, strict=True):
+                output = compel(chunk)
+                if has_pool:
+                    output, chunk_pooled = output
+                    pooled = chunk_pooled if index == 0 else pooled
+                per_encoder.append(output)
+            length = max(t.shape[1] for t in per_encoder)
+            per_encoder = [
+                compel.pad_conditioning_tensors_to_same_length([t, torch.zeros(1, length, t.shape[2])])[0]
+                if t.shape[1] < length
+                else t
+                for compel, t in zip(self._compels, per_encoder, strict=True)
+            ]
+            parts.append(torch.cat(per_encoder, dim=-1))
+        return torch.cat(parts, dim=1), pooled
