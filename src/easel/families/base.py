@@ -14,8 +14,12 @@ The hooks, in the order the engine calls them:
     load_pipeline(source, ...)              the cached base pipeline (companions may share parts
     shared_components(source, base)           of the base they are loaded beside)
     default_size(pipe)                      native size when the request gives none
-    derive(base, task, companions, ...)     the task pipeline, sharing the base's weights
+    check_control(index, ref, config, unet) refuse a ControlNet made for another base (before
+                                              its weights load, and again against the loaded UNet)
+    derive(base, task, companions, ...)     the task pipeline, sharing the base's weights (with
+                                              controlnet=[...]: the family's ControlNet class)
     call_arguments(pipe, request, image)    the pipeline's keyword arguments
+    control_arguments(request, images, ...) the ControlNet ones (images, scales, start/end)
     run(pipe, arguments, request, ...)      call it; check the pixels are finite; PIL images
 """
 
@@ -25,7 +29,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from easel.errors import GenerationFailed, UnsupportedFeature
+from easel.errors import GenerationFailed, InvalidRequest, UnsupportedFeature
 
 if TYPE_CHECKING:
     from PIL.Image import Image
@@ -68,6 +72,11 @@ class Family:
     default_guidance: float
     tasks: tuple[str, ...] = TASKS
     options: tuple[str, ...] = ()
+    # ControlNet pipeline classes (None: this family takes no ControlNet), and the
+    # addition_embed_type of the ControlNets made for it (SDXL's are "text_time")
+    controlnet_text2img_class: str | None = None
+    controlnet_img2img_class: str | None = None
+    control_addition_embed_type: str | None = None
 
     # -- detection and checks -------------------------------------------------------------
 
@@ -93,9 +102,69 @@ class Family:
                 raise UnsupportedFeature(
                     f"{name}={value!r} is not used by {self.name} models (it applies to: {users})"
                 )
+        if request.controls and self.controlnet_class(task) is None:
+            users = ", ".join(f.name for f in _families() if f.controlnet_class(task) is not None)
+            raise UnsupportedFeature(
+                f"controls: {self.name} models cannot be steered by a ControlNet for {task} "
+                f"(ControlNet works with: {users})"
+            )
 
     def unsupported_task_message(self, task: str) -> str:
         return f"{self.name} models cannot do {task}"
+
+    def controlnet_class(self, task: str) -> str | None:
+        """Name of this family's ControlNet pipeline class for `task` (None: no ControlNet)."""
+        return {"text2img": self.controlnet_text2img_class, "img2img": self.controlnet_img2img_class}[task]
+
+    # Config keys a ControlNet must share with the UNet it steers: its residuals are added to
+    # the UNet's blocks (channels, depth) and it reads the same text and added embeddings.
+    CONTROL_KEYS = (
+        "block_out_channels",
+        "cross_attention_dim",
+        "addition_embed_type",
+        "projection_class_embeddings_input_dim",
+    )
+
+    def check_control(
+        self,
+        index: int,
+        reference: str,
+        config: Mapping[str, Any] | None,
+        unet_config: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Refuse control model `reference` (unit `index`) when it was made for another kind of
+        base: first from its config alone (which family its ControlNets look like), then,
+        given the loaded UNet's config, key by key."""
+        if config is None:
+            return
+        field = f"controls[{index}].model"
+        kind = config.get("addition_embed_type")
+        if kind != self.control_addition_embed_type:
+            made_for = [
+                f.name
+                for f in _families()
+                if f.controlnet_text2img_class and f.control_addition_embed_type == kind
+            ]
+            raise InvalidRequest(
+                f"invalid {field}={reference!r}: it is a ControlNet for {' / '.join(made_for) or 'another'} "
+                f"models, and this model is {self.name}; use a ControlNet made for {self.name}",
+                field=field,
+                value=reference,
+            )
+        if unet_config is None:
+            return
+        different = [
+            f"{key} {_listed(config.get(key))} vs the model's {_listed(unet_config.get(key))}"
+            for key in self.CONTROL_KEYS
+            if _listed(config.get(key)) != _listed(unet_config.get(key))
+        ]
+        if different:
+            raise InvalidRequest(
+                f"invalid {field}={reference!r}: this ControlNet does not fit the model's UNet "
+                f"({'; '.join(different)}); it was made for another base model",
+                field=field,
+                value=reference,
+            )
 
     @staticmethod
     def families_using(option: str) -> list[str]:
@@ -158,8 +227,23 @@ class Family:
         self, base: Any, task: str, *, companions: Mapping[str, LoadedModel] | None = None, **overrides: Any
     ) -> Any:
         """The task's pipeline sharing `base`'s weights (from_pipe), with `overrides`
-        (a fresh scheduler, safety_checker=None, ...) as its own components."""
-        return self.pipeline_class(task).from_pipe(base, **overrides)
+        (a fresh scheduler, safety_checker=None, ...) as its own components.
+
+        `controlnet` (a list of ControlNetModels) picks the family's ControlNet class: one
+        model goes in as is (what a plain single-unit diffusers call uses), several as one
+        MultiControlNetModel; either way the base's modules are shared, not copied."""
+        controlnets = overrides.pop("controlnet", None)
+        if not controlnets:
+            return self.pipeline_class(task).from_pipe(base, **overrides)
+        import diffusers
+
+        class_name = self.controlnet_class(task)
+        if class_name is None:  # check_request refuses this earlier; a guard for direct callers
+            raise UnsupportedFeature(f"{self.name} models cannot be steered by a ControlNet for {task}")
+        controlnet = (
+            controlnets[0] if len(controlnets) == 1 else diffusers.MultiControlNetModel(list(controlnets))
+        )
+        return getattr(diffusers, class_name).from_pipe(base, controlnet=controlnet, **overrides)
 
     def default_size(self, pipe: Any) -> tuple[int, int]:
         """(width, height) the model was trained at, as diffusers computes it."""
@@ -235,6 +319,27 @@ class Family:
         if pooled is not None:
             arguments.update(pooled_prompt_embeds=pooled, negative_pooled_prompt_embeds=negative_pooled)
         return warnings
+
+    def control_arguments(
+        self, request: GenerationRequest, control_images: list[Any], *, img2img: bool
+    ) -> dict[str, Any]:
+        """The ControlNet keyword arguments: the control image is `image` for text-to-image
+        and `control_image` beside the init image for image-to-image; scales and guidance
+        start/end are per unit (plain floats for one unit, as a plain diffusers call)."""
+        if not control_images:
+            return {}
+        units = request.controls
+        single = len(units) == 1
+
+        def per_unit(values: list[Any]) -> Any:
+            return values[0] if single else values
+
+        return {
+            ("control_image" if img2img else "image"): per_unit(list(control_images)),
+            "controlnet_conditioning_scale": per_unit([unit.conditioning_scale for unit in units]),
+            "control_guidance_start": per_unit([unit.guidance_start for unit in units]),
+            "control_guidance_end": per_unit([unit.guidance_end for unit in units]),
+        }
 
     def run(
         self,
@@ -312,6 +417,17 @@ class Family:
                 return pipe.image_processor.postprocess(image, output_type="np")
         finally:
             vae.to(dtype=original)
+
+
+def _families() -> tuple[Family, ...]:
+    from easel.families import FAMILIES
+
+    return FAMILIES
+
+
+def _listed(value: Any) -> Any:
+    """Config values compare alike whether JSON gave a list or diffusers a tuple."""
+    return list(value) if isinstance(value, (list, tuple)) else value
 
 
 def _catching_latents(arguments: dict[str, Any], caught: dict[str, Any]) -> dict[str, Any]:

@@ -10,4 +10,6 @@ SD15 = Family(
     img2img_class="StableDiffusionImg2ImgPipeline",
     default_steps=50,
     default_guidance=7.5,
+    controlnet_text2img_class="StableDiffusionControlNetPipeline",
+    controlnet_img2img_class="StableDiffusionControlNetImg2ImgPipeline",
 )

@@ -285,6 +285,9 @@ SDXL = SDXLBaseFamily(
     default_steps=50,
     default_guidance=5.0,
     options=("refiner", "refiner_at", *AESTHETIC, *CONDITIONING),
+    controlnet_text2img_class="StableDiffusionXLControlNetPipeline",
+    controlnet_img2img_class="StableDiffusionXLControlNetImg2ImgPipeline",
+    control_addition_embed_type="text_time",
 )
 
 SDXL_REFINER = SDXLRefinerFamily(
