@@ -90,3 +90,18 @@ def kandinsky_models(hf_home: Path) -> dict[str, Path]:
 
     decoder, prior = install_tiny_kandinsky(hf_home)
     return {TINY_KANDINSKY: decoder, TINY_KANDINSKY_PRIOR: prior}
+
+
+TINY_OPENPOSE = "lllyasviel/control_v11p_sd15_openpose"
+TINY_CANNY = "lllyasviel/sd-controlnet-canny"
+TINY_DEPTH = "lllyasviel/control_v11f1p_sd15_depth"
+TINY_SDXL_CANNY = "diffusers/controlnet-canny-sdxl-1.0"
+
+
+@pytest.fixture(scope="session")
+def controlnet_models(hf_home: Path, sdxl_models: dict[str, Path]) -> dict[str, Path]:
+    """Tiny ControlNets (from_unet on the tiny SD 1.5 / SDXL UNets, output convolutions
+    randomised so they do steer) under real ControlNet repo ids; snapshot folders."""
+    from easel.testing.tiny_models import install_tiny_controlnets
+
+    return install_tiny_controlnets(hf_home)

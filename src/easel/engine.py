@@ -12,7 +12,7 @@ from __future__ import annotations
 import secrets
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import ExitStack
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -20,7 +20,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 from easel.config import Settings
 from easel.errors import Cancelled, EaselError, GenerationFailed, InvalidRequest, UnsupportedFeature
 from easel.families.base import Family, RunOutput
-from easel.models.cache import LoadedModel, PipelineCache, detect_family
+from easel.models.cache import LoadedComponent, LoadedModel, PipelineCache, detect_family
+from easel.models.control import ControlSource
 from easel.models.optimizations import check_options, prepare_task
 from easel.models.reference import ModelSource, resolve_reference
 from easel.request import DEFAULT_STRENGTH, GenerationRequest
@@ -106,10 +107,15 @@ class Easel:
         family.check_request(request)
         # companion models the family needs (SDXL refiner, Kandinsky prior), resolved now
         companions = family.companions(request, source, self._identify)
+        # control models (ControlNets), checked against the family from their configs
+        controls = self._control_sources(request, family)
         # 2. family defaults; the request validator re-checks steps x strength now
         request = self._with_family_defaults(request, family)
         # 3. inputs that need I/O
         init_image = self._load_init_image(request)
+        from easel.control.images import fit_control_inputs, load_control_inputs, process_control_inputs
+
+        control_inputs = load_control_inputs(request)
         device, dtype = self._device_and_dtype()
         options = self.settings.performance
         check_options(options, device)
@@ -139,20 +145,31 @@ class Easel:
                 )
                 for role, (companion_source, companion_family) in companions.items()
             }
+            controlnets = [
+                self._lease_control(leases, loaded, index, control) for index, control in enumerate(controls)
+            ]
             loaded_at = time.perf_counter()
             if device == "cpu":
                 self._set_cpu_threads(loaded)
-            # 4. size: explicit, else the init image's, else the model's native size
-            request = self._with_size(request, loaded, init_image)
+            # 4. size: explicit, else the init image's, else the first control image's, else
+            #    the model's native size; control images fitted to it, then preprocessed
+            request = self._with_size(request, loaded, init_image or next(iter(control_inputs), None))
             if init_image is not None:
                 from easel.storage.images import fit_to_multiple_of_8
 
                 init_image = fit_to_multiple_of_8(init_image, request.width, request.height)
+            assert request.width is not None and request.height is not None
+            control_inputs = fit_control_inputs(control_inputs, request.width, request.height)
+            control_images = process_control_inputs(request, control_inputs)
             # 5. task pipeline sharing the base weights, with its own scheduler
-            pipe = self.task_pipeline(loaded, request, companions=leased)
+            pipe = self.task_pipeline(
+                loaded, request, companions=leased, controlnets=[c.module for c in controlnets]
+            )
             sampler = a1111_name_for(type(pipe.scheduler).__name__, dict(pipe.scheduler.config))
             # 6. run
-            output = self._run(family, pipe, request, init_image, on_progress, cancel, leased, loaded.state)
+            output = self._run(
+                family, pipe, request, init_image, on_progress, cancel, leased, loaded.state, control_images
+            )
         finished = time.perf_counter()
         nsfw = output.nsfw_content_detected or [False] * len(output.images)
         return GenerationResult(
@@ -161,7 +178,7 @@ class Easel:
             nsfw=[bool(flag) for flag in nsfw],
             model_family=family.name,
             model_name=source.display_name,
-            model_hashes=self._model_hashes(loaded),
+            model_hashes=self._model_hashes(loaded, controlnets),
             sampler=sampler,
             timings={
                 "load_s": loaded_at - started,  # resolve + (first time only) load weights
@@ -170,6 +187,8 @@ class Easel:
             },
             init_image=init_image,
             warnings=list(output.warnings),
+            control_inputs=control_inputs,
+            control_images=control_images,
         )
 
     def replay(
@@ -198,9 +217,11 @@ class Easel:
         loaded: LoadedModel,
         request: GenerationRequest,
         companions: Mapping[str, LoadedModel] | None = None,
+        controlnets: Sequence[Any] = (),
     ) -> Any:
         """The pipeline for this request's task, built on the cached base with from_pipe
-        (and on the leased companions, for families that combine models)."""
+        (and on the leased companions, for families that combine models; with the leased
+        `controlnets`, the family's ControlNet pipeline)."""
         from easel.schedulers import build_scheduler
 
         base = loaded.pipeline
@@ -208,6 +229,8 @@ class Easel:
         overrides: dict[str, Any] = {"scheduler": build_scheduler(request.scheduler, base.scheduler)}
         if not request.safety_checker and getattr(base, "safety_checker", None) is not None:
             overrides.update(safety_checker=None, requires_safety_checker=False)
+        if controlnets:
+            overrides["controlnet"] = list(controlnets)
         pipe = loaded.family.derive(base, task, companions=companions or {}, **overrides)
         pipe.set_progress_bar_config(disable=True)
         prepare_task(pipe, self.settings.performance, self._device_and_dtype()[0])
@@ -223,15 +246,67 @@ class Easel:
             self._placement = device, resolve_dtype(self.settings.dtype, device)
         return self._placement
 
-    def _model_hashes(self, loaded: LoadedModel) -> dict[str, str]:
-        """sha256 of each component's weights, computed once per loaded model."""
-        if loaded.hashes is None:
-            from easel.models.hashing import sha256_of, weights_file
+    def _model_hashes(
+        self, loaded: LoadedModel, controlnets: Sequence[LoadedComponent] = ()
+    ) -> dict[str, str]:
+        """sha256 of each component's weights, computed once per loaded model; control
+        models as control_0, control_1, ... in unit order."""
+        from easel.models.hashing import sha256_of, weights_file
 
+        cache_file = self.settings.home / "hashes.json"
+        if loaded.hashes is None:
             weights = weights_file(loaded.source)
-            cache_file = self.settings.home / "hashes.json"
             loaded.hashes = {} if weights is None else {"base": sha256_of(weights, cache_file)}
-        return loaded.hashes
+        hashes = dict(loaded.hashes)
+        for index, control in enumerate(controlnets):
+            if control.hashes is None:
+                from easel.models.control import control_weights_file
+
+                weights = control_weights_file(control.source)
+                control.hashes = {} if weights is None else {"weights": sha256_of(weights, cache_file)}
+            if "weights" in control.hashes:
+                hashes[f"control_{index}"] = control.hashes["weights"]
+        return hashes
+
+    def _control_sources(self, request: GenerationRequest, family: Family) -> list[ControlSource]:
+        """Each unit's control model, resolved, and refused when made for another family."""
+        from easel.models.control import resolve_control
+
+        sources = []
+        for index, unit in enumerate(request.controls):
+            control = resolve_control(
+                unit.model, field=f"controls[{index}].model", allow_pickle=self.settings.allow_pickle
+            )
+            family.check_control(index, unit.model, control.config)
+            sources.append(control)
+        return sources
+
+    def _lease_control(
+        self, leases: ExitStack, loaded: LoadedModel, index: int, control: ControlSource
+    ) -> LoadedComponent:
+        """Lease unit `index`'s ControlNet from the cache, after checking it fits the loaded
+        UNet (single files, whose config is known only once loaded, are checked after)."""
+        from easel.models.control import load_control
+
+        unet_config = dict(loaded.pipeline.unet.config)
+        loaded.family.check_control(index, control.source.reference, control.config, unet_config)
+        device, dtype = self._device_and_dtype()
+        component = leases.enter_context(
+            self.cache.lease_component(
+                "controlnet",
+                control.source,
+                device=device,
+                dtype=dtype,
+                load=lambda: load_control(
+                    control.source, dtype=dtype, device=device, allow_pickle=self.settings.allow_pickle
+                ),
+            )
+        )
+        if control.config is None:
+            loaded.family.check_control(
+                index, control.source.reference, dict(component.module.config), unet_config
+            )
+        return component
 
     def _set_cpu_threads(self, loaded: LoadedModel) -> None:
         """torch's thread count is process state: set it from the settings and model size."""
@@ -296,6 +371,7 @@ class Easel:
         cancel: CancelToken | None,
         companions: Mapping[str, LoadedModel],
         state: dict[str, Any],
+        control_images: list[Image] | None = None,
     ) -> RunOutput:
         import torch
 
@@ -310,6 +386,7 @@ class Easel:
             return tensors
 
         kwargs = family.call_arguments(pipe, request, init_image)
+        kwargs.update(family.control_arguments(request, control_images or [], img2img=init_image is not None))
         kwargs.update(generator=generators, callback_on_step_end=on_step_end)
         prompt_warnings = family.apply_prompts(pipe, request, kwargs, state)
         if cancel is not None and cancel.is_set():

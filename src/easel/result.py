@@ -39,6 +39,10 @@ class GenerationResult:
     timings: dict[str, float] = field(default_factory=dict)
     init_image: Image | None = None
     warnings: list[str] = field(default_factory=list)  # e.g. "much smaller than SDXL's 1024x1024"
+    # ControlNet units: each image fitted to the output size (what the gallery keeps for
+    # replay) and the conditioning image its preprocessor made from it (what steered)
+    control_inputs: list[Image] = field(default_factory=list)
+    control_images: list[Image] = field(default_factory=list)
 
     @property
     def seeds(self) -> list[int]:
@@ -52,16 +56,18 @@ class GenerationResult:
         return effective_steps(self.request.steps, self.request.strength)
 
     def grid(self) -> Image:
-        """All images in one, the init image first for image-to-image."""
+        """All images in one: the init image first for image-to-image, then the control
+        images that steered them, then the outputs."""
         from easel.storage.grid import make_grid
 
         lead = [self.init_image] if self.init_image is not None else []
+        lead += self.control_images
         return make_grid([*lead, *self.images])
 
     def parameters(self, index: int = 0) -> str:
         """The AUTOMATIC1111 `parameters` text of image `index`."""
         from easel.models.hashing import short_hash
-        from easel.storage.metadata import format_parameters
+        from easel.storage.metadata import control_parameters, format_parameters
 
         return format_parameters(
             self.request,
@@ -69,6 +75,7 @@ class GenerationResult:
             sampler=self.sampler,
             model_name=self.model_name,
             model_hash=short_hash(self.model_hashes.get("base")),
+            extra=control_parameters(self.request, self.model_hashes),
         )
 
     def encode(self, index: int = 0, suffix: str = ".png") -> bytes:

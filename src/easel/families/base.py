@@ -73,10 +73,10 @@ class Family:
     tasks: tuple[str, ...] = TASKS
     options: tuple[str, ...] = ()
     # ControlNet pipeline classes (None: this family takes no ControlNet), and the
-    # addition_embed_type of the ControlNets made for it (SDXL's are "text_time")
+    # addition_embed_type values of the ControlNets made for it (SDXL's are "text_time")
     controlnet_text2img_class: str | None = None
     controlnet_img2img_class: str | None = None
-    control_addition_embed_type: str | None = None
+    control_addition_embed_types: tuple[str | None, ...] = (None, "text")
 
     # -- detection and checks -------------------------------------------------------------
 
@@ -139,11 +139,11 @@ class Family:
             return
         field = f"controls[{index}].model"
         kind = config.get("addition_embed_type")
-        if kind != self.control_addition_embed_type:
+        if kind not in self.control_addition_embed_types:
             made_for = [
                 f.name
                 for f in _families()
-                if f.controlnet_text2img_class and f.control_addition_embed_type == kind
+                if f.controlnet_text2img_class and kind in f.control_addition_embed_types
             ]
             raise InvalidRequest(
                 f"invalid {field}={reference!r}: it is a ControlNet for {' / '.join(made_for) or 'another'} "

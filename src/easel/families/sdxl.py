@@ -287,7 +287,7 @@ SDXL = SDXLBaseFamily(
     options=("refiner", "refiner_at", *AESTHETIC, *CONDITIONING),
     controlnet_text2img_class="StableDiffusionXLControlNetPipeline",
     controlnet_img2img_class="StableDiffusionXLControlNetImg2ImgPipeline",
-    control_addition_embed_type="text_time",
+    control_addition_embed_types=("text_time",),
 )
 
 SDXL_REFINER = SDXLRefinerFamily(

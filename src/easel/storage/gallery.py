@@ -103,6 +103,13 @@ class Gallery:
             result = dataclasses.replace(
                 result, request=result.request.model_copy(update={"init_image": str(stored)})
             )
+        if result.control_inputs:  # the fitted, unprocessed images: preprocessing them again replays
+            units = [
+                unit.model_copy(update={"image": str(self.store_input(image))})
+                for unit, image in zip(result.request.controls, result.control_inputs, strict=True)
+            ]
+            request = result.request.model_copy(update={"controls": units})
+            result = dataclasses.replace(result, request=request)
         chosen = range(len(result.images)) if indices is None else indices
         entries = [self._add(result, index, parent_id=parent_id) for index in chosen]
         if grid:

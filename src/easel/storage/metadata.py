@@ -96,6 +96,32 @@ def format_parameters(
     return "\n".join(lines)
 
 
+def control_parameters(request: GenerationRequest, hashes: dict[str, str]) -> dict[str, object]:
+    """One "ControlNet i" entry per unit, in the layout sd-webui-controlnet writes
+    (`ControlNet 0: "Module: canny, Model: name [hash], Weight: 1, ..."`)."""
+    from easel.models.control import control_display_name
+
+    entries: dict[str, object] = {}
+    for index, unit in enumerate(request.controls):
+        model = control_display_name(unit.model)
+        digest = hashes.get(f"control_{index}")
+        if digest:
+            model += f" [{digest[:8]}]"
+        parts = [
+            f"Module: {unit.preprocessor}",
+            f"Model: {model}",
+            f"Weight: {_number(unit.conditioning_scale)}",
+        ]
+        if unit.preprocessor == "canny":
+            parts += [f"Threshold A: {unit.canny_low}", f"Threshold B: {unit.canny_high}"]
+        parts += [
+            f"Guidance Start: {_number(unit.guidance_start)}",
+            f"Guidance End: {_number(unit.guidance_end)}",
+        ]
+        entries[f"ControlNet {index}"] = ", ".join(parts)
+    return entries
+
+
 def parse_parameters(text: str) -> dict[str, Any]:
     """Split an A1111 `parameters` text into prompt, negative prompt and settings."""
     lines = text.strip("\n").split("\n")

@@ -417,3 +417,43 @@ def install_tiny_kandinsky(hf_home: Path) -> tuple[Path, Path]:
         ),
         install_into_hf_cache(build_tiny_kandinsky_prior(), hf_home, KANDINSKY_PRIOR_ID),
     )
+
+
+SD15_CONTROLNET_IDS = (
+    "lllyasviel/control_v11p_sd15_openpose",
+    "lllyasviel/sd-controlnet-canny",
+    "lllyasviel/control_v11f1p_sd15_depth",
+)
+SDXL_CONTROLNET_IDS = ("diffusers/controlnet-canny-sdxl-1.0",)
+
+
+def build_tiny_controlnet(unet: Any, seed: int) -> Any:
+    """ControlNetModel.from_unet on a tiny UNet, its zero convolutions randomised.
+
+    Why randomised: a fresh ControlNet's output convolutions are zero, so it changes nothing
+    and a test could not tell a working ControlNet from an ignored one. The conditioning
+    embedding downsamples 2x (two channel stages), matching the tiny VAE's scale factor."""
+    import torch
+    from diffusers import ControlNetModel
+
+    controlnet = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=(16, 32))
+    generator = torch.Generator("cpu").manual_seed(seed)
+    zero_convs = [*controlnet.controlnet_down_blocks, controlnet.controlnet_mid_block]
+    zero_convs.append(controlnet.controlnet_cond_embedding.conv_out)
+    with torch.no_grad():
+        for conv in zero_convs:
+            conv.weight.copy_(torch.randn(conv.weight.shape, generator=generator) * 0.1)
+            conv.bias.copy_(torch.randn(conv.bias.shape, generator=generator) * 0.1)
+    return controlnet
+
+
+def install_tiny_controlnets(hf_home: Path) -> dict[str, Path]:
+    """Tiny ControlNets for the tiny SD 1.5 and SDXL bases, under real ControlNet repo ids
+    (each id a differently seeded model); returns id -> snapshot folder."""
+    installed: dict[str, Path] = {}
+    for bases, builder in ((SD15_CONTROLNET_IDS, build_tiny_sd15), (SDXL_CONTROLNET_IDS, build_tiny_sdxl)):
+        unet = builder().unet
+        for offset, repo_id in enumerate(bases):
+            controlnet = build_tiny_controlnet(unet, seed=100 + offset)
+            installed[repo_id] = install_into_hf_cache(controlnet, hf_home, repo_id)
+    return installed
