@@ -165,6 +165,50 @@ def generate(
     prior_guidance: Annotated[
         float | None, typer.Option(help="Kandinsky 2.2: prior guidance scale (default 4.0).")
     ] = None,
+    control: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--control",
+            metavar="MODEL=IMAGE",
+            help="ControlNet unit: control model (repo id, folder, .safetensors, or 'demo') = control "
+            "image (path or URL). Repeat for several units (MultiControlNet). The k-th "
+            "--control-scale/--control-start/--control-end/--preprocess/--canny-low/--canny-high "
+            "applies to the k-th --control.",
+        ),
+    ] = None,
+    control_scale: Annotated[
+        list[float] | None,
+        typer.Option("--control-scale", help="Per unit, in order: conditioning scale in [0, 2] (default 1)."),
+    ] = None,
+    control_start: Annotated[
+        list[float] | None,
+        typer.Option("--control-start", help="Per unit: fraction of the steps where it starts (default 0)."),
+    ] = None,
+    control_end: Annotated[
+        list[float] | None,
+        typer.Option("--control-end", help="Per unit: fraction of the steps where it stops (default 1)."),
+    ] = None,
+    preprocess: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--preprocess",
+            help="Per unit: none (the image already is the map) | canny | openpose | depth | hed | "
+            "lineart | mlsd | normalbae (detectors need: pip install 'easel[detectors]').",
+        ),
+    ] = None,
+    canny_low: Annotated[
+        list[int] | None, typer.Option("--canny-low", help="Per unit: canny lower threshold (default 100).")
+    ] = None,
+    canny_high: Annotated[
+        list[int] | None, typer.Option("--canny-high", help="Per unit: canny upper threshold (default 200).")
+    ] = None,
+    save_control: Annotated[
+        bool,
+        typer.Option(
+            "--save-control",
+            help="Also write each processed control image (NAME-control-K.png beside the output).",
+        ),
+    ] = False,
     grid: Annotated[
         bool, typer.Option("--grid", help="Also write one grid image of all outputs (init image first).")
     ] = False,
@@ -243,6 +287,17 @@ def generate(
             prior=prior,
             prior_steps=prior_steps,
             prior_guidance_scale=prior_guidance,
+            controls=control_units(
+                control or [],
+                {
+                    "conditioning_scale": ("--control-scale", control_scale),
+                    "guidance_start": ("--control-start", control_start),
+                    "guidance_end": ("--control-end", control_end),
+                    "preprocessor": ("--preprocess", preprocess),
+                    "canny_low": ("--canny-low", canny_low),
+                    "canny_high": ("--canny-high", canny_high),
+                },
+            ),
         )
         if output is not None and output.suffix.lower() not in (".png", ".jpg", ".jpeg", ".webp"):
             raise InvalidRequest(
@@ -278,6 +333,15 @@ def generate(
             for item in images
         ]
         summary["grid"] = None if grid_item is None else str(grid_item.path)
+        summary["control_images"] = []
+        if save_control and result.control_images:
+            from easel.storage.files import write_atomically
+
+            stem = output or images[0].path
+            for index, control_image in enumerate(result.control_images):
+                path = stem.with_name(f"{stem.stem}-control-{index}.png")
+                write_atomically(path, _png(control_image))
+                summary["control_images"].append(str(path))
         return summary
 
     summary = _run_door(run, debug=debug)
@@ -289,6 +353,8 @@ def generate(
         typer.echo(f"{item['path']}  seed {item['seed']}{flag}")
     if summary["grid"]:
         typer.echo(f"{summary['grid']}  grid")
+    for index, path in enumerate(summary["control_images"]):
+        typer.echo(f"{path}  control image {index}")
     for warning in summary.get("warnings", []):
         typer.echo(f"warning: {warning}", err=True)
     typer.echo(
@@ -297,6 +363,47 @@ def generate(
         f"{summary['timings']['total_s']:.1f} s",
         err=True,
     )
+
+
+def control_units(
+    pairs: list[str], per_unit: dict[str, tuple[str, list[Any] | None]]
+) -> list[dict[str, Any]]:
+    """--control MODEL=IMAGE values and the per-unit options -> ControlUnit fields.
+
+    Why "the k-th value goes to the k-th unit": click gathers each repeated option into its
+    own list, so that is the order both keep; fewer values leave the later units at their
+    defaults, more values than units is an error (a typo would otherwise be ignored)."""
+    units: list[dict[str, Any]] = []
+    for index, pair in enumerate(pairs):
+        model, separator, image = pair.partition("=")
+        if not separator or not model.strip() or not image.strip():
+            raise InvalidRequest(
+                f"invalid --control {pair!r} (unit {index}): use MODEL=IMAGE, e.g. "
+                "lllyasviel/control_v11p_sd15_openpose=pose.png",
+                field=f"controls[{index}]",
+                value=pair,
+            )
+        units.append({"model": model.strip(), "image": image.strip()})
+    for field, (flag, values) in per_unit.items():
+        values = values or []
+        if len(values) > len(units):
+            raise InvalidRequest(
+                f"invalid {flag}: given {len(values)} times but there are {len(units)} --control units "
+                f"(the k-th {flag} applies to the k-th --control)",
+                field=field,
+                value=values,
+            )
+        for unit, value in zip(units, values, strict=False):
+            unit[field] = value
+    return units
+
+
+def _png(image: Any) -> bytes:
+    import io
+
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
 
 
 class _progress_display:

@@ -11,6 +11,7 @@ and attached to the base with from_pipe by the family.
 from __future__ import annotations
 
 import json
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -86,7 +87,9 @@ def load_control(source: ModelSource, *, dtype: Any, device: str, allow_pickle: 
     from easel.models.cache import _no_loading_bars
 
     try:
-        with _no_loading_bars():
+        with _no_loading_bars(), warnings.catch_warnings():
+            # diffusers still passes huggingface_hub a deprecated argument for single models
+            warnings.filterwarnings("ignore", message=".*local_dir_use_symlinks.*")
             if source.kind == "single_file":
                 model = ControlNetModel.from_single_file(source.location, torch_dtype=dtype)
             else:
