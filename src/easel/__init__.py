@@ -17,11 +17,12 @@ from easel.errors import (
     ModelNotFound,
     UnsupportedFeature,
 )
-from easel.request import GenerationRequest
+from easel.request import ControlUnit, GenerationRequest
 from easel.result import GenerationResult, Progress
 
 __all__ = [
     "Cancelled",
+    "ControlUnit",
     "Easel",
     "EaselError",
     "GenerationFailed",
