@@ -145,6 +145,7 @@ def test_full_queue_is_429_with_retry_after_in_each_flavour(engine, tmp_path):
         assert "retry-after" in openai.headers
         progress = client.get("/sdapi/v1/progress").json()
         assert progress["state"]["job_count"] == 2 and 0 < progress["progress"] < 1
+        assert progress["eta_relative"] > 0
         for job in (second.json(), first):
             client.post(f"/api/v1/jobs/{job['id']}/cancel")
 

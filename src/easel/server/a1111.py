@@ -159,44 +159,44 @@ async def _run(state: ServerState, request: GenerationRequest) -> Job:
 
 def _response(state: ServerState, job: Job, body: BaseModel) -> dict[str, Any]:
     """{"images", "parameters", "info"} as A1111 answers; info is a JSON string."""
-    result = job.result
-    assert result is not None
-    request = result.request
-    count = len(result.images)
+    from easel.models.hashing import short_hash
+
+    summary = job.summary or {}
+    request = summary.get("request", {})
+    seeds = [image["seed"] for image in job.images]
+    count = len(job.images)
     images = [
         base64.b64encode(gallery_entry(state, image["id"]).path.read_bytes()).decode("ascii")
         for image in job.images
     ]
-    from easel.models.hashing import short_hash
-
     info = {
-        "prompt": request.prompt,
-        "all_prompts": [request.prompt] * count,
-        "negative_prompt": request.negative_prompt,
-        "all_negative_prompts": [request.negative_prompt] * count,
-        "seed": result.seeds[0],
-        "all_seeds": result.seeds,
-        "subseed": result.seeds[0],
-        "all_subseeds": result.seeds,
+        "prompt": request.get("prompt", ""),
+        "all_prompts": [request.get("prompt", "")] * count,
+        "negative_prompt": request.get("negative_prompt", ""),
+        "all_negative_prompts": [request.get("negative_prompt", "")] * count,
+        "seed": seeds[0],
+        "all_seeds": seeds,
+        "subseed": seeds[0],
+        "all_subseeds": seeds,
         "subseed_strength": 0,
-        "width": request.width,
-        "height": request.height,
-        "sampler_name": result.sampler,
-        "cfg_scale": request.guidance_scale,
-        "steps": request.steps,
+        "width": request.get("width"),
+        "height": request.get("height"),
+        "sampler_name": summary.get("sampler", ""),
+        "cfg_scale": request.get("guidance_scale"),
+        "steps": request.get("steps"),
         "batch_size": getattr(body, "batch_size", 1),
         "restore_faces": False,
         "face_restoration_model": None,
-        "sd_model_name": result.model_name,
-        "sd_model_hash": short_hash(result.model_hashes.get("base")),
+        "sd_model_name": summary.get("model", ""),
+        "sd_model_hash": short_hash((summary.get("model_hashes") or {}).get("base")),
         "sd_vae_name": None,
         "sd_vae_hash": None,
         "seed_resize_from_w": -1,
         "seed_resize_from_h": -1,
-        "denoising_strength": request.strength,
+        "denoising_strength": request.get("strength"),
         "extra_generation_params": {},
         "index_of_first_image": 0,
-        "infotexts": [result.parameters(i) for i in range(count)],
+        "infotexts": [image["parameters"] for image in job.images],
         "styles": [],
         "job_timestamp": time.strftime("%Y%m%d%H%M%S"),
         "clip_skip": 1,
@@ -204,9 +204,9 @@ def _response(state: ServerState, job: Job, body: BaseModel) -> dict[str, Any]:
         "version": f"easel-{_easel_version()}",
     }
     parameters = body.model_dump()
-    for secretive in ("init_images", "mask"):  # A1111 does not echo uploaded images either
-        if secretive in parameters:
-            parameters[secretive] = None
+    for uploaded in ("init_images", "mask"):  # A1111 does not echo uploaded images either
+        if uploaded in parameters:
+            parameters[uploaded] = None
     return {"images": images, "parameters": parameters, "info": json.dumps(info, ensure_ascii=False)}
 
 
@@ -304,9 +304,15 @@ async def progress(state: State) -> dict[str, Any]:
     job: Job | None = now["running"]
     fraction = job.step / job.total if job is not None and job.total else 0.0
     count = now["queued"] + (1 if job is not None else 0)
+    eta = 0.0
+    if job is not None and job.started_at and fraction > 0:
+        from datetime import datetime, timezone
+
+        elapsed = (datetime.now(timezone.utc) - datetime.fromisoformat(job.started_at)).total_seconds()
+        eta = elapsed * (1 - fraction) / fraction  # this job only, as A1111 reports it
     return {
         "progress": round(fraction, 4),
-        "eta_relative": 0.0,
+        "eta_relative": round(eta, 2),
         "state": {
             "skipped": False, "interrupted": bool(job and job.cancel.is_set()), "job": job.id if job else "",
             "job_count": count, "job_timestamp": "0", "job_no": 0,

@@ -37,7 +37,7 @@ from easel.request import GenerationRequest
 
 if TYPE_CHECKING:
     from easel.engine import Easel
-    from easel.result import GenerationResult, Progress
+    from easel.result import Progress
     from easel.storage.gallery import Gallery
 
 log = logging.getLogger("easel.server")
@@ -78,12 +78,12 @@ class Job:
     started_at: str | None = None
     finished_at: str | None = None
     error: dict[str, Any] | None = None  # {"type", "message", "field"}
-    images: list[dict[str, Any]] = field(default_factory=list)  # [{"id", "seed", "nsfw"}]
-    summary: dict[str, Any] | None = None  # GenerationResult.summary() of a finished job
+    # [{"id", "seed", "nsfw", "parameters"}]: gallery ids and each image's A1111 parameters text
+    images: list[dict[str, Any]] = field(default_factory=list)
+    summary: dict[str, Any] | None = None  # GenerationResult.summary() (+ model_hashes), no pixels
     version: int = 0
     cancel: threading.Event = field(default_factory=threading.Event, repr=False)
     done: threading.Event = field(default_factory=threading.Event, repr=False)
-    result: GenerationResult | None = field(default=None, repr=False)  # in memory only
     _callbacks: list[Callable[[], None]] = field(default_factory=list, repr=False)
 
     @property
@@ -395,12 +395,17 @@ class JobQueue:
             return
         finally:
             self._durations.append(time.perf_counter() - started)
+        # Keep what the doors render (ids, seeds, parameters), not the pixels: the images are
+        # in the gallery, and a long-running server must not hold every result in memory.
+        summary = result.summary()
+        summary["request"] = public_request(summary["request"])
+        summary["model_hashes"] = dict(result.model_hashes)
+        images = [
+            {"id": item.gallery_id, "seed": item.seed, "nsfw": item.nsfw, "parameters": result.parameters(i)}
+            for i, item in enumerate(saved)
+        ]
         with self._lock:
-            job.result = result
-            job.images = [{"id": item.gallery_id, "seed": item.seed, "nsfw": item.nsfw} for item in saved]
-            summary = result.summary()
-            summary["request"] = public_request(summary["request"])
-            job.summary = summary
+            job.images, job.summary = images, summary
             if not job.total:  # no step callback ran (nothing to denoise): report the steps run
                 job.total = result.effective_steps
             job.step = job.total  # the pipeline's own count (PNDM runs one step more than asked)
