@@ -150,14 +150,26 @@ class PromptEncoder:
         with torch.inference_mode():
             embeds, pooled = self._encode_chunks(positive.chunks)
             negative_embeds, negative_pooled = self._encode_chunks(negative.chunks)
-            embeds, negative_embeds = self._compels[0].pad_conditioning_tensors_to_same_length(
-                [embeds, negative_embeds]
-            )
+            embeds, negative_embeds = self._pad_to_same_length(embeds, negative_embeds)
         value = (embeds, negative_embeds, pooled, negative_pooled)
         self._cache[key] = value
         if len(self._cache) > CACHE_SIZE:
             self._cache.popitem(last=False)
         return value
+
+    def _pad_to_same_length(self, first: Any, second: Any) -> tuple[Any, Any]:
+        """Extend the shorter conditioning with empty-prompt windows, as Compel pads (over
+        all encoders at once, so SDXL's concatenated embeddings pad consistently)."""
+        import torch
+
+        if first.shape[1] == second.shape[1]:
+            return first, second
+        empty, _ = self._encode_chunks(("",))
+        windows = abs(first.shape[1] - second.shape[1]) // empty.shape[1]
+        padding = empty.repeat(1, windows, 1)
+        if first.shape[1] < second.shape[1]:
+            return torch.cat([first, padding], dim=1), second
+        return first, torch.cat([second, padding], dim=1)
 
     def _encode_chunks(self, chunks: tuple[str, ...]) -> tuple[Any, Any]:
         """Each BREAK chunk encoded on its own (so it starts a fresh CLIP window), then joined
