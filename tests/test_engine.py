@@ -285,3 +285,27 @@ def test_corrupt_safetensors_file_is_an_invalid_model(engine, tmp_path):
     broken.write_bytes(b"junk")
     with pytest.raises(InvalidRequest, match=r"invalid model=.*not a readable checkpoint"):
         engine.generate(GenerationRequest(model=str(broken), prompt="a"))
+
+
+def test_init_image_from_an_http_url(engine, init_png):
+    import functools
+    import http.server
+    import threading
+
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(init_png.parent))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/{init_png.name}"
+        from_url = engine.generate(
+            GenerationRequest(model=TINY_SD15, prompt="a", init_image=url, steps=2, seed=4)
+        )
+        missing = url.replace(init_png.name, "missing.png")
+        with pytest.raises(InvalidRequest, match=r"invalid init_image=.*could not download"):
+            engine.generate(GenerationRequest(model=TINY_SD15, prompt="a", init_image=missing, steps=2))
+    finally:
+        server.shutdown()
+    from_path = engine.generate(
+        GenerationRequest(model=TINY_SD15, prompt="a", init_image=str(init_png), steps=2, seed=4)
+    )
+    np.testing.assert_array_equal(pixels(from_url.images[0]), pixels(from_path.images[0]))
