@@ -155,6 +155,13 @@ def _hub_config(repo_id: str, field: str) -> dict[str, Any]:
     try:
         return _read_config(Path(hf_hub_download(repo_id, "config.json")))
     except LocalEntryNotFoundError:
+        if _cached(repo_id, "model_index.json"):
+            raise InvalidRequest(
+                f"invalid {field}={repo_id!r}: it is a whole diffusers pipeline, not a ControlNetModel "
+                "(give it as --model)",
+                field=field,
+                value=repo_id,
+            ) from None
         where = (
             "offline mode is on (HF_HUB_OFFLINE=1)"
             if constants.HF_HUB_OFFLINE
@@ -173,3 +180,9 @@ def _hub_config(repo_id: str, field: str) -> dict[str, Any]:
         ) from None
     except HfHubHTTPError as error:
         raise ModelNotFound(f"{field}: control model {repo_id!r} could not be fetched: {error}") from None
+
+
+def _cached(repo_id: str, filename: str) -> bool:
+    from huggingface_hub import try_to_load_from_cache
+
+    return isinstance(try_to_load_from_cache(repo_id, filename), str)
