@@ -276,7 +276,7 @@ def test_a1111_png_info_reads_the_parameters(client):
             "txt2img",
             {"prompt": "x", "alwayson_scripts": {"controlnet": {"args": [{"module": "canny"}]}}},
             422,
-            None,
+            "alwayson_scripts.controlnet.args[0].image",
         ),
         ("img2img", {"prompt": "x"}, 422, "init_images"),
         ("img2img", {"prompt": "x", "init_images": ["%%%"]}, 422, "init_images"),
@@ -288,21 +288,64 @@ def test_a1111_errors_name_a1111_fields(client, path, body, status, field):
     assert {"error", "detail"} <= set(answer)
 
 
-def test_a1111_controlnet_and_mask_say_not_supported_yet(client, init_png):
-    unit = {"input_image": b64(init_png), "module": "canny", "model": "control_sd15_canny", "weight": 1.0}
-    answer = assert_error(
-        client.post(
-            "/sdapi/v1/txt2img", json={"prompt": "x", "alwayson_scripts": {"ControlNet": {"args": [unit]}}}
-        ),
-        422,
+def test_a1111_controlnet_units_steer_the_generation(client, init_png):
+    """sd-webui-controlnet units -> controls; the bundled demo model with its demo ControlNet."""
+    unit = {
+        "image": b64(init_png),
+        "module": "canny",
+        "model": "demo",
+        "weight": 0.8,
+        "threshold_a": 50,
+        "threshold_b": 150,
+        "guidance_end": 0.9,
+        "resize_mode": "Crop and Resize",
+        "pixel_perfect": False,
+    }
+    body = {
+        "prompt": "x",
+        "steps": 2,
+        "seed": 1,
+        "width": 64,
+        "height": 64,
+        "override_settings": {"sd_model_checkpoint": "easel-demo"},
+    }
+    steered = client.post(
+        "/sdapi/v1/txt2img", json={**body, "alwayson_scripts": {"ControlNet": {"args": [unit]}}}
     )
-    assert "ControlNet is not supported yet" in answer["detail"]
-    # an empty or disabled unit list (webuiapi sends one) is fine
-    ok = client.post(
-        "/sdapi/v1/txt2img",
-        json={"prompt": "x", "steps": 1, "seed": 1, "alwayson_scripts": {"ControlNet": {"args": []}}},
+    assert steered.status_code == 200, steered.text
+    infotext = json.loads(steered.json()["info"])["infotexts"][0]
+    assert "ControlNet 0:" in infotext and "Module: canny" in infotext and "Weight: 0.8" in infotext
+    assert "Threshold A: 50" in infotext
+    plain = client.post("/sdapi/v1/txt2img", json={**body, "alwayson_scripts": {"ControlNet": {"args": []}}})
+    assert plain.status_code == 200 and "ControlNet" not in json.loads(plain.json()["info"])["infotexts"][0]
+    disabled = {**unit, "enabled": False}
+    off = client.post(
+        "/sdapi/v1/txt2img", json={**body, "alwayson_scripts": {"controlnet": {"args": [disabled]}}}
     )
-    assert ok.status_code == 200
+    assert off.json()["images"] == plain.json()["images"]
+
+    def refused(bad_unit: dict, field: str) -> dict:
+        scripts = {"controlnet": {"args": [disabled, bad_unit]}}  # the disabled unit still counts
+        return assert_error(
+            client.post("/sdapi/v1/txt2img", json={**body, "alwayson_scripts": scripts}), 422, field
+        )
+
+    refused({**unit, "model": "None"}, "alwayson_scripts.controlnet.args[1].model")
+    refused({**unit, "weight": 5}, "alwayson_scripts.controlnet.args[1].weight")
+    refused({**unit, "module": "no_such_module"}, "alwayson_scripts.controlnet.args[1].module")
+    refused({**unit, "model": "/etc/control.safetensors"}, "alwayson_scripts.controlnet.args[1].model")
+    refused({**unit, "image": "%%%"}, "alwayson_scripts.controlnet.args[1].image")
+
+
+def test_native_controls_take_no_paths_or_urls(client):
+    for image in ("/etc/passwd", "http://127.0.0.1:9/x.png"):
+        body = {"prompt": "x", "controls": [{"model": "demo", "image": image}]}
+        assert_error(client.post("/api/v1/jobs", json=body), 422, "controls[0].image")
+    body = {"prompt": "x", "controls": [{"model": "../x", "image": "data:image/png;base64,AAAA"}]}
+    assert_error(client.post("/api/v1/jobs", json=body), 422)
+
+
+def test_a1111_mask_says_not_supported_yet(client, init_png):
     masked = {"prompt": "x", "init_images": [b64(init_png)], "mask": b64(init_png)}
     assert "inpainting" in assert_error(client.post("/sdapi/v1/img2img", json=masked), 422)["detail"]
 
@@ -337,6 +380,7 @@ def test_openai_generations_b64_with_seed_equal_to_native(client):
             "num_images": 2,
             "width": 64,
             "height": 64,
+            "prompt_syntax": "plain",  # what the OpenAI door means by a prompt
         },
     ).json()
     assert [item["b64_json"] for item in answer["data"]] == [image["b64_png"] for image in native["images"]]

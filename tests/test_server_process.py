@@ -107,12 +107,22 @@ def test_webuiapi_client_unchanged(live_server, init_png):
     assert api.png_info(result.images[0]).info == result.info["infotexts"][0]
     assert api.get_progress()["state"]["job_count"] == 0
 
-    unit = webuiapi.ControlNetUnit(
-        image=Image.open(init_png), module="canny", model="control_v11p_sd15_canny"
+    # ControlNet units as webuiapi sends them (the bundled demo model and its demo ControlNet)
+    unit = webuiapi.ControlNetUnit(image=Image.open(init_png), module="canny", model="demo", weight=0.7)
+    steered = api.txt2img(
+        prompt="x",
+        steps=2,
+        width=64,
+        height=64,
+        seed=1,
+        controlnet_units=[unit],
+        override_settings={"sd_model_checkpoint": "easel-demo"},
     )
+    assert "ControlNet 0:" in steered.info["infotexts"][0] and "Weight: 0.7" in steered.info["infotexts"][0]
+    unknown = webuiapi.ControlNetUnit(image=Image.open(init_png), module="canny", model="None")
     with pytest.raises(RuntimeError) as refused:
-        api.txt2img(prompt="x", steps=1, width=64, height=64, controlnet_units=[unit])
-    assert refused.value.args[0] == 422 and "ControlNet is not supported yet" in refused.value.args[1]
+        api.txt2img(prompt="x", steps=1, width=64, height=64, controlnet_units=[unknown])
+    assert refused.value.args[0] == 422 and "args[0].model is required" in refused.value.args[1]
 
     stranger = webuiapi.WebUIApi(host="127.0.0.1", port=live_server, username="webui", password="wrong")
     with pytest.raises(RuntimeError) as denied:

@@ -5,9 +5,10 @@ guidance_scale, seed (-1 random), width, height, sampler_name (+ the newer separ
 `scheduler` "Karras") -> scheduler, batch_size x n_iter -> num_images (A1111 also seeds
 image i with seed + i), denoising_strength -> strength (img2img), init_images[0] -> init_image,
 refiner_checkpoint / refiner_switch_at -> refiner / refiner_at, override_settings
-sd_model_checkpoint -> model. Unknown fields are ignored, as A1111 does. Errors name the
-A1111 field, not ours. ControlNet units (alwayson_scripts.controlnet) are refused with a
-clear 422 until easel's ControlNet request fields land; an inpainting mask likewise.
+sd_model_checkpoint -> model, and ControlNet units (alwayson_scripts.controlnet.args, the
+sd-webui-controlnet extension's API) -> controls. Prompts are read in A1111's own weighting
+syntax (prompt_syntax="a1111"). Unknown fields are ignored, as A1111 does. Errors name the
+A1111 field, not ours. An inpainting mask is refused with a clear 422 (not supported yet).
 
 The model A1111 clients switch with POST /options {"sd_model_checkpoint": title} is state of
 this app (ServerState.current_model), checked when set, loaded on the next generation.
@@ -18,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import re
 import time
 from typing import Annotated, Any
 
@@ -41,6 +43,16 @@ A1111_FIELD = {
     "refiner_at": "refiner_switch_at", "model": "sd_model_checkpoint",
 }  # fmt: skip
 SCHEDULE_TYPES = ("automatic", "karras")
+# ControlUnit field -> the sd-webui-controlnet unit field
+UNIT_FIELD = {"conditioning_scale": "weight", "preprocessor": "module", "canny_low": "threshold_a",
+              "canny_high": "threshold_b"}  # fmt: skip
+# sd-webui-controlnet module names -> easel preprocessors (others are passed on and refused by name)
+A1111_MODULES = {
+    "none": "none", "canny": "canny", "openpose": "openpose", "openpose_full": "openpose",
+    "dw_openpose_full": "openpose", "depth": "depth", "depth_midas": "depth", "hed": "hed",
+    "softedge_hed": "hed", "lineart": "lineart", "lineart_realistic": "lineart", "mlsd": "mlsd",
+    "normal_bae": "normalbae",
+}  # fmt: skip
 
 
 class Txt2ImgRequest(BaseModel):
@@ -84,9 +96,10 @@ class PngInfoRequest(BaseModel):
 
 def to_generation_request(body: Txt2ImgRequest, state: ServerState) -> GenerationRequest:
     """The A1111 request as a GenerationRequest, with errors naming A1111's fields."""
-    _refuse_controlnet(body.alwayson_scripts or {})
+    controls, unit_index = _control_units(body.alwayson_scripts or {}, state)
     fields: dict[str, Any] = {
         "prompt": body.prompt,
+        "prompt_syntax": "a1111",
         "negative_prompt": body.negative_prompt,
         "steps": body.steps,
         "guidance_scale": body.cfg_scale,
@@ -108,13 +121,23 @@ def to_generation_request(body: Txt2ImgRequest, state: ServerState) -> Generatio
             raise InvalidRequest("init_images is required for img2img", field="init_images")
         fields["init_image"] = state.policy.data_url(body.init_images[0], field="init_images")
         fields["strength"] = 0.75 if body.denoising_strength is None else body.denoising_strength
+    if controls:
+        fields["controls"] = controls
     try:
         return state.policy.check(GenerationRequest.from_fields(fields))
     except InvalidRequest as error:
-        raise _renamed(error) from None
+        raise _renamed(error, unit_index) from None
 
 
-def _renamed(error: InvalidRequest) -> InvalidRequest:
+def _renamed(error: InvalidRequest, unit_index: list[int] | None = None) -> InvalidRequest:
+    """The error with the A1111 name of its field (controls[i].x -> the ControlNet unit's)."""
+    unit = re.fullmatch(r"controls\[(\d+)\]\.(\w+)", error.field or "")
+    if unit is not None and unit_index:
+        position = unit_index[int(unit.group(1))] if int(unit.group(1)) < len(unit_index) else unit.group(1)
+        name = UNIT_FIELD.get(unit.group(2), unit.group(2))
+        theirs = f"alwayson_scripts.controlnet.args[{position}].{name}"
+        message = str(error).replace(error.field or "", theirs, 1)
+        return InvalidRequest(message, field=theirs, value=error.value)
     theirs = A1111_FIELD.get(error.field or "")
     if theirs is None:
         return error
@@ -137,16 +160,57 @@ def _sampler(body: Txt2ImgRequest) -> str | None:
     return name
 
 
-def _refuse_controlnet(scripts: dict[str, Any]) -> None:
+def _control_units(scripts: dict[str, Any], state: ServerState) -> tuple[list[dict[str, Any]], list[int]]:
+    """sd-webui-controlnet units -> ControlUnit fields, and each unit's index in `args`
+    (disabled units are skipped, so errors can still name the unit the client sent)."""
+    units: list[dict[str, Any]] = []
+    positions: list[int] = []
     for name, script in scripts.items():
-        if name.lower() != "controlnet":
+        if name.lower() != "controlnet" or not isinstance(script, dict):
             continue
-        units = script.get("args", []) if isinstance(script, dict) else []
-        if any(unit.get("enabled", True) if isinstance(unit, dict) else unit for unit in units):
-            raise UnsupportedFeature(
-                "ControlNet is not supported yet by this server (alwayson_scripts.controlnet); "
-                "send the request without ControlNet units"
-            )
+        for position, unit in enumerate(script.get("args") or []):
+            if not isinstance(unit, dict) or not unit.get("enabled", True):
+                continue
+            where = f"alwayson_scripts.controlnet.args[{position}]"
+            image = unit.get("image") or unit.get("input_image")
+            if isinstance(image, dict):  # {"image": ..., "mask": ...}, as the A1111 UI sends it
+                image = image.get("image")
+            if not image:
+                raise InvalidRequest(f"{where}.image is required (base64 image)", field=f"{where}.image")
+            if unit.get("mask") or unit.get("mask_image"):
+                raise UnsupportedFeature(f"{where}.mask: ControlNet masks are not supported yet")
+            module = str(unit.get("module") or "none").strip().lower()
+            fields: dict[str, Any] = {
+                "model": _control_model(unit.get("model"), field=f"{where}.model"),
+                "image": state.policy.data_url(image, field=f"{where}.image"),
+                "preprocessor": A1111_MODULES.get(module, module),
+            }
+            for theirs, ours in (("weight", "conditioning_scale"), ("guidance_start", "guidance_start"),
+                                 ("guidance_end", "guidance_end")):  # fmt: skip
+                if unit.get(theirs) is not None:
+                    fields[ours] = unit[theirs]
+            if fields["preprocessor"] == "canny":  # A1111: threshold_a/b; -1 means the default
+                for theirs, ours in (("threshold_a", "canny_low"), ("threshold_b", "canny_high")):
+                    value = unit.get(theirs)
+                    if isinstance(value, int | float) and value >= 0:
+                        fields[ours] = int(value)
+            units.append(fields)
+            positions.append(position)
+    return units, positions
+
+
+def _control_model(value: Any, *, field: str) -> str:
+    """A1111 ControlNet model names ("control_v11p_sd15_canny [d14c016b]") -> hub repo ids."""
+    name = str(value or "").split(" [", 1)[0].strip()
+    if not name or name.lower() == "none":
+        raise InvalidRequest(
+            f"{field} is required: name a ControlNet (e.g. control_v11p_sd15_canny)", field=field
+        )
+    if name in ("demo", "easel-demo-controlnet"):
+        return "demo"
+    if "/" not in name and re.fullmatch(r"control_[\w.-]+", name):
+        return f"lllyasviel/{name}"  # A1111's names are the lllyasviel repositories' names
+    return name  # a hub repo id (the door policy refuses anything else)
 
 
 async def _run(state: ServerState, request: GenerationRequest) -> Job:

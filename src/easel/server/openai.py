@@ -7,9 +7,10 @@
 
 Fields OpenAI's API does not have but easel does are honoured when sent (the client's
 extra_body puts them at the top level): seed, negative_prompt, steps, guidance_scale,
-scheduler, strength. `model` names an easel model; OpenAI's own model names (dall-e-*,
-gpt-image-*) mean the server's current model. Responses are {"created", "data": [{"b64_json"}]}
-(or "url", pointing at the native image route).
+scheduler, strength, prompt_syntax (default "plain": OpenAI prompts are natural language, so
+"+", "-" and parentheses are text, not weights). `model` names an easel model; OpenAI's own
+model names (dall-e-*, gpt-image-*) mean the server's current model. Responses are
+{"created", "data": [{"b64_json"}]} (or "url", pointing at the native image route).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from easel.server.native import gallery_entry, submit
 router = APIRouter(prefix="/v1/images", tags=["OpenAI"])
 State = Annotated[ServerState, Depends(state_of)]
 OPENAI_MODELS = ("dall-e-", "gpt-image-")
-OUR_FIELDS = {"guidance_scale", "negative_prompt", "seed", "steps", "scheduler", "strength"}
+OUR_FIELDS = {"guidance_scale", "negative_prompt", "seed", "steps", "scheduler", "strength", "prompt_syntax"}
 THEIR_FIELD = {"num_images": "n", "width": "size", "height": "size", "init_image": "image"}
 
 
@@ -49,6 +50,7 @@ class GenerationsRequest(BaseModel):
     steps: int | None = None
     guidance_scale: float | None = None
     scheduler: str | None = None
+    prompt_syntax: str = "plain"  # OpenAI prompts are natural language: no weighting syntax
 
 
 def _size(size: str | None) -> tuple[int | None, int | None]:
@@ -162,7 +164,7 @@ async def edits(request: Request, state: State) -> dict[str, Any]:
         text = {key: value for key, value in form.items() if isinstance(value, str)}
     finally:
         await form.close()
-    fields: dict[str, Any] = {"prompt": text.get("prompt")}
+    fields: dict[str, Any] = {"prompt": text.get("prompt"), "prompt_syntax": "plain"}
     if fields["prompt"] is None:
         raise InvalidRequest("prompt is required", field="prompt")
     for name in ("size", "model"):

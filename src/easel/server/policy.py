@@ -103,15 +103,28 @@ class DoorPolicy:
                 updates[name] = self.model_reference(value, field=name)
         if request.init_image is not None:
             self.image_reference(request.init_image, field="init_image")
+        for index, unit in enumerate(getattr(request, "controls", None) or ()):
+            self.image_reference(unit.image, field=f"controls[{index}].image")
+            self.control_model_reference(unit.model, field=f"controls[{index}].model")
         return request.model_copy(update=updates) if updates else request
+
+    def control_model_reference(self, value: str, *, field: str) -> str:
+        """A ControlNet: `demo` (the bundled one) or a hub repo id; never a path on the server."""
+        from easel.models.control import DEMO
+
+        return value if value == DEMO else self._hub_id(value.split(" [", 1)[0].strip(), value, field=field)
 
     def model_reference(self, value: str, *, field: str) -> str | None:
         """A listed title or a hub repo id; never a path on the server."""
-        from easel.models.reference import HUB_ID, PICKLE_SUFFIXES, SAFE_SUFFIXES
-
         title = value.split(" [", 1)[0].strip()  # A1111 titles carry " [hash]"
         if title == DEMO_TITLE:
             return None
+        return self._hub_id(title, value, field=field)
+
+    @staticmethod
+    def _hub_id(title: str, value: str, *, field: str) -> str:
+        from easel.models.reference import HUB_ID, PICKLE_SUFFIXES, SAFE_SUFFIXES
+
         looks_like_path = (
             title.startswith((".", "/", "~")) or "\\" in title or title.count("/") != 1
             or title.lower().endswith(SAFE_SUFFIXES + PICKLE_SUFFIXES) or Path(title).exists()
