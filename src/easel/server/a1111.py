@@ -33,7 +33,6 @@ from easel.server.jobs import Job
 from easel.server.native import gallery_entry, submit
 from easel.server.policy import DEMO_TITLE
 
-router = APIRouter(prefix="/sdapi/v1", tags=["AUTOMATIC1111"])
 State = Annotated[ServerState, Depends(state_of)]
 
 # our field -> the A1111 field, so errors name what the client sent
@@ -280,142 +279,143 @@ def _easel_version() -> str:
     return _version()
 
 
-@router.post("/txt2img")
-async def txt2img(body: Txt2ImgRequest, state: State) -> dict[str, Any]:
-    job = await _run(state, to_generation_request(body, state))
-    return _response(state, job, body)
+def build_router() -> APIRouter:
+    """The routes of this API, built per app (create_app), so no router is shared module state."""
+    router = APIRouter(prefix="/sdapi/v1", tags=["AUTOMATIC1111"])
 
+    @router.post("/txt2img")
+    async def txt2img(body: Txt2ImgRequest, state: State) -> dict[str, Any]:
+        job = await _run(state, to_generation_request(body, state))
+        return _response(state, job, body)
 
-@router.post("/img2img")
-async def img2img(body: Img2ImgRequest, state: State) -> dict[str, Any]:
-    job = await _run(state, to_generation_request(body, state))
-    return _response(state, job, body)
+    @router.post("/img2img")
+    async def img2img(body: Img2ImgRequest, state: State) -> dict[str, Any]:
+        job = await _run(state, to_generation_request(body, state))
+        return _response(state, job, body)
 
+    @router.get("/sd-models")
+    async def sd_models(state: State) -> list[dict[str, Any]]:
+        return [
+            {"title": m.title, "model_name": m.name, "hash": None, "sha256": None, "filename": m.title,
+             "config": None}
+            for m in state.models()
+        ]  # fmt: skip
 
-@router.get("/sd-models")
-async def sd_models(state: State) -> list[dict[str, Any]]:
-    return [
-        {"title": m.title, "model_name": m.name, "hash": None, "sha256": None, "filename": m.title,
-         "config": None}
-        for m in state.models()
-    ]  # fmt: skip
+    @router.post("/refresh-checkpoints")
+    async def refresh_checkpoints() -> None:
+        """Models are listed fresh on every request; nothing to refresh."""
 
-
-@router.post("/refresh-checkpoints")
-async def refresh_checkpoints() -> None:
-    """Models are listed fresh on every request; nothing to refresh."""
-
-
-@router.get("/options")
-async def get_options(state: State) -> dict[str, Any]:
-    return {
-        "sd_model_checkpoint": state.current_model or DEMO_TITLE,
-        "sd_checkpoint_hash": None,
-        "samples_format": "png",
-    }
-
-
-@router.post("/options")
-async def set_options(body: OptionsUpdate, state: State) -> None:
-    """Only sd_model_checkpoint means something here; it must name a model easel can find."""
-    if body.sd_model_checkpoint is None:
-        return
-    reference = state.policy.model_reference(body.sd_model_checkpoint, field="sd_model_checkpoint")
-    if reference is not None:
-        from easel.models.cache import detect_family
-
-        try:
-            source = await asyncio.to_thread(state.engine.resolve_model, reference)
-            await asyncio.to_thread(detect_family, source)
-        except InvalidRequest as error:
-            raise InvalidRequest(str(error), field="sd_model_checkpoint", value=reference) from None
-    state.current_model = reference
-
-
-@router.get("/samplers")
-async def samplers() -> list[dict[str, Any]]:
-    from easel.schedulers import A1111_SAMPLERS
-
-    return [
-        {"name": name, "aliases": [cls], "options": options}
-        for name, (cls, options) in A1111_SAMPLERS.items()
-    ]
-
-
-@router.get("/schedulers")
-async def schedulers() -> list[dict[str, Any]]:
-    return [
-        {
-            "name": "automatic",
-            "label": "Automatic",
-            "aliases": None,
-            "default_rho": -1,
-            "need_inner_model": False,
-        },
-        {"name": "karras", "label": "Karras", "aliases": None, "default_rho": 7.0, "need_inner_model": False},
-    ]
-
-
-@router.get("/scripts")
-async def scripts() -> dict[str, list[str]]:
-    """No A1111 scripts; webuiapi reads this to decide which extensions to talk to."""
-    return {"txt2img": [], "img2img": []}
-
-
-@router.get("/progress")
-async def progress(state: State) -> dict[str, Any]:
-    now = state.queue.state()
-    job: Job | None = now["running"]
-    fraction = job.step / job.total if job is not None and job.total else 0.0
-    count = now["queued"] + (1 if job is not None else 0)
-    eta = 0.0
-    if job is not None and job.started_at and fraction > 0:
-        from datetime import datetime, timezone
-
-        elapsed = (datetime.now(timezone.utc) - datetime.fromisoformat(job.started_at)).total_seconds()
-        eta = elapsed * (1 - fraction) / fraction  # this job only, as A1111 reports it
-    return {
-        "progress": round(fraction, 4),
-        "eta_relative": round(eta, 2),
-        "state": {
-            "skipped": False, "interrupted": bool(job and job.cancel.is_set()), "job": job.id if job else "",
-            "job_count": count, "job_timestamp": "0", "job_no": 0,
-            "sampling_step": job.step if job else 0, "sampling_steps": job.total if job else 0,
-        },
-        "current_image": None,
-        "textinfo": None,
-        "current_task": job.id if job else None,
-    }  # fmt: skip
-
-
-@router.post("/interrupt")
-async def interrupt(state: State) -> None:
-    """Stop the running generation at its next step (queued jobs still run, as in A1111)."""
-    state.queue.interrupt()
-
-
-@router.post("/skip")
-async def skip(state: State) -> None:
-    """A1111 skips the current image of a batch; easel's batches are one run, so: interrupt."""
-    state.queue.interrupt()
-
-
-@router.post("/png-info")
-async def png_info(body: PngInfoRequest, state: State) -> dict[str, Any]:
-    """The A1111 parameters (and their parsed items) an image carries."""
-    import io
-
-    from easel.storage.metadata import read_metadata
-
-    data = base64.b64decode(state.policy.data_url(body.image, field="image").partition(",")[2])
-    metadata = read_metadata(io.BytesIO(data))
-    parsed = metadata.parsed_parameters() or {}
-    parameters: dict[str, Any] = {}
-    if metadata.parameters is not None:
-        parameters = {
-            "Prompt": parsed.get("prompt", ""),
-            "Negative prompt": parsed.get("negative_prompt", ""),
-            **parsed.get("settings", {}),
+    @router.get("/options")
+    async def get_options(state: State) -> dict[str, Any]:
+        return {
+            "sd_model_checkpoint": state.current_model or DEMO_TITLE,
+            "sd_checkpoint_hash": None,
+            "samples_format": "png",
         }
-    items = {"parameters": metadata.parameters} if metadata.parameters is not None else {}
-    return {"info": metadata.parameters or "", "items": items, "parameters": parameters}
+
+    @router.post("/options")
+    async def set_options(body: OptionsUpdate, state: State) -> None:
+        """Only sd_model_checkpoint means something here; it must name a model easel can find."""
+        if body.sd_model_checkpoint is None:
+            return
+        reference = state.policy.model_reference(body.sd_model_checkpoint, field="sd_model_checkpoint")
+        if reference is not None:
+            from easel.models.cache import detect_family
+
+            try:
+                source = await asyncio.to_thread(state.engine.resolve_model, reference)
+                await asyncio.to_thread(detect_family, source)
+            except InvalidRequest as error:
+                raise InvalidRequest(str(error), field="sd_model_checkpoint", value=reference) from None
+        state.current_model = reference
+
+    @router.get("/samplers")
+    async def samplers() -> list[dict[str, Any]]:
+        from easel.schedulers import A1111_SAMPLERS
+
+        return [
+            {"name": name, "aliases": [cls], "options": options}
+            for name, (cls, options) in A1111_SAMPLERS.items()
+        ]
+
+    @router.get("/schedulers")
+    async def schedulers() -> list[dict[str, Any]]:
+        return [
+            {
+                "name": "automatic",
+                "label": "Automatic",
+                "aliases": None,
+                "default_rho": -1,
+                "need_inner_model": False,
+            },
+            {
+                "name": "karras",
+                "label": "Karras",
+                "aliases": None,
+                "default_rho": 7.0,
+                "need_inner_model": False,
+            },
+        ]
+
+    @router.get("/scripts")
+    async def scripts() -> dict[str, list[str]]:
+        """No A1111 scripts; webuiapi reads this to decide which extensions to talk to."""
+        return {"txt2img": [], "img2img": []}
+
+    @router.get("/progress")
+    async def progress(state: State) -> dict[str, Any]:
+        now = state.queue.state()
+        job: Job | None = now["running"]
+        fraction = job.step / job.total if job is not None and job.total else 0.0
+        count = now["queued"] + (1 if job is not None else 0)
+        eta = 0.0
+        if job is not None and job.started_at and fraction > 0:
+            from datetime import datetime, timezone
+
+            elapsed = (datetime.now(timezone.utc) - datetime.fromisoformat(job.started_at)).total_seconds()
+            eta = elapsed * (1 - fraction) / fraction  # this job only, as A1111 reports it
+        return {
+            "progress": round(fraction, 4),
+            "eta_relative": round(eta, 2),
+            "state": {
+                "skipped": False, "interrupted": bool(job and job.cancel.is_set()),
+                "job": job.id if job else "",
+                "job_count": count, "job_timestamp": "0", "job_no": 0,
+                "sampling_step": job.step if job else 0, "sampling_steps": job.total if job else 0,
+            },
+            "current_image": None,
+            "textinfo": None,
+            "current_task": job.id if job else None,
+        }  # fmt: skip
+
+    @router.post("/interrupt")
+    async def interrupt(state: State) -> None:
+        """Stop the running generation at its next step (queued jobs still run, as in A1111)."""
+        state.queue.interrupt()
+
+    @router.post("/skip")
+    async def skip(state: State) -> None:
+        """A1111 skips the current image of a batch; easel's batches are one run, so: interrupt."""
+        state.queue.interrupt()
+
+    @router.post("/png-info")
+    async def png_info(body: PngInfoRequest, state: State) -> dict[str, Any]:
+        """The A1111 parameters (and their parsed items) an image carries."""
+        import io
+
+        from easel.storage.metadata import read_metadata
+
+        data = base64.b64decode(state.policy.data_url(body.image, field="image").partition(",")[2])
+        metadata = read_metadata(io.BytesIO(data))
+        parsed = metadata.parsed_parameters() or {}
+        parameters: dict[str, Any] = {}
+        if metadata.parameters is not None:
+            parameters = {
+                "Prompt": parsed.get("prompt", ""),
+                "Negative prompt": parsed.get("negative_prompt", ""),
+                **parsed.get("settings", {}),
+            }
+        items = {"parameters": metadata.parameters} if metadata.parameters is not None else {}
+        return {"info": metadata.parameters or "", "items": items, "parameters": parameters}
+
+    return router

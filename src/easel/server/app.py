@@ -83,9 +83,9 @@ def create_app(settings: Settings | None = None, *, engine: Easel | None = None)
     )
     app.state.easel = state
     errors.install(app)
-    app.include_router(native.router)
-    app.include_router(a1111.router)
-    app.include_router(openai.router)
+    app.include_router(native.build_router())
+    app.include_router(a1111.build_router())
+    app.include_router(openai.build_router())
     # outermost first: a request without the key is refused before its body is read
     app.add_middleware(BodyLimitMiddleware, limit=settings.max_upload_bytes * 4 // 3 + 1024 * 1024)
     app.add_middleware(ApiKeyMiddleware, api_key=settings.api_key)

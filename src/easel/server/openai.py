@@ -28,7 +28,6 @@ from easel.server.app import ServerState, state_of
 from easel.server.jobs import Job
 from easel.server.native import gallery_entry, submit
 
-router = APIRouter(prefix="/v1/images", tags=["OpenAI"])
 State = Annotated[ServerState, Depends(state_of)]
 OPENAI_MODELS = ("dall-e-", "gpt-image-")
 OUR_FIELDS = {"guidance_scale", "negative_prompt", "seed", "steps", "scheduler", "strength", "prompt_syntax"}
@@ -107,14 +106,6 @@ def _response_format(value: str | None) -> str:
     return value
 
 
-@router.post("/generations")
-async def generations(body: GenerationsRequest, request: Request, state: State) -> dict[str, Any]:
-    response_format = _response_format(body.response_format)
-    fields = body.model_dump(exclude={"response_format"})
-    generation = _request(state, fields)
-    return await _respond(state, request, submit(state, generation, "openai"), response_format)
-
-
 EDITS_SCHEMA = {
     "requestBody": {
         "required": True,
@@ -140,40 +131,57 @@ EDITS_SCHEMA = {
 }
 
 
-@router.post("/edits", openapi_extra=EDITS_SCHEMA)
-async def edits(request: Request, state: State) -> dict[str, Any]:
-    """Image-to-image from an uploaded image (multipart, as the openai client sends it)."""
-    from starlette.datastructures import UploadFile
+def build_router() -> APIRouter:
+    """The routes of this API, built per app (create_app), so no router is shared module state."""
+    router = APIRouter(prefix="/v1/images", tags=["OpenAI"])
 
-    limit = state.settings.max_upload_bytes
-    try:
-        form = await request.form(max_files=4, max_fields=64, max_part_size=limit)
-    except Exception as error:  # malformed multipart, or a part over the limit
-        if isinstance(error, InvalidRequest):
-            raise
-        raise InvalidRequest(f"invalid body: not a readable multipart form ({error})", field="body") from None
-    try:
-        uploads = [v for key in ("image", "image[]") for v in form.getlist(key) if isinstance(v, UploadFile)]
-        if not uploads:
-            raise InvalidRequest("image is required (a multipart file field)", field="image")
-        if form.get("mask") is not None:
-            raise UnsupportedFeature(
-                "inpainting (an edit with mask) is not supported yet; send no mask for image-to-image"
-            )
-        data = await uploads[0].read(limit + 1)
-        text = {key: value for key, value in form.items() if isinstance(value, str)}
-    finally:
-        await form.close()
-    fields: dict[str, Any] = {"prompt": text.get("prompt"), "prompt_syntax": "plain"}
-    if fields["prompt"] is None:
-        raise InvalidRequest("prompt is required", field="prompt")
-    for name in ("size", "model"):
-        if name in text:
-            fields[name] = text[name]
-    for name in ("n", *sorted(OUR_FIELDS)):
-        if name in text and text[name] != "":
-            fields[name] = text[name]  # strings: GenerationRequest validates and converts them
-    fields["init_image"] = state.policy.data_url(data, field="image")
-    response_format = _response_format(text.get("response_format"))
-    generation = _request(state, fields)
-    return await _respond(state, request, submit(state, generation, "openai"), response_format)
+    @router.post("/generations")
+    async def generations(body: GenerationsRequest, request: Request, state: State) -> dict[str, Any]:
+        response_format = _response_format(body.response_format)
+        fields = body.model_dump(exclude={"response_format"})
+        generation = _request(state, fields)
+        return await _respond(state, request, submit(state, generation, "openai"), response_format)
+
+    @router.post("/edits", openapi_extra=EDITS_SCHEMA)
+    async def edits(request: Request, state: State) -> dict[str, Any]:
+        """Image-to-image from an uploaded image (multipart, as the openai client sends it)."""
+        from starlette.datastructures import UploadFile
+
+        limit = state.settings.max_upload_bytes
+        try:
+            form = await request.form(max_files=4, max_fields=64, max_part_size=limit)
+        except Exception as error:  # malformed multipart, or a part over the limit
+            if isinstance(error, InvalidRequest):
+                raise
+            raise InvalidRequest(
+                f"invalid body: not a readable multipart form ({error})", field="body"
+            ) from None
+        try:
+            uploads = [
+                v for key in ("image", "image[]") for v in form.getlist(key) if isinstance(v, UploadFile)
+            ]
+            if not uploads:
+                raise InvalidRequest("image is required (a multipart file field)", field="image")
+            if form.get("mask") is not None:
+                raise UnsupportedFeature(
+                    "inpainting (an edit with mask) is not supported yet; send no mask for image-to-image"
+                )
+            data = await uploads[0].read(limit + 1)
+            text = {key: value for key, value in form.items() if isinstance(value, str)}
+        finally:
+            await form.close()
+        fields: dict[str, Any] = {"prompt": text.get("prompt"), "prompt_syntax": "plain"}
+        if fields["prompt"] is None:
+            raise InvalidRequest("prompt is required", field="prompt")
+        for name in ("size", "model"):
+            if name in text:
+                fields[name] = text[name]
+        for name in ("n", *sorted(OUR_FIELDS)):
+            if name in text and text[name] != "":
+                fields[name] = text[name]  # strings: GenerationRequest validates and converts them
+        fields["init_image"] = state.policy.data_url(data, field="image")
+        response_format = _response_format(text.get("response_format"))
+        generation = _request(state, fields)
+        return await _respond(state, request, submit(state, generation, "openai"), response_format)
+
+    return router
