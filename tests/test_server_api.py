@@ -235,6 +235,9 @@ def test_a1111_models_options_samplers_progress_interrupt_scripts(client):
     assert client.post("/sdapi/v1/interrupt").status_code == 200
     assert client.get("/sdapi/v1/scripts").json() == {"txt2img": [], "img2img": []}
     assert client.post("/sdapi/v1/refresh-checkpoints").status_code == 200
+    assert client.get("/controlnet/version").json() == {"version": 2}
+    assert "canny" in client.get("/controlnet/module_list").json()["module_list"]
+    assert client.get("/controlnet/model_list").json()["model_list"][0] == "demo"
 
 
 def test_a1111_karras_schedule_type_selects_the_karras_sampler(client):

@@ -108,6 +108,7 @@ def test_webuiapi_client_unchanged(live_server, init_png):
     assert api.get_progress()["state"]["job_count"] == 0
 
     # ControlNet units as webuiapi sends them (the bundled demo model and its demo ControlNet)
+    assert "demo" in api.controlnet_model_list() and "canny" in api.controlnet_module_list()
     unit = webuiapi.ControlNetUnit(image=Image.open(init_png), module="canny", model="demo", weight=0.7)
     steered = api.txt2img(
         prompt="x",

@@ -418,4 +418,25 @@ def build_router() -> APIRouter:
         items = {"parameters": metadata.parameters} if metadata.parameters is not None else {}
         return {"info": metadata.parameters or "", "items": items, "parameters": parameters}
 
-    return router
+    # the sd-webui-controlnet extension's own routes (webuiapi's ControlNet helpers use them)
+    controlnet = APIRouter(prefix="/controlnet", tags=["ControlNet (sd-webui-controlnet)"])
+
+    @controlnet.get("/version")
+    async def controlnet_version() -> dict[str, int]:
+        return {"version": 2}
+
+    @controlnet.get("/module_list")
+    async def controlnet_module_list() -> dict[str, list[str]]:
+        """The module names units may use (each maps to an easel preprocessor)."""
+        return {"module_list": sorted(A1111_MODULES)}
+
+    @controlnet.get("/model_list")
+    async def controlnet_model_list() -> dict[str, list[str]]:
+        from easel.server.policy import list_control_models
+
+        return {"model_list": list_control_models()}
+
+    both = APIRouter()
+    both.include_router(router)
+    both.include_router(controlnet)
+    return both

@@ -142,7 +142,7 @@ def _openai_body(problem: Problem) -> dict[str, Any]:
 
 
 def flavour_of(path: str) -> str:
-    if path.startswith("/sdapi/"):
+    if path.startswith(("/sdapi/", "/controlnet/")):
         return "a1111"
     if path.startswith("/v1/"):
         return "openai"

@@ -38,32 +38,45 @@ class ModelEntry:
 
 
 def list_models() -> list[ModelEntry]:
-    """The bundled model plus every diffusers model (model_index.json) in the HF cache."""
+    """The bundled model plus every diffusers pipeline (model_index.json) in the HF cache."""
     entries = [ModelEntry(DEMO_TITLE, DEMO_TITLE, "StableDiffusionPipeline", None)]
+    for repo_id, class_name in _cached_repos("model_index.json"):
+        entries.append(ModelEntry(repo_id, repo_id.rsplit("/", 1)[-1], class_name, repo_id))
+    return entries
+
+
+def list_control_models() -> list[str]:
+    """`demo` (the bundled ControlNet) plus every ControlNetModel in the HF cache."""
+    return ["demo", *(repo_id for repo_id, name in _cached_repos("config.json") if name == "ControlNetModel")]
+
+
+def _cached_repos(config: str) -> list[tuple[str, str | None]]:
+    """(repo id, the config's _class_name) of cached model repos that have `config` at their root."""
+    import json
+
     try:
         from huggingface_hub import scan_cache_dir
 
         repos = sorted(scan_cache_dir().repos, key=lambda repo: repo.repo_id.lower())
-    except Exception:  # no cache yet, or an unreadable one: the bundled model still works
-        return entries
+    except Exception:  # no cache yet, or an unreadable one: the bundled models still work
+        return []
+    found = []
     for repo in repos:
         if repo.repo_type != "model":
             continue
-        index = next(
-            (f.file_path for rev in repo.revisions for f in rev.files if f.file_name == "model_index.json"),
+        path = next(
+            (f.file_path for rev in repo.revisions for f in rev.files if f.file_name == config
+             and f.file_path.parent == rev.snapshot_path),
             None,
-        )
-        if index is None:
+        )  # fmt: skip
+        if path is None:
             continue
-        pipeline = None
         try:
-            import json
-
-            pipeline = json.loads(Path(index).read_text("utf-8")).get("_class_name")
+            class_name = json.loads(Path(path).read_text("utf-8")).get("_class_name")
         except (OSError, ValueError):
-            pass
-        entries.append(ModelEntry(repo.repo_id, repo.repo_id.rsplit("/", 1)[-1], pipeline, repo.repo_id))
-    return entries
+            class_name = None
+        found.append((repo.repo_id, class_name))
+    return found
 
 
 class DoorPolicy:
