@@ -68,9 +68,15 @@ def test_no_endpoint_echoes_the_key_or_paths(engine, tmp_path):
         ).json()
         home = str(tmp_path)
         for url in (
-            "/openapi.json", "/api/v1/models", "/api/v1/jobs", "/api/v1/gallery", "/sdapi/v1/options",
-            "/sdapi/v1/sd-models", "/sdapi/v1/progress", f"/api/v1/images/{done['images'][0]['id']}/metadata",
-        ):  # fmt: skip
+            "/openapi.json",
+            "/api/v1/models",
+            "/api/v1/jobs",
+            "/api/v1/gallery",
+            "/sdapi/v1/options",
+            "/sdapi/v1/sd-models",
+            "/sdapi/v1/progress",
+            f"/api/v1/images/{done['images'][0]['id']}/metadata",
+        ):
             text = client.get(url, headers=auth).text
             assert KEY not in text and home not in text, url
 
@@ -137,3 +143,22 @@ def test_url_images_are_off_by_default_and_on_with_the_flag(engine, tmp_path, in
         # accepted by the door; the engine then fails to download it: still a clear 4xx
         assert answer.status_code == 422 and "could not download" in answer.json()["error"]["message"]
         assert b64(init_png)  # (the data-URL path is covered in test_server_api)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="Gallery.add_result records the absolute path of the stored init image in the PNG's easel "
+    "recipe, so img2img image bytes served over HTTP carry a server path (fix belongs in the gallery: "
+    "a gallery-relative input reference that replay resolves)",
+)
+def test_img2img_image_bytes_carry_no_server_path(engine, tmp_path, init_png):
+    with server(tmp_path, engine) as client:
+        body = {
+            "prompt": "x",
+            "init_images": [b64(init_png)],
+            "steps": 2,
+            "seed": 1,
+            "override_settings": {"sd_model_checkpoint": TINY_SD15},
+        }
+        answer = client.post("/sdapi/v1/img2img", json=body).json()
+        assert str(tmp_path).encode() not in base64.b64decode(answer["images"][0])
