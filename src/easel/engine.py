@@ -153,7 +153,8 @@ class Easel:
                 self._set_cpu_threads(loaded)
             # 4. size: explicit, else the init image's, else the first control image's, else
             #    the model's native size; control images fitted to it, then preprocessed
-            request = self._with_size(request, loaded, init_image or next(iter(control_inputs), None))
+            size_from = init_image if init_image is not None else next(iter(control_inputs), None)
+            request = self._with_size(request, loaded, size_from)
             if init_image is not None:
                 from easel.storage.images import fit_to_multiple_of_8
 
@@ -291,6 +292,8 @@ class Easel:
         unet_config = dict(loaded.pipeline.unet.config)
         loaded.family.check_control(index, control.source.reference, control.config, unet_config)
         device, dtype = self._device_and_dtype()
+        # with CPU offload the task pipeline's hooks move it, like the base's modules
+        placement = device if self.settings.performance.offload == "none" else "cpu"
         component = leases.enter_context(
             self.cache.lease_component(
                 "controlnet",
@@ -298,7 +301,7 @@ class Easel:
                 device=device,
                 dtype=dtype,
                 load=lambda: load_control(
-                    control.source, dtype=dtype, device=device, allow_pickle=self.settings.allow_pickle
+                    control.source, dtype=dtype, device=placement, allow_pickle=self.settings.allow_pickle
                 ),
             )
         )
