@@ -314,7 +314,8 @@ class JobQueue:
                 raise JobConflict(f"job {job_id} already {job.status}")
             job.cancel.set()
             if job.status == QUEUED:
-                self._waiting.remove(job)
+                if job in self._waiting:
+                    self._waiting.remove(job)
                 self._finish(job, CANCELLED, error=Cancelled("cancelled while queued"))
         return job
 
