@@ -135,3 +135,21 @@ def test_unreadable_file_is_an_invalid_request(tmp_path):
 def test_wrong_schema_is_refused():
     with pytest.raises(InvalidRequest, match="schema"):
         request_from_document({"schema": "other/9", "request": {}})
+
+
+def test_companion_models_are_hashed_by_role(engine, sdxl_models, kandinsky_models):
+    from conftest import TINY_KANDINSKY, TINY_SDXL, TINY_SDXL_REFINER
+
+    refined = engine.generate(
+        GenerationRequest(
+            model=TINY_SDXL, refiner=TINY_SDXL_REFINER, refiner_at=0.5, prompt="a", steps=2, seed=1
+        )
+    )
+    assert set(refined.model_hashes) == {"base", "refiner"}
+    assert refined.model_hashes["base"] != refined.model_hashes["refiner"]
+    kandinsky = engine.generate(
+        GenerationRequest(
+            model=TINY_KANDINSKY, prompt="a", steps=2, prior_steps=2, seed=1, width=64, height=64
+        )
+    )
+    assert set(kandinsky.model_hashes) == {"base", "prior"}

@@ -179,7 +179,7 @@ class Easel:
             nsfw=[bool(flag) for flag in nsfw],
             model_family=family.name,
             model_name=source.display_name,
-            model_hashes=self._model_hashes(loaded, controlnets),
+            model_hashes=self._model_hashes(loaded, controlnets, leased),
             sampler=sampler,
             timings={
                 "load_s": loaded_at - started,  # resolve + (first time only) load weights
@@ -248,17 +248,24 @@ class Easel:
         return self._placement
 
     def _model_hashes(
-        self, loaded: LoadedModel, controlnets: Sequence[LoadedComponent] = ()
+        self,
+        loaded: LoadedModel,
+        controlnets: Sequence[LoadedComponent] = (),
+        companions: Mapping[str, LoadedModel] | None = None,
     ) -> dict[str, str]:
-        """sha256 of each component's weights, computed once per loaded model; control
-        models as control_0, control_1, ... in unit order."""
+        """sha256 of each component's weights, computed once per loaded model: "base", the
+        companions by role ("refiner", "prior"), control models as control_0, control_1, ..."""
         from easel.models.hashing import sha256_of, weights_file
 
         cache_file = self.settings.home / "hashes.json"
-        if loaded.hashes is None:
-            weights = weights_file(loaded.source)
-            loaded.hashes = {} if weights is None else {"base": sha256_of(weights, cache_file)}
-        hashes = dict(loaded.hashes)
+        for model in (loaded, *(companions or {}).values()):
+            if model.hashes is None:
+                weights = weights_file(model.source)
+                model.hashes = {} if weights is None else {"base": sha256_of(weights, cache_file)}
+        hashes = dict(loaded.hashes or {})
+        for role, companion in (companions or {}).items():
+            if companion.hashes and "base" in companion.hashes:
+                hashes[role] = companion.hashes["base"]
         for index, control in enumerate(controlnets):
             if control.hashes is None:
                 from easel.models.control import control_weights_file

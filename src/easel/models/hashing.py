@@ -19,6 +19,7 @@ UNET_WEIGHTS = (
     "unet/diffusion_pytorch_model.safetensors",
     "unet/diffusion_pytorch_model.fp16.safetensors",
     "decoder/unet/diffusion_pytorch_model.safetensors",
+    "prior/diffusion_pytorch_model.safetensors",  # a Kandinsky prior: its PriorTransformer
     "unet/diffusion_pytorch_model.bin",
 )
 
