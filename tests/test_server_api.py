@@ -319,6 +319,8 @@ def test_a1111_controlnet_units_steer_the_generation(client, init_png):
     infotext = json.loads(steered.json()["info"])["infotexts"][0]
     assert "ControlNet 0:" in infotext and "Module: canny" in infotext and "Weight: 0.8" in infotext
     assert "Threshold A: 50" in infotext
+    job = client.get("/api/v1/jobs").json()[0]  # the record summarises the control image, no data echoed
+    assert job["request"]["controls"][0]["image"].startswith("(uploaded image")
     plain = client.post("/sdapi/v1/txt2img", json={**body, "alwayson_scripts": {"ControlNet": {"args": []}}})
     assert plain.status_code == 200 and "ControlNet" not in json.loads(plain.json()["info"])["infotexts"][0]
     disabled = {**unit, "enabled": False}

@@ -123,13 +123,20 @@ def public_request(request: GenerationRequest | dict[str, Any]) -> dict[str, Any
     """A request as JSON for responses: an uploaded init image is summarised, not echoed,
     and a local path (the gallery's copy of an input) is reduced to its file name."""
     fields = request.model_dump(mode="json") if isinstance(request, GenerationRequest) else dict(request)
-    image = fields.get("init_image")
-    if isinstance(image, str):
-        if image.startswith("data:"):
-            fields["init_image"] = f"(uploaded image, {len(image)} characters of data URL)"
-        elif not image.startswith(("http://", "https://")):
-            fields["init_image"] = Path(image).name
+    fields["init_image"] = _public_image(fields.get("init_image"))
+    if fields.get("controls"):
+        fields["controls"] = [
+            {**unit, "image": _public_image(unit.get("image"))} for unit in fields["controls"]
+        ]
     return fields
+
+
+def _public_image(image: Any) -> Any:
+    if not isinstance(image, str) or image.startswith(("http://", "https://")):
+        return image
+    if image.startswith("data:"):
+        return f"(uploaded image, {len(image)} characters of data URL)"
+    return Path(image).name
 
 
 class JobStore:
