@@ -145,12 +145,6 @@ def test_url_images_are_off_by_default_and_on_with_the_flag(engine, tmp_path, in
         assert b64(init_png)  # (the data-URL path is covered in test_server_api)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Gallery.add_result records the absolute path of the stored init image in the PNG's easel "
-    "recipe, so img2img image bytes served over HTTP carry a server path (fix belongs in the gallery: "
-    "a gallery-relative input reference that replay resolves)",
-)
 def test_img2img_image_bytes_carry_no_server_path(engine, tmp_path, init_png):
     with server(tmp_path, engine) as client:
         body = {

@@ -114,8 +114,9 @@ class Easel:
         # 3. inputs that need I/O
         init_image = self._load_init_image(request)
         from easel.control.images import fit_control_inputs, load_control_inputs, process_control_inputs
+        from easel.storage.gallery import inputs_folder
 
-        control_inputs = load_control_inputs(request)
+        control_inputs = load_control_inputs(request, stored_inputs=inputs_folder(self.settings.home))
         device, dtype = self._device_and_dtype()
         options = self.settings.performance
         check_options(options, device)
@@ -345,13 +346,15 @@ class Easel:
             fields["seed"] = secrets.randbelow(2**32)
         return GenerationRequest.from_fields(fields)
 
-    @staticmethod
-    def _load_init_image(request: GenerationRequest) -> Image | None:
+    def _load_init_image(self, request: GenerationRequest) -> Image | None:
         if request.init_image is None:
             return None
+        from easel.storage.gallery import inputs_folder
         from easel.storage.images import load_image
 
-        return load_image(request.init_image, field="init_image")
+        return load_image(
+            request.init_image, field="init_image", stored_inputs=inputs_folder(self.settings.home)
+        )
 
     @staticmethod
     def _with_size(

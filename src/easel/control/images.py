@@ -8,6 +8,7 @@ for replay: preprocessing it again gives the same map.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from easel.errors import InvalidRequest
@@ -20,11 +21,15 @@ if TYPE_CHECKING:
 ASPECT_TOLERANCE = 0.02  # 2%: rounding sides to multiples of 8 must not count as a mismatch
 
 
-def load_control_inputs(request: GenerationRequest) -> list[Image]:
-    """Each unit's image, read (path, URL, data URL) as RGB; errors name controls[i].image."""
+def load_control_inputs(request: GenerationRequest, *, stored_inputs: Path | None = None) -> list[Image]:
+    """Each unit's image, read (path, URL, data URL, stored input) as RGB; errors name
+    controls[i].image."""
     from easel.storage.images import load_image
 
-    return [load_image(unit.image, field=f"controls[{i}].image") for i, unit in enumerate(request.controls)]
+    return [
+        load_image(unit.image, field=f"controls[{i}].image", stored_inputs=stored_inputs)
+        for i, unit in enumerate(request.controls)
+    ]
 
 
 def fit_control_inputs(images: list[Image], width: int, height: int) -> list[Image]:

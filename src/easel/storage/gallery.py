@@ -101,11 +101,11 @@ class Gallery:
         if result.init_image is not None:
             stored = self.store_input(result.init_image)
             result = dataclasses.replace(
-                result, request=result.request.model_copy(update={"init_image": str(stored)})
+                result, request=result.request.model_copy(update={"init_image": stored})
             )
         if result.control_inputs:  # the fitted, unprocessed images: preprocessing them again replays
             units = [
-                unit.model_copy(update={"image": str(self.store_input(image))})
+                unit.model_copy(update={"image": self.store_input(image)})
                 for unit, image in zip(result.request.controls, result.control_inputs, strict=True)
             ]
             request = result.request.model_copy(update={"controls": units})
@@ -116,15 +116,19 @@ class Gallery:
             entries.append(self._add_grid(result, [entry.id for entry in entries]))
         return entries
 
-    def store_input(self, image: Image) -> Path:
-        """Save an input image once, named by the hash of its pixels' PNG encoding."""
+    def store_input(self, image: Image) -> str:
+        """Save an input image once, named by the hash of its PNG encoding; returns the
+        `easel-input:` reference recipes use (no filesystem path leaves the gallery)."""
+        from easel.storage.images import INPUT_SCHEME
+
         buffer = io.BytesIO()
         image.save(buffer, format="PNG")
         data = buffer.getvalue()
-        path = self.root / "inputs" / f"{hashlib.sha256(data).hexdigest()}.png"
+        name = f"{hashlib.sha256(data).hexdigest()}.png"
+        path = inputs_folder(self.root.parent) / name
         if not path.is_file():
             write_atomically(path, data)
-        return path
+        return INPUT_SCHEME + name
 
     def _add(self, result: GenerationResult, index: int, *, parent_id: str | None) -> GalleryEntry:
         from easel.storage.metadata import image_document
@@ -294,6 +298,11 @@ class Gallery:
             parent_id=row["parent_id"], members=json.loads(row["members"] or "[]"), nsfw=bool(row["nsfw"]),
             request=json.loads(row["request_json"] or "{}"),
         )  # fmt: skip
+
+
+def inputs_folder(home: Path) -> Path:
+    """Where the gallery under `home` keeps stored input images."""
+    return Path(home) / "gallery" / "inputs"
 
 
 def _now() -> str:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import binascii
 import io
+import re
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -21,15 +22,23 @@ from easel.errors import InvalidRequest
 if TYPE_CHECKING:
     from PIL.Image import Image
 
+INPUT_SCHEME = "easel-input:"  # an input image the gallery stored, by content hash
+STORED_INPUT = re.compile(r"^[0-9a-f]{64}\.png$")
 MAX_DOWNLOAD_BYTES = 50 * 1024 * 1024
 MAX_PIXELS = 4096 * 4096
 DOWNLOAD_TIMEOUT_S = 30
 
 
-def load_image(reference: str, *, field: str) -> Image:
-    """Open `reference` as an RGB image with EXIF orientation applied."""
+def load_image(reference: str, *, field: str, stored_inputs: Path | None = None) -> Image:
+    """Open `reference` as an RGB image with EXIF orientation applied.
+
+    `easel-input:<sha256>.png` names an input the gallery stored (in `stored_inputs`): image
+    recipes refer to their inputs that way, so they replay without carrying a server path.
+    """
     from PIL import Image, ImageOps, UnidentifiedImageError
 
+    if reference.startswith(INPUT_SCHEME):
+        reference = str(_stored_input(reference, field=field, folder=stored_inputs))
     data = _read_bytes(reference, field=field)
     try:
         with Image.open(io.BytesIO(data)) as opened:
@@ -65,6 +74,22 @@ def fit_to_multiple_of_8(image: Image, width: int | None, height: int | None) ->
     from PIL import Image as PILImage
 
     return image.resize(target, PILImage.Resampling.LANCZOS)
+
+
+def _stored_input(reference: str, *, field: str, folder: Path | None) -> Path:
+    name = reference[len(INPUT_SCHEME) :]
+    if not STORED_INPUT.match(name):
+        raise InvalidRequest(
+            f"invalid {field}={reference!r}: stored inputs are named by a sha256 hex digest", field=field
+        )
+    path = None if folder is None else folder / name
+    if path is None or not path.is_file():
+        raise InvalidRequest(
+            f"invalid {field}={reference!r}: this gallery has no such stored input",
+            field=field,
+            value=reference,
+        )
+    return path
 
 
 def _read_bytes(reference: str, *, field: str) -> bytes:
