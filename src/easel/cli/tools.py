@@ -1,0 +1,89 @@
+"""Small commands: token counts, scheduler names, the benchmark."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any
+
+import typer
+
+from easel.cli.app import (
+    DebugOption,
+    JsonOption,
+    app,
+    quiet_libraries,
+    run_door,
+)
+
+
+@app.command()
+def tokens(
+    prompt: Annotated[str, typer.Argument(help="The prompt to count.")],
+    model: Annotated[str | None, typer.Option("--model", "-m", help="Model whose tokenizer counts.")] = None,
+    syntax: Annotated[str, typer.Option("--syntax", help="compel | a1111 | plain.")] = "compel",
+    as_json: JsonOption = False,
+) -> None:
+    """Count a prompt's CLIP tokens and chunks ("83/150, 2 chunks"): past 75 easel chunks, never truncates."""
+
+    def run() -> Any:
+        from easel.config import Settings
+        from easel.engine import Easel
+
+        return Easel(Settings.from_env()).count_tokens(prompt, model=model, syntax=syntax)
+
+    count = run_door(run, debug=False)
+    if as_json:
+        typer.echo(json.dumps({"tokens": count.tokens, "chunks": count.chunks, "capacity": count.capacity}))
+    else:
+        typer.echo(str(count))
+
+
+@app.command()
+def schedulers() -> None:
+    """List the scheduler names --scheduler accepts."""
+    from easel.schedulers import known_scheduler_names
+
+    for name in known_scheduler_names():
+        typer.echo(name)
+
+
+@app.command()
+def bench(
+    model: Annotated[
+        str | None, typer.Option("--model", "-m", help="Model to measure (default: bundled demo).")
+    ] = None,
+    prompt: Annotated[str, typer.Option(help="Prompt to generate.")] = "a red circle on a blue background",
+    steps: Annotated[int, typer.Option(help="Denoising steps per image.")] = 20,
+    width: Annotated[int | None, typer.Option(help="Width (default: the model's native size).")] = None,
+    height: Annotated[int | None, typer.Option(help="Height.")] = None,
+    rounds: Annotated[int, typer.Option(help="Timed rounds (each runs easel then diffusers).")] = 5,
+    warmup: Annotated[int, typer.Option(help="Untimed rounds first.")] = 1,
+    extras: Annotated[
+        bool, typer.Option("--extras/--no-extras", help="Also measure task switching and cold start.")
+    ] = True,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    debug: DebugOption = False,
+) -> None:
+    """Time easel against a plain diffusers call (alternating rounds, medians, memory, equality)."""
+
+    def run() -> dict[str, Any]:
+        quiet_libraries(debug)
+        from easel.bench import measure_cold_start, measure_task_switching, run_benchmark
+        from easel.config import Settings
+
+        settings = Settings.from_env()
+        report = run_benchmark(
+            model=model, prompt=prompt, steps=steps, width=width, height=height, rounds=rounds,
+            warmup=warmup, settings=settings,
+        ).as_dict()  # fmt: skip
+        if extras:
+            report["task_switching"] = measure_task_switching(model, settings)
+            report["cold_start"] = measure_cold_start(prompt) if model is None else None
+        return report
+
+    report = run_door(run, debug=debug)
+    if as_json:
+        typer.echo(json.dumps(report))
+        return
+    for key, value in report.items():
+        typer.echo(f"{key}: {value}")
