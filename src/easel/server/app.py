@@ -52,6 +52,7 @@ def create_app(settings: Settings | None = None, *, engine: Easel | None = None)
     """A new server app. `engine` lets tests share one loaded Easel between apps."""
     from fastapi import FastAPI
 
+    from easel import ui
     from easel.engine import Easel
     from easel.server import a1111, errors, native, openai
     from easel.server.jobs import JobQueue, JobStore
@@ -86,6 +87,7 @@ def create_app(settings: Settings | None = None, *, engine: Easel | None = None)
     app.include_router(native.build_router())
     app.include_router(a1111.build_router())
     app.include_router(openai.build_router())
+    app.include_router(ui.build_router())  # the web UI: a page over the native API, same key
     # outermost first: a request without the key is refused before its body is read
     app.add_middleware(BodyLimitMiddleware, limit=settings.max_upload_bytes * 4 // 3 + 1024 * 1024)
     app.add_middleware(ApiKeyMiddleware, api_key=settings.api_key)

@@ -340,6 +340,11 @@ class JobQueue:
             running = next((job for job in self._jobs.values() if job.status == RUNNING), None)
             return {"running": running, "queued": len(self._waiting)}
 
+    def position(self, job: Job) -> int | None:
+        """1 when the job runs next, 2 after that...; None once it is not waiting."""
+        with self._lock:
+            return next((place for place, waiting in enumerate(self._waiting, 1) if waiting is job), None)
+
     def retry_after(self) -> int:
         """Seconds until a place in the queue is likely free (an estimate from recent jobs)."""
         average = sum(self._durations) / len(self._durations) if self._durations else 5.0

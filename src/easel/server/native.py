@@ -10,21 +10,34 @@ GET  /api/v1/images/{id}           an image file, metadata embedded (PNG)
 GET  /api/v1/images/{id}/metadata  its A1111 parameters and easel recipe as JSON
 GET  /api/v1/models                models the server can name
 GET  /api/v1/gallery               gallery entries (search, model, dates)
+DELETE /api/v1/images/{id}         remove an image from the gallery
+GET  /api/v1/models/info?model=    a model's family: its tasks, family-only fields, defaults
+GET  /api/v1/schedulers            scheduler names the requests accept
+GET  /api/v1/control               ControlNet models the server can name, and preprocessors
+POST /api/v1/control/preview       a control image after its preprocessor (none, canny)
+POST /api/v1/tokens                CLIP tokens and 75-token chunks of a prompt ("83/150, 2 chunks")
+POST /api/v1/png-info              the parameters any PNG carries, as request fields too
 GET  /health                       liveness (the one route open without the key)
+
+The last six serve forms (the web UI): each answers from files or pixels it is sent, never
+from a loaded pipeline, so they need not wait in the job queue; model files are only read
+(model_index.json, tokenizer files), and model references pass the same door policy as jobs.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query
 from fastapi.responses import FileResponse, StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field
 
-from easel.errors import InvalidRequest
+from easel.errors import InvalidRequest, UnsupportedFeature
 from easel.request import GenerationRequest
 from easel.server.app import ServerState, public_models, state_of
 from easel.server.errors import ImageNotFound
@@ -32,6 +45,39 @@ from easel.server.jobs import Job, public_request
 from easel.storage.gallery import GalleryEntry
 
 State = Annotated[ServerState, Depends(state_of)]
+
+
+class TokensRequest(BaseModel):
+    """A prompt to count, as the form holds it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    prompt: str = Field("", max_length=20000)
+    model: str | None = None
+    prompt_syntax: str = "compel"
+
+
+class ImageBody(BaseModel):
+    """An uploaded image (base64 or a data URL)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    image: str
+
+
+class ControlPreviewRequest(ImageBody):
+    """What a ControlUnit's preprocessor would make of an image (same names and limits)."""
+
+    preprocessor: str = "none"
+    canny_low: int = Field(100, ge=0, le=255)
+    canny_high: int = Field(200, ge=0, le=255)
+
+
+# A1111 settings-line keys -> GenerationRequest fields (PNG-info of other tools' images)
+A1111_FIELDS = {
+    "Steps": ("steps", int), "CFG scale": ("guidance_scale", float), "Seed": ("seed", int),
+    "Denoising strength": ("strength", float),
+}  # fmt: skip
 
 
 def gallery_entry(state: ServerState, image_id: str) -> GalleryEntry:
@@ -80,17 +126,19 @@ def build_router() -> APIRouter:
 
     @router.get("/api/v1/jobs/{job_id}/events", tags=["native"])
     async def job_events(job_id: str, state: State) -> StreamingResponse:
-        """Server-sent events: `progress` ({status, step, total}) on every change, then `end`
-        with the full job record."""
+        """Server-sent events: `progress` ({status, step, total, position}: 1 = next to run,
+        null once running) on every change, then `end` with the full job record."""
         job = state.queue.get(job_id)
 
         async def events() -> AsyncIterator[str]:
-            seen = -1
+            seen: tuple[int, int | None] | None = None
             while True:
                 version, finished = job.version, job.finished
-                if version != seen:
-                    seen = version
-                    progress = {"status": job.status, "step": job.step, "total": job.total}
+                position = state.queue.position(job)  # changes while jobs ahead finish
+                if (version, position) != seen:
+                    seen = (version, position)
+                    progress = {"status": job.status, "step": job.step, "total": job.total,
+                                "position": position}  # fmt: skip
                     yield f"event: progress\ndata: {json.dumps(progress)}\n\n"
                 if finished:
                     yield f"event: end\ndata: {json.dumps(job.describe(), ensure_ascii=False)}\n\n"
@@ -165,4 +213,142 @@ def build_router() -> APIRouter:
             for entry in entries
         ]
 
+    @router.delete("/api/v1/images/{image_id}", tags=["native"])
+    async def delete_image(image_id: str, state: State) -> dict[str, str]:
+        """Remove the file and its gallery row (jobs that made it keep their records)."""
+        state.gallery.delete(gallery_entry(state, image_id).id)
+        return {"deleted": image_id}
+
+    @router.get("/api/v1/models/info", tags=["native"])
+    async def model_info(state: State, model: str | None = None) -> dict[str, Any]:
+        """What a form needs to know about a model: its family, tasks, the family-only fields
+        it takes (refiner..., prior...), whether ControlNets steer it, and its defaults.
+        Reads model_index.json only."""
+        from easel.models.cache import detect_family
+
+        reference = None if model is None else state.policy.model_reference(model, field="model")
+        family = detect_family(await asyncio.to_thread(state.engine.resolve_model, reference))
+        return {
+            "model": model,
+            "family": family.name,
+            "tasks": list(family.tasks),
+            "options": list(family.options),
+            "controlnet": family.controlnet_text2img_class is not None,
+            "defaults": {"steps": family.default_steps, "guidance_scale": family.default_guidance},
+        }
+
+    @router.get("/api/v1/schedulers", tags=["native"])
+    async def schedulers() -> list[str]:
+        from easel.schedulers import known_scheduler_names
+
+        return known_scheduler_names()
+
+    @router.get("/api/v1/control", tags=["native"])
+    async def control_options() -> dict[str, list[str]]:
+        """ControlNet models (`demo` and those in the HF cache) and preprocessor names."""
+        from easel.control.preprocessors import PREPROCESSORS
+        from easel.server.policy import list_control_models
+
+        return {"models": list_control_models(), "preprocessors": list(PREPROCESSORS)}
+
+    @router.post("/api/v1/control/preview", tags=["native"])
+    async def control_preview(body: ControlPreviewRequest, state: State) -> dict[str, Any]:
+        """The control image a unit would use, for a form to show before generating. Only the
+        model-free preprocessors (none, canny): a detector loads weights, which only jobs do."""
+        from easel.control.preprocessors import PREPROCESSORS
+
+        if body.preprocessor not in ("none", "canny"):
+            known = body.preprocessor in PREPROCESSORS
+            raise (UnsupportedFeature if known else InvalidRequest)(
+                f"preprocessor={body.preprocessor!r}: "
+                + ("its preview is not available (detectors load models; they run inside the job)"
+                   if known else "unknown; known: " + ", ".join(PREPROCESSORS)),
+                **({} if known else {"field": "preprocessor", "value": body.preprocessor}),
+            )  # fmt: skip
+        if body.canny_low > body.canny_high:
+            raise InvalidRequest(
+                f"invalid canny_low={body.canny_low}: must not exceed canny_high={body.canny_high}",
+                field="canny_low",
+                value=body.canny_low,
+            )
+        data = base64.b64decode(state.policy.data_url(body.image, field="image").partition(",")[2])
+        png, width, height = await asyncio.to_thread(_preview_png, data, body)
+        return {"image": "data:image/png;base64," + base64.b64encode(png).decode("ascii"),
+                "width": width, "height": height}  # fmt: skip
+
+    @router.post("/api/v1/tokens", tags=["native"])
+    async def tokens(body: TokensRequest, state: State) -> dict[str, Any]:
+        """Token count of a prompt with the model's own tokenizer (files only, no weights)."""
+        reference = None if body.model is None else state.policy.model_reference(body.model, field="model")
+        count = await asyncio.to_thread(
+            state.engine.count_tokens, body.prompt, model=reference, syntax=body.prompt_syntax
+        )
+        return {"tokens": count.tokens, "chunks": count.chunks, "capacity": count.capacity,
+                "text": str(count)}  # fmt: skip
+
+    @router.post("/api/v1/png-info", tags=["native"])
+    async def png_info(body: ImageBody, state: State) -> dict[str, Any]:
+        """What an image says about how it was made (easel's recipe, or any tool's A1111
+        parameters), plus `request`: those settings as GenerationRequest fields for a form."""
+        import io
+
+        from easel.storage.metadata import read_metadata
+
+        data = base64.b64decode(state.policy.data_url(body.image, field="image").partition(",")[2])
+        metadata = read_metadata(io.BytesIO(data))
+        document = dict(metadata.document or {})
+        if isinstance(document.get("request"), dict):
+            document["request"] = public_request(document["request"])
+            fields = dict(document["request"])
+            fields["seed"] = document.get("seed", fields.get("seed"))
+            fields["num_images"] = 1
+        else:
+            fields = _fields_from_parameters(metadata.parsed_parameters())
+        return {"parameters": metadata.parameters, "parsed": metadata.parsed_parameters(),
+                "easel": document or None, "request": fields}  # fmt: skip
+
     return router
+
+
+def _preview_png(data: bytes, body: ControlPreviewRequest) -> tuple[bytes, int, int]:
+    import io
+
+    from PIL import Image, ImageOps
+
+    from easel.control.preprocessors import preprocess
+
+    with Image.open(io.BytesIO(data)) as opened:
+        image = ImageOps.exif_transpose(opened).convert("RGB")
+    processed = preprocess(image, body.preprocessor, canny_low=body.canny_low, canny_high=body.canny_high,
+                           field="preprocessor")  # fmt: skip
+    buffer = io.BytesIO()
+    processed.save(buffer, format="PNG")
+    return buffer.getvalue(), processed.width, processed.height
+
+
+def _fields_from_parameters(parsed: dict[str, Any] | None) -> dict[str, Any]:
+    """A1111 parameters (any tool's) -> the request fields they name; unknown items are left out."""
+    if not parsed:
+        return {}
+    from easel.schedulers import scheduler_spec
+
+    settings = parsed.get("settings", {})
+    fields: dict[str, Any] = {
+        "prompt": parsed.get("prompt", ""), "negative_prompt": parsed.get("negative_prompt", "")
+    }  # fmt: skip
+    for key, (name, kind) in A1111_FIELDS.items():
+        if key in settings:
+            with contextlib.suppress(ValueError):
+                fields[name] = kind(settings[key])
+    width, _, height = str(settings.get("Size", "")).partition("x")
+    if width.isdigit() and height.isdigit():
+        fields["width"], fields["height"] = int(width), int(height)
+    sampler = settings.get("Sampler")
+    if sampler and settings.get("Schedule type") == "Karras" and not sampler.endswith("Karras"):
+        sampler = f"{sampler} Karras"
+    if sampler and scheduler_spec(sampler) is not None:
+        fields["scheduler"] = sampler
+    if settings.get("Model"):
+        fields["model"] = settings["Model"]
+    fields["prompt_syntax"] = "a1111"  # A1111 parameters are written in A1111 weighting syntax
+    return fields

@@ -1,0 +1,694 @@
+// easel web UI: a form over the native JSON API (/api/v1/...), nothing else.
+// Every generation is a job in the server's one queue; progress comes as server-sent events.
+// Auth is the browser's: with an API key the server challenges with HTTP Basic, and the browser
+// sends the key with every request of this page (fetch, EventSource, <img>) once signed in.
+"use strict";
+
+(() => {
+  const $ = (id) => document.getElementById(id);
+
+  class ApiError extends Error {
+    constructor(message, field, status, type) {
+      super(message);
+      this.field = field || null;
+      this.status = status;
+      this.type = type || null;
+    }
+  }
+
+  // All page state lives here (one object, no scattered globals).
+  const state = {
+    models: [],
+    info: null,          // /api/v1/models/info for the selected model
+    control: { models: ["demo"], preprocessors: ["none", "canny"] },
+    job: null,           // the job being watched
+    events: null,        // its EventSource
+    sent: new Map(),     // job id -> the request as sent (with its images), for "reuse settings"
+    lastSeed: null,
+    initImage: null,     // data URL of the img2img init image
+    units: 0,            // counter for control unit ids
+    pngFields: null,     // request fields read by PNG info
+  };
+
+  // ---- the API --------------------------------------------------------------------------------
+
+  async function api(path, { method, body } = {}) {
+    const init = { method: method || (body === undefined ? "GET" : "POST"), headers: {}, credentials: "same-origin" };
+    if (body !== undefined) {
+      init.headers["content-type"] = "application/json";
+      init.body = JSON.stringify(body);
+    }
+    let response;
+    try {
+      response = await fetch(path, init);
+    } catch (error) {
+      throw new ApiError(`The server did not answer (${error.message}).`, null, 0);
+    }
+    const text = await response.text();
+    let data = null;
+    try { data = text ? JSON.parse(text) : null; } catch { data = null; }
+    if (!response.ok) {
+      const problem = (data && data.error) || {};
+      let message = problem.message || text || response.statusText;
+      if (response.status === 401) {
+        message = `API key required: ${message}. Reload the page and sign in with the server's key as password.`;
+      } else if (response.status === 429) {
+        message = `The queue is full: ${message}`;
+      }
+      throw new ApiError(message, problem.field, response.status, problem.type);
+    }
+    return data;
+  }
+
+  // ---- messages in place ---------------------------------------------------------------------
+
+  const FIELD_IDS = {
+    model: "model", prompt: "prompt", negative_prompt: "negative", prompt_syntax: "syntax",
+    width: "width", height: "height", steps: "steps", guidance_scale: "guidance", seed: "seed",
+    num_images: "num-images", scheduler: "scheduler", init_image: "init-drop", strength: "strength",
+    refiner: "refiner", refiner_at: "refiner-at", prior: "prior", prior_steps: "prior-steps",
+    prior_guidance_scale: "prior-guidance",
+  };
+  const UNIT_FIELDS = {
+    model: "model", image: "file", preprocessor: "preprocessor", conditioning_scale: "scale",
+    guidance_start: "start", guidance_end: "end", canny_low: "low", canny_high: "high",
+  };
+
+  function showMessage(id, message, kind = "error") {
+    const box = $(id);
+    box.textContent = message;
+    box.className = kind;
+    box.hidden = !message;
+  }
+
+  function clearInvalid() {
+    document.querySelectorAll(".invalid").forEach((el) => el.classList.remove("invalid"));
+    showMessage("error", "");
+  }
+
+  function markField(field) {
+    if (!field) return;
+    let element = null;
+    const unit = /^controls\[(\d+)\]\.?(\w*)/.exec(field);
+    if (unit) {
+      const node = document.querySelectorAll("#control-units .control-unit")[Number(unit[1])];
+      const suffix = UNIT_FIELDS[unit[2]];
+      element = node && suffix ? $(`${node.id}-${suffix}`) : node;
+      if (element && element.type === "file") element = element.closest("label");
+    } else if (FIELD_IDS[field]) {
+      element = $(FIELD_IDS[field]);
+    }
+    if (element) element.classList.add("invalid");
+  }
+
+  function showError(error, box = "error") {
+    showMessage(box, error.message || String(error), error.type === "Cancelled" ? "notice" : "error");
+    if (box === "error") markField(error.field);
+  }
+
+  // ---- reading the form ----------------------------------------------------------------------
+
+  const number = (id) => {
+    const value = $(id).value.trim();
+    return value === "" ? null : Number(value);
+  };
+
+  function buildRequest() {
+    const request = {
+      prompt: $("prompt").value,
+      negative_prompt: $("negative").value,
+      prompt_syntax: $("syntax").value,
+      num_images: number("num-images") ?? 1,
+    };
+    if ($("model").value) request.model = $("model").value;
+    for (const [field, id] of [["width", "width"], ["height", "height"], ["steps", "steps"],
+                               ["guidance_scale", "guidance"]]) {
+      const value = number(id);
+      if (value !== null) request[field] = value;
+    }
+    const seed = number("seed");
+    if (seed !== null && seed !== -1) request.seed = seed;
+    if ($("scheduler").value) request.scheduler = $("scheduler").value;
+    if (state.initImage) {
+      request.init_image = state.initImage;
+      const strength = number("strength");
+      if (strength !== null) request.strength = strength;
+    }
+    const units = [...document.querySelectorAll("#control-units .control-unit")];
+    if (units.length) request.controls = units.map(unitRequest);
+    if (!$("refiner-fields").hidden && $("refiner").value) {
+      request.refiner = $("refiner").value;
+      if (number("refiner-at") !== null) request.refiner_at = number("refiner-at");
+    }
+    if (!$("prior-fields").hidden) {
+      if ($("prior").value) request.prior = $("prior").value;
+      if (number("prior-steps") !== null) request.prior_steps = number("prior-steps");
+      if (number("prior-guidance") !== null) request.prior_guidance_scale = number("prior-guidance");
+    }
+    return request;
+  }
+
+  function unitRequest(node) {
+    const part = (suffix) => $(`${node.id}-${suffix}`);
+    const unit = {
+      model: part("model").value,
+      image: node.dataset.image || "",
+      preprocessor: part("preprocessor").value,
+      conditioning_scale: Number(part("scale").value),
+      guidance_start: Number(part("start").value),
+      guidance_end: Number(part("end").value),
+    };
+    if (unit.preprocessor === "canny") {
+      unit.canny_low = Number(part("low").value);
+      unit.canny_high = Number(part("high").value);
+    }
+    return unit;
+  }
+
+  // ---- writing the form (reuse settings, PNG info) -------------------------------------------
+
+  function selectModel(model) {
+    const select = $("model");
+    if (!model) { select.value = "easel-demo"; return; }
+    const wanted = String(model).split(" [")[0];
+    const match = state.models.find((m) => m.title === wanted)
+      || state.models.find((m) => m.name === wanted || m.title.endsWith(`/${wanted}`));
+    if (match) select.value = match.title;
+    else {
+      const option = new Option(wanted, wanted);
+      select.add(option);
+      select.value = wanted;
+    }
+  }
+
+  async function fillForm(fields) {
+    const set = (id, value) => { $(id).value = value === null || value === undefined ? "" : value; };
+    if ("model" in fields) selectModel(fields.model);
+    set("prompt", fields.prompt ?? "");
+    set("negative", fields.negative_prompt ?? "");
+    if (fields.prompt_syntax) set("syntax", fields.prompt_syntax);
+    set("width", fields.width);
+    set("height", fields.height);
+    set("steps", fields.steps);
+    set("guidance", fields.guidance_scale);
+    set("seed", fields.seed);
+    set("num-images", fields.num_images ?? 1);
+    const scheduler = fields.scheduler || "";
+    if (scheduler && ![...$("scheduler").options].some((o) => o.value === scheduler)) {
+      $("scheduler").add(new Option(scheduler, scheduler));
+    }
+    set("scheduler", scheduler);
+    if (typeof fields.init_image === "string" && fields.init_image.startsWith("data:")) setInit(fields.init_image);
+    else setInit(null);
+    if (fields.strength !== null && fields.strength !== undefined) set("strength", fields.strength);
+    $("control-units").replaceChildren();
+    for (const unit of fields.controls || []) addUnit(unit);
+    set("refiner", fields.refiner || "");
+    set("refiner-at", fields.refiner_at);
+    set("prior", fields.prior || "");
+    set("prior-steps", fields.prior_steps);
+    set("prior-guidance", fields.prior_guidance_scale);
+    await modelChanged();
+  }
+
+  // ---- models, family fields, token counts ---------------------------------------------------
+
+  async function loadOptions() {
+    const [models, schedulers, control] = await Promise.all([
+      api("/api/v1/models"), api("/api/v1/schedulers"), api("/api/v1/control"),
+    ]);
+    state.models = models;
+    state.control = control;
+    for (const id of ["model", "refiner", "prior"]) {
+      for (const model of models) $(id).add(new Option(model.title, model.title));
+    }
+    const preferred = models.find((m) => m.title !== "easel-demo");
+    $("model").value = preferred ? preferred.title : "easel-demo";
+    for (const name of schedulers) $("scheduler").add(new Option(name, name));
+    $("connection").textContent = `${models.length} models`;
+  }
+
+  async function modelChanged() {
+    try {
+      state.info = await api(`/api/v1/models/info?model=${encodeURIComponent($("model").value)}`);
+    } catch (error) {
+      state.info = null;
+      $("model-family").textContent = "";
+      showError(error);
+      return;
+    }
+    const info = state.info;
+    $("model-family").textContent = `${info.family}: ${info.tasks.join(", ")}`;
+    $("refiner-fields").hidden = !info.options.includes("refiner");
+    $("prior-fields").hidden = !info.options.includes("prior");
+    $("control-add").disabled = !info.controlnet;
+    $("control-unavailable").hidden = info.controlnet;
+    $("img2img").disabled = !info.tasks.includes("img2img");
+    $("steps").placeholder = info.defaults.steps;
+    $("guidance").placeholder = info.defaults.guidance_scale;
+    showEffectiveSteps();
+    countTokens("prompt", "prompt-tokens");
+    countTokens("negative", "negative-tokens");
+  }
+
+  const timers = {};
+  function debounce(key, fn, ms = 250) {
+    clearTimeout(timers[key]);
+    timers[key] = setTimeout(fn, ms);
+  }
+
+  async function countTokens(inputId, outputId) {
+    const body = { prompt: $(inputId).value, model: $("model").value || null, prompt_syntax: $("syntax").value };
+    const output = $(outputId);
+    try {
+      const count = await api("/api/v1/tokens", { body });
+      output.textContent = count.text;
+      output.classList.remove("invalid");
+      output.title = count.chunks > 1 ? "long prompt: encoded in 75-token chunks" : "";
+    } catch (error) {
+      output.textContent = error.message;
+      output.classList.add("invalid");
+    }
+  }
+
+  function showEffectiveSteps() {
+    const strength = number("strength");
+    const steps = number("steps") ?? (state.info ? state.info.defaults.steps : null);
+    $("effective-steps").textContent = state.initImage && strength !== null && steps !== null
+      ? `${strength} x ${steps} = ${Math.floor(steps * strength)} steps` : "";
+  }
+
+  // ---- img2img -------------------------------------------------------------------------------
+
+  function readFile(file) {
+    return new Promise((resolve, reject) => {
+      const reader = new FileReader();
+      reader.onload = () => resolve(reader.result);
+      reader.onerror = () => reject(reader.error);
+      reader.readAsDataURL(file);
+    });
+  }
+
+  async function urlToDataUrl(url) {
+    const response = await fetch(url, { credentials: "same-origin" });
+    if (!response.ok) throw new ApiError(`Could not read ${url} (HTTP ${response.status}).`, null, response.status);
+    return readFile(await response.blob());
+  }
+
+  function setInit(dataUrl) {
+    state.initImage = dataUrl;
+    $("init-preview").hidden = !dataUrl;
+    $("init-preview").src = dataUrl || "";
+    $("init-clear").hidden = !dataUrl;
+    $("init-hint").hidden = !!dataUrl;
+    showEffectiveSteps();
+  }
+
+  function dropZone(zoneId, inputId, onFile) {
+    const zone = $(zoneId);
+    zone.addEventListener("dragover", (event) => { event.preventDefault(); zone.classList.add("over"); });
+    zone.addEventListener("dragleave", () => zone.classList.remove("over"));
+    zone.addEventListener("drop", (event) => {
+      event.preventDefault();
+      zone.classList.remove("over");
+      const file = event.dataTransfer.files[0];
+      if (file) onFile(file);
+    });
+    $(inputId).addEventListener("change", (event) => {
+      const file = event.target.files[0];
+      if (file) onFile(file);
+      event.target.value = "";
+    });
+  }
+
+  async function sendToImg2img(url) {
+    try {
+      setInit(await urlToDataUrl(url));
+      showTab("panel-generate");
+      $("img2img").scrollIntoView({ block: "nearest" });
+    } catch (error) {
+      showError(error);
+    }
+  }
+
+  // ---- ControlNet units ----------------------------------------------------------------------
+
+  function addUnit(fields = {}) {
+    const n = state.units++;
+    const node = $("control-template").content.firstElementChild.cloneNode(true);
+    node.id = `control-${n}`;
+    for (const suffix of ["model", "remove", "file", "preprocessor", "low", "high", "scale", "start", "end",
+                          "input", "preview", "error"]) {
+      node.querySelector(`.control-${suffix}`).id = `control-${n}-${suffix}`;
+    }
+    $("control-units").append(node);
+    const part = (suffix) => $(`control-${n}-${suffix}`);
+    for (const model of state.control.models) part("model").add(new Option(model, model));
+    for (const name of state.control.preprocessors) part("preprocessor").add(new Option(name, name));
+    const cannyModel = state.control.models.find((m) => m.includes("canny"));
+    part("model").value = fields.model || cannyModel || state.control.models[0];
+    part("preprocessor").value = fields.preprocessor || "canny";
+    if (fields.conditioning_scale !== undefined) part("scale").value = fields.conditioning_scale;
+    if (fields.guidance_start !== undefined) part("start").value = fields.guidance_start;
+    if (fields.guidance_end !== undefined) part("end").value = fields.guidance_end;
+    if (fields.canny_low !== undefined) part("low").value = fields.canny_low;
+    if (fields.canny_high !== undefined) part("high").value = fields.canny_high;
+    const cannyRow = node.querySelector(".canny");
+    const refresh = () => {
+      cannyRow.hidden = part("preprocessor").value !== "canny";
+      previewUnit(node);
+    };
+    part("remove").addEventListener("click", () => node.remove());
+    part("preprocessor").addEventListener("change", refresh);
+    part("low").addEventListener("change", refresh);
+    part("high").addEventListener("change", refresh);
+    part("file").addEventListener("change", async (event) => {
+      const file = event.target.files[0];
+      event.target.value = "";
+      if (!file) return;
+      setUnitImage(node, await readFile(file));
+    });
+    node.addEventListener("dragover", (event) => event.preventDefault());
+    node.addEventListener("drop", async (event) => {
+      event.preventDefault();
+      if (event.dataTransfer.files[0]) setUnitImage(node, await readFile(event.dataTransfer.files[0]));
+    });
+    cannyRow.hidden = part("preprocessor").value !== "canny";
+    if (typeof fields.image === "string" && fields.image.startsWith("data:")) setUnitImage(node, fields.image);
+    return node;
+  }
+
+  function setUnitImage(node, dataUrl) {
+    node.dataset.image = dataUrl;
+    const input = $(`${node.id}-input`);
+    input.src = dataUrl;
+    input.hidden = false;
+    previewUnit(node);
+  }
+
+  async function previewUnit(node) {
+    const part = (suffix) => $(`${node.id}-${suffix}`);
+    showMessage(`${node.id}-error`, "");
+    if (!node.dataset.image) return;
+    const body = {
+      image: node.dataset.image,
+      preprocessor: part("preprocessor").value,
+      canny_low: Number(part("low").value),
+      canny_high: Number(part("high").value),
+    };
+    try {
+      const preview = await api("/api/v1/control/preview", { body });
+      part("preview").src = preview.image;
+      part("preview").hidden = false;
+    } catch (error) {
+      part("preview").hidden = true;
+      showMessage(`${node.id}-error`, error.message, "notice");
+    }
+  }
+
+  // ---- generating ----------------------------------------------------------------------------
+
+  function setBusy(busy) {
+    $("generate").disabled = busy;
+    $("cancel").disabled = !busy;
+  }
+
+  async function generate() {
+    clearInvalid();
+    const request = buildRequest();
+    setBusy(true);
+    $("status").textContent = "Submitting…";
+    let job;
+    try {
+      job = await api("/api/v1/jobs", { body: request });
+    } catch (error) {
+      setBusy(false);
+      $("status").textContent = "";
+      showError(error);
+      return;
+    }
+    state.sent.set(job.id, request);
+    watch(job);
+  }
+
+  function watch(job) {
+    state.job = job;
+    $("progress").value = 0;
+    showProgress({ status: job.status, step: 0, total: 0, position: null });
+    const events = new EventSource(`/api/v1/jobs/${job.id}/events`);
+    state.events = events;
+    events.addEventListener("progress", (event) => showProgress(JSON.parse(event.data)));
+    events.addEventListener("end", (event) => {
+      events.close();
+      finish(JSON.parse(event.data));
+    });
+    events.onerror = () => {   // lost the stream (proxy, restart): ask for the record instead
+      if (events.readyState === EventSource.CLOSED || state.job !== job) return;
+      events.close();
+      poll(job.id);
+    };
+  }
+
+  async function poll(jobId) {
+    while (state.job && state.job.id === jobId) {
+      try {
+        const record = await api(`/api/v1/jobs/${jobId}`);
+        if (["succeeded", "failed", "cancelled"].includes(record.status)) { finish(record); return; }
+        showProgress({ status: record.status, step: record.progress.step, total: record.progress.total });
+      } catch (error) {
+        showError(error);
+        setBusy(false);
+        return;
+      }
+      await new Promise((resolve) => setTimeout(resolve, 500));
+    }
+  }
+
+  function showProgress(progress) {
+    const status = $("status");
+    if (progress.status === "queued") {
+      status.textContent = progress.position ? `Queued: position ${progress.position}` : "Queued";
+      status.dataset.state = "queued";
+    } else if (progress.status === "running") {
+      status.textContent = progress.total ? `Step ${progress.step}/${progress.total}` : "Loading the model…";
+      status.dataset.state = "running";
+      $("progress").max = progress.total || 1;
+      $("progress").value = progress.step;
+    }
+  }
+
+  function finish(record) {
+    state.job = null;
+    state.events = null;
+    setBusy(false);
+    const status = $("status");
+    status.dataset.state = record.status;
+    if (record.status === "succeeded") {
+      $("progress").value = $("progress").max;
+      const seconds = record.result && record.result.timings ? record.result.timings.total : null;
+      status.textContent = `Done: ${record.images.length} image${record.images.length === 1 ? "" : "s"}`
+        + (typeof seconds === "number" ? ` in ${seconds.toFixed(1)} s` : "");
+      if (record.images.length) state.lastSeed = record.images[0].seed;
+      showResults(record);
+    } else {
+      status.textContent = record.status === "cancelled" ? "Cancelled" : "Failed";
+      const problem = record.error || {};
+      showError(new ApiError(problem.message || record.status, problem.field, 0, problem.type));
+    }
+  }
+
+  async function cancel() {
+    if (!state.job) return;
+    try {
+      await api(`/api/v1/jobs/${state.job.id}/cancel`, { method: "POST" });
+      $("status").textContent = "Cancelling…";
+    } catch (error) {
+      showError(error);
+    }
+  }
+
+  // ---- results and gallery cards -------------------------------------------------------------
+
+  function card(image, request, options) {
+    const node = document.createElement("figure");
+    node.className = options.className;
+    node.dataset.imageId = image.id;
+    const img = document.createElement("img");
+    img.src = image.url;
+    img.alt = request.prompt || "image";
+    img.className = `${options.className}-image`;
+    img.loading = "lazy";
+    const caption = document.createElement("figcaption");
+    const title = document.createElement("span");
+    title.textContent = `seed ${image.seed}` + (options.label ? ` · ${options.label}` : "");
+    caption.append(title);
+    if (image.parameters) {
+      const details = document.createElement("details");
+      details.className = "metadata";
+      const summary = document.createElement("summary");
+      summary.textContent = "parameters";
+      const pre = document.createElement("pre");
+      pre.textContent = image.parameters;
+      details.append(summary, pre);
+      caption.append(details);
+    }
+    const buttons = document.createElement("div");
+    buttons.className = "row buttons";
+    const download = document.createElement("a");
+    download.href = image.url;
+    download.download = `easel-${image.id}.png`;
+    download.textContent = "Download";
+    download.className = "download";
+    buttons.append(download);
+    for (const [className, label, action] of options.actions) {
+      const button = document.createElement("button");
+      button.type = "button";
+      button.className = className;
+      button.textContent = label;
+      button.addEventListener("click", action);
+      buttons.append(button);
+    }
+    caption.append(buttons);
+    node.append(img, caption);
+    return node;
+  }
+
+  function reuse(request, seed) {
+    fillForm({ ...request, seed, num_images: 1 }).then(() => showTab("panel-generate"));
+  }
+
+  function showResults(record) {
+    const sent = state.sent.get(record.id) || record.request;
+    const grid = $("results");
+    grid.replaceChildren();
+    for (const image of record.images) {
+      grid.append(card(image, sent, {
+        className: "result",
+        label: image.nsfw ? "flagged by the safety checker" : "",
+        actions: [
+          ["send-img2img", "Send to img2img", () => sendToImg2img(image.url)],
+          ["reuse-settings", "Reuse settings", () => reuse(sent, image.seed)],
+          ["new-seed", "Same settings, new seed", async () => {
+            await fillForm({ ...sent, seed: null });
+            generate();
+          }],
+        ],
+      }));
+    }
+  }
+
+  async function loadGallery() {
+    const search = $("gallery-search").value.trim();
+    showMessage("gallery-error", "");
+    let entries;
+    try {
+      entries = await api(`/api/v1/gallery?limit=100${search ? `&search=${encodeURIComponent(search)}` : ""}`);
+    } catch (error) {
+      showError(error, "gallery-error");
+      return;
+    }
+    const grid = $("gallery-grid");
+    grid.replaceChildren();
+    if (!entries.length) {
+      showMessage("gallery-error", search ? `No image matches “${search}”.` : "The gallery is empty.", "notice");
+    }
+    for (const entry of entries) {
+      const image = { id: entry.id, url: entry.url, seed: entry.seed };
+      const node = card(image, entry.request || {}, {
+        className: "gallery-item",
+        label: `${entry.created_at.slice(0, 16).replace("T", " ")} · ${entry.prompt}`,
+        actions: [
+          ["send-img2img", "Send to img2img", () => sendToImg2img(entry.url)],
+          ["reuse-settings", "Reuse settings", () => reuse(entry.request || {}, entry.seed)],
+          ["gallery-delete", "Delete", async () => {
+            try {
+              await api(`/api/v1/images/${entry.id}`, { method: "DELETE" });
+              node.remove();
+            } catch (error) {
+              showError(error, "gallery-error");
+            }
+          }],
+        ],
+      });
+      grid.append(node);
+    }
+  }
+
+  // ---- PNG info ------------------------------------------------------------------------------
+
+  async function readPng(file) {
+    showMessage("pnginfo-error", "");
+    $("pnginfo-load").disabled = true;
+    state.pngFields = null;
+    const dataUrl = await readFile(file);
+    $("pnginfo-preview").src = dataUrl;
+    $("pnginfo-preview").hidden = false;
+    let info;
+    try {
+      info = await api("/api/v1/png-info", { body: { image: dataUrl } });
+    } catch (error) {
+      $("pnginfo-parameters").textContent = "";
+      showError(error, "pnginfo-error");
+      return;
+    }
+    $("pnginfo-parameters").textContent = info.parameters || "";
+    if (!info.parameters && !info.easel) {
+      showMessage("pnginfo-error", "This image carries no generation parameters.", "notice");
+      return;
+    }
+    state.pngFields = info.request;
+    $("pnginfo-load").disabled = false;
+  }
+
+  // ---- tabs and wiring -----------------------------------------------------------------------
+
+  function showTab(panelId) {
+    for (const tab of document.querySelectorAll(".tab")) {
+      tab.classList.toggle("active", tab.dataset.panel === panelId);
+      $(tab.dataset.panel).hidden = tab.dataset.panel !== panelId;
+    }
+    if (panelId === "panel-gallery") loadGallery();
+  }
+
+  async function main() {
+    for (const tab of document.querySelectorAll(".tab")) {
+      tab.addEventListener("click", () => showTab(tab.dataset.panel));
+    }
+    $("form").addEventListener("submit", (event) => { event.preventDefault(); generate(); });
+    $("cancel").addEventListener("click", cancel);
+    $("seed-random").addEventListener("click", () => { $("seed").value = -1; });
+    $("seed-reuse").addEventListener("click", () => {
+      if (state.lastSeed !== null) $("seed").value = state.lastSeed;
+    });
+    $("model").addEventListener("change", modelChanged);
+    $("syntax").addEventListener("change", () => {
+      countTokens("prompt", "prompt-tokens");
+      countTokens("negative", "negative-tokens");
+    });
+    $("prompt").addEventListener("input", () => debounce("prompt", () => countTokens("prompt", "prompt-tokens")));
+    $("negative").addEventListener("input", () => debounce("negative", () => countTokens("negative", "negative-tokens")));
+    $("steps").addEventListener("input", showEffectiveSteps);
+    $("strength").addEventListener("input", showEffectiveSteps);
+    $("init-clear").addEventListener("click", () => setInit(null));
+    dropZone("init-drop", "init-file", async (file) => setInit(await readFile(file)));
+    dropZone("pnginfo-drop", "pnginfo-file", readPng);
+    $("pnginfo-load").addEventListener("click", async () => {
+      if (!state.pngFields) return;
+      await fillForm(state.pngFields);
+      showTab("panel-generate");
+    });
+    $("control-add").addEventListener("click", () => addUnit());
+    $("gallery-refresh").addEventListener("click", loadGallery);
+    $("gallery-search").addEventListener("input", () => debounce("gallery", loadGallery, 300));
+    try {
+      await loadOptions();
+      await modelChanged();
+      document.body.dataset.ready = "true";   // tests wait for this
+    } catch (error) {
+      showError(error);
+      document.body.dataset.ready = "error";
+    }
+  }
+
+  document.addEventListener("DOMContentLoaded", main);
+})();
