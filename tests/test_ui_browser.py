@@ -1,0 +1,331 @@
+"""The web UI in a real browser: headless Chromium (Debian's chromium + chromedriver, driven by
+Selenium; nothing is downloaded) against a real `python -m easel serve` with an API key, on a
+free loopback port, with the tiny models. The tests run in order on one page, as a user would:
+generate, img2img from a result, a ControlNet unit, cancel, gallery, PNG info.
+
+On failure each test leaves a screenshot, the page's HTML and the browser console in
+$EASEL_TEST_ARTIFACTS (default: the test's pytest tmp dir) and prints where.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import TINY_CANNY, TINY_SD15
+
+CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
+KEY = "ui-browser-key"
+PROMPT = "a red circle"
+
+pytestmark = pytest.mark.skipif(
+    not (Path(CHROMIUM).exists() and Path(CHROMEDRIVER).exists()),
+    reason="needs Debian's chromium and chromium-driver (apt-get install -y chromium chromium-driver); "
+    ".ci/run installs them",
+)
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def base_url(hf_home, controlnet_models, tmp_path_factory):
+    """`easel serve` in a subprocess with an API key; its URL."""
+    port = free_port()
+    home = tmp_path_factory.mktemp("ui-home")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "EASEL_THREADS": "1", "EASEL_HOME": str(home),
+           "EASEL_API_KEY": KEY}  # fmt: skip
+    log_path = home / "server.log"
+    with log_path.open("w") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "easel", "serve", "--host", "127.0.0.1", "--port", str(port)],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            deadline = time.monotonic() + 90
+            while True:
+                assert process.poll() is None, log_path.read_text()
+                try:
+                    with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as answer:
+                        if answer.status == 200:
+                            break
+                except OSError:
+                    pass
+                assert time.monotonic() < deadline, "server did not start in 90 s"
+                time.sleep(0.2)
+            yield f"http://127.0.0.1:{port}"
+        finally:
+            process.terminate()
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(timeout=10)
+
+
+def send_key(driver: Any, key: str | None) -> None:
+    """What a signed-in browser sends with every request of the page (fetch, EventSource, <img>)."""
+    basic = "Basic " + base64.b64encode(f"me:{key}".encode()).decode()
+    headers = {} if key is None else {"Authorization": basic}
+    driver.execute_cdp_cmd("Network.setExtraHTTPHeaders", {"headers": headers})
+
+
+@pytest.fixture(scope="module")
+def driver(tmp_path_factory):
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for argument in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                     "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                     "--disable-dev-shm-usage", "--window-size=1400,1000",
+                     f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}"):  # fmt: skip
+        options.add_argument(argument)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    browser = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    browser.execute_cdp_cmd("Network.enable", {})
+    try:
+        yield browser
+    finally:
+        browser.quit()
+
+
+@pytest.fixture
+def page(driver, base_url, request, tmp_path):
+    """The driver, signed in; on failure, artifacts are saved (see the module docstring)."""
+    send_key(driver, KEY)
+    failed_before = request.session.testsfailed
+    yield driver
+    if request.session.testsfailed > failed_before:
+        folder = Path(os.environ.get("EASEL_TEST_ARTIFACTS") or tmp_path) / request.node.name
+        folder.mkdir(parents=True, exist_ok=True)
+        driver.save_screenshot(str(folder / "screenshot.png"))
+        (folder / "page.html").write_text(driver.page_source)
+        console = "\n".join(f"{e['level']} {e['message']}" for e in driver.get_log("browser"))
+        (folder / "console.txt").write_text(console)
+        print(f"\nUI artifacts: {folder}")
+
+
+def wait(driver: Any, condition: Any, timeout: float = 60) -> Any:
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    return WebDriverWait(driver, timeout, poll_frequency=0.1).until(lambda d: condition())
+
+
+def by_id(driver: Any, element_id: str) -> Any:
+    return driver.find_element("id", element_id)
+
+
+def fill(driver: Any, element_id: str, value: object) -> None:
+    element = by_id(driver, element_id)
+    element.clear()
+    element.send_keys(str(value))
+
+
+def choose(driver: Any, element_id: str, value: str) -> None:
+    from selenium.webdriver.support.ui import Select
+
+    Select(by_id(driver, element_id)).select_by_value(value)
+
+
+def upload(driver: Any, element_id: str, path: Path) -> None:
+    element = by_id(driver, element_id)
+    driver.execute_script("arguments[0].hidden = false", element)
+    element.send_keys(str(path))
+
+
+def results(driver: Any, selector: str = "#results .result") -> list[Any]:
+    """Result cards whose image has loaded."""
+    cards = driver.find_elements("css selector", selector)
+    loaded = [c for c in cards if driver.execute_script(
+        "const i = arguments[0].querySelector('img'); return i.complete && i.naturalWidth", c)]  # fmt: skip
+    return loaded if len(loaded) == len(cards) else []
+
+
+def generate_and_wait(driver: Any, count: int) -> list[Any]:
+    old = by_id(driver, "results").get_attribute("innerHTML")
+    by_id(driver, "generate").click()
+
+    def done() -> bool:
+        if by_id(driver, "status").get_attribute("data-state") in ("failed", "cancelled"):
+            return True
+        return by_id(driver, "results").get_attribute("innerHTML") != old and len(results(driver)) == count
+
+    wait(driver, done)
+    assert by_id(driver, "error").text == "", by_id(driver, "error").text
+    return results(driver)
+
+
+def test_api_key_is_required(driver, base_url):
+    send_key(driver, None)
+    driver.get(base_url + "/")  # 401 with a Basic challenge: no page (a browser asks to sign in)
+    assert not driver.find_elements("id", "prompt")
+    driver.get(base_url + "/health")  # the one open route: a document of this origin to fetch from
+    # credentials "omit": the answer itself, not the browser's sign-in dialog (headless has none)
+    status = "return fetch(arguments[0], {credentials: 'omit'}).then(r => r.status)"
+    for path in ("/", "/ui/app.js", "/api/v1/models", "/api/v1/gallery"):
+        assert driver.execute_script(status, path) == 401, path
+    send_key(driver, "wrong")
+    assert driver.execute_script(status, "/api/v1/models") == 401
+    send_key(driver, KEY)
+    assert driver.execute_script(status, "/api/v1/models") == 200
+
+
+def test_generate_shows_images_and_token_counts(page, base_url):
+    page.get(base_url + "/")
+    wait(page, lambda: page.find_element("tag name", "body").get_attribute("data-ready") == "true")
+    choose(page, "model", TINY_SD15)
+    wait(page, lambda: "sd15" in by_id(page, "model-family").text)
+    assert by_id(page, "refiner-fields").is_displayed() is False
+    assert by_id(page, "prior-fields").is_displayed() is False
+    fill(page, "prompt", PROMPT)
+    wait(page, lambda: by_id(page, "prompt-tokens").text.endswith("/75, 1 chunk"))
+    fill(page, "prompt", PROMPT + ", red circle" * 30)
+    wait(page, lambda: by_id(page, "prompt-tokens").text.endswith("/150, 2 chunks"))
+    fill(page, "prompt", PROMPT)
+    for element_id, value in (("width", 64), ("height", 64), ("steps", 2), ("seed", 42), ("num-images", 2)):
+        fill(page, element_id, value)
+    choose(page, "scheduler", "Euler a")
+
+    cards = generate_and_wait(page, 2)
+    assert by_id(page, "status").text.startswith("Done: 2 images")
+    sizes = [page.execute_script("const i = arguments[0].querySelector('img'); return [i.naturalWidth, "
+                                 "i.naturalHeight]", card) for card in cards]  # fmt: skip
+    assert sizes == [[64, 64], [64, 64]]
+    parameters = [c.find_element("css selector", ".metadata pre").get_attribute("textContent") for c in cards]
+    assert "Seed: 42," in parameters[0] and "Seed: 43," in parameters[1]
+    assert "Sampler: Euler a" in parameters[0]
+    assert cards[0].find_element("css selector", "a.download").get_attribute("download").endswith(".png")
+
+    # seed buttons and "reuse settings"
+    by_id(page, "seed-random").click()
+    assert by_id(page, "seed").get_attribute("value") == "-1"
+    by_id(page, "seed-reuse").click()
+    assert by_id(page, "seed").get_attribute("value") == "42"
+    fill(page, "prompt", "something else")
+    cards[1].find_element("css selector", ".reuse-settings").click()
+    wait(page, lambda: by_id(page, "prompt").get_attribute("value") == PROMPT)
+    assert by_id(page, "seed").get_attribute("value") == "43"
+
+    # a validation error is shown in place, naming the field
+    fill(page, "width", 65)
+    by_id(page, "generate").click()
+    wait(page, lambda: "width" in by_id(page, "error").text)
+    assert "invalid" in by_id(page, "width").get_attribute("class")
+    fill(page, "width", 64)
+
+
+def test_img2img_from_a_result(page):
+    first = results(page)[0]
+    first.find_element("css selector", ".send-img2img").click()
+    wait(page, lambda: by_id(page, "init-preview").is_displayed())
+    fill(page, "prompt", "paint it")
+    fill(page, "strength", 0.5)
+    fill(page, "steps", 4)
+    assert by_id(page, "effective-steps").text == "0.5 x 4 = 2 steps"
+    fill(page, "num-images", 1)
+    cards = generate_and_wait(page, 1)
+    assert "Denoising strength: 0.5" in cards[0].find_element("css selector", ".metadata pre").get_attribute(
+        "textContent"
+    )
+    by_id(page, "init-clear").click()
+    assert not by_id(page, "init-preview").is_displayed()
+
+
+def test_one_controlnet_unit(page, init_png):
+    by_id(page, "control-add").click()
+    choose(page, "control-0-model", TINY_CANNY)
+    assert by_id(page, "control-0-preprocessor").get_attribute("value") == "canny"
+    upload(page, "control-0-file", init_png)
+    wait(page, lambda: by_id(page, "control-0-preview").is_displayed())
+    assert by_id(page, "control-0-preview").get_attribute("src").startswith("data:image/png")
+    fill(page, "control-0-scale", 0.7)
+    fill(page, "prompt", "edges")
+    fill(page, "steps", 2)
+    cards = generate_and_wait(page, 1)
+    text = cards[0].find_element("css selector", ".metadata pre").get_attribute("textContent")
+    assert "ControlNet 0:" in text and "Weight: 0.7" in text
+    by_id(page, "control-0-remove").click()
+    assert not page.find_elements("css selector", ".control-unit")
+
+
+def test_cancel(page):
+    fill(page, "steps", 150)
+    fill(page, "num-images", 4)
+    by_id(page, "generate").click()
+    wait(page, lambda: by_id(page, "status").text.startswith("Step"))
+    by_id(page, "cancel").click()
+    wait(page, lambda: by_id(page, "status").get_attribute("data-state") == "cancelled")
+    assert "cancel" in by_id(page, "error").text.lower()
+    assert by_id(page, "generate").is_enabled() and not by_id(page, "cancel").is_enabled()
+    fill(page, "steps", 2)
+    fill(page, "num-images", 1)
+
+
+def test_gallery_shows_searches_and_deletes(page):
+    by_id(page, "tab-gallery").click()
+    # txt2img 2, img2img 1, ControlNet 1
+    wait(page, lambda: len(results(page, "#gallery-grid .gallery-item")) == 4)
+    fill(page, "gallery-search", "circle")
+    wait(page, lambda: len(results(page, "#gallery-grid .gallery-item")) == 2)
+    items = page.find_elements("css selector", "#gallery-grid .gallery-item")
+    items[0].find_element("css selector", ".gallery-delete").click()
+    wait(page, lambda: len(page.find_elements("css selector", "#gallery-grid .gallery-item")) == 1)
+    by_id(page, "gallery-refresh").click()
+    wait(page, lambda: len(results(page, "#gallery-grid .gallery-item")) == 1)
+
+
+def test_png_info_loads_parameters_into_the_form(page, base_url, tmp_path):
+    from PIL import Image, PngImagePlugin
+
+    remaining = page.find_element("css selector", "#gallery-grid .gallery-item")
+    request = urllib.request.Request(base_url + f"/api/v1/images/{remaining.get_attribute('data-image-id')}",
+                                     headers={"Authorization": f"Bearer {KEY}"})  # fmt: skip
+    made = tmp_path / "made.png"
+    with urllib.request.urlopen(request) as answer:
+        made.write_bytes(answer.read())
+    seed = Image.open(made).info["parameters"].split("Seed: ")[1].split(",")[0]
+
+    by_id(page, "tab-pnginfo").click()
+    upload(page, "pnginfo-file", made)
+    wait(page, lambda: "Seed: " in by_id(page, "pnginfo-parameters").text)
+    fill_elsewhere = {"prompt": "changed", "steps": 9, "seed": 1}
+    by_id(page, "tab-generate").click()
+    for element_id, value in fill_elsewhere.items():
+        fill(page, element_id, value)
+    by_id(page, "tab-pnginfo").click()
+    by_id(page, "pnginfo-load").click()
+    wait(page, lambda: by_id(page, "prompt").get_attribute("value") == PROMPT)
+    assert by_id(page, "seed").get_attribute("value") == seed
+    assert by_id(page, "steps").get_attribute("value") == "2"
+    assert by_id(page, "model").get_attribute("value") == TINY_SD15
+
+    # another tool's PNG with A1111 parameters
+    info = PngImagePlugin.PngInfo()
+    info.add_text("parameters", "a (blue:1.2) square\nNegative prompt: text\nSteps: 7, Sampler: DPM++ 2M, "
+                                "Schedule type: Karras, CFG scale: 5, Seed: 99, Size: 64x64")  # fmt: skip
+    foreign = tmp_path / "foreign.png"
+    Image.new("RGB", (32, 32), "white").save(foreign, pnginfo=info)
+    by_id(page, "tab-pnginfo").click()
+    upload(page, "pnginfo-file", foreign)
+    wait(page, lambda: "Seed: 99" in by_id(page, "pnginfo-parameters").text)
+    by_id(page, "pnginfo-load").click()
+    wait(page, lambda: by_id(page, "prompt").get_attribute("value") == "a (blue:1.2) square")
+    assert by_id(page, "negative").get_attribute("value") == "text"
+    assert by_id(page, "syntax").get_attribute("value") == "a1111"
+    assert by_id(page, "scheduler").get_attribute("value") == "DPM++ 2M Karras"
+    assert [by_id(page, i).get_attribute("value") for i in ("steps", "guidance", "seed")] == ["7", "5", "99"]
