@@ -120,10 +120,22 @@ def page(driver, base_url, request, tmp_path):
         print(f"\nUI artifacts: {folder}")
 
 
+def snapshot(driver: Any, name: str) -> None:
+    """With EASEL_UI_SCREENSHOTS=DIR, keep a screenshot of this moment (to look at the UI)."""
+    folder = os.environ.get("EASEL_UI_SCREENSHOTS")
+    if folder:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        driver.save_screenshot(str(Path(folder) / f"{name}.png"))
+
+
 def wait(driver: Any, condition: Any, timeout: float = 60) -> Any:
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.support.ui import WebDriverWait
 
-    return WebDriverWait(driver, timeout, poll_frequency=0.1).until(lambda d: condition())
+    # a list re-rendered between finding and reading its elements is just "not yet"
+    stale = (StaleElementReferenceException,)
+    waiting = WebDriverWait(driver, timeout, poll_frequency=0.1, ignored_exceptions=stale)
+    return waiting.until(lambda d: condition())
 
 
 def by_id(driver: Any, element_id: str) -> Any:
@@ -203,6 +215,7 @@ def test_generate_shows_images_and_token_counts(page, base_url):
 
     cards = generate_and_wait(page, 2)
     assert by_id(page, "status").text.startswith("Done: 2 images")
+    snapshot(page, "1-generate")
     sizes = [page.execute_script("const i = arguments[0].querySelector('img'); return [i.naturalWidth, "
                                  "i.naturalHeight]", card) for card in cards]  # fmt: skip
     assert sizes == [[64, 64], [64, 64]]
@@ -254,6 +267,7 @@ def test_one_controlnet_unit(page, init_png):
     wait(page, lambda: by_id(page, "control-0-preview").is_displayed())
     assert by_id(page, "control-0-preview").get_attribute("src").startswith("data:image/png")
     fill(page, "control-0-scale", 0.7)
+    snapshot(page, "2-controlnet-unit")
     fill(page, "prompt", "edges")
     fill(page, "steps", 2)
     cards = generate_and_wait(page, 1)
@@ -280,6 +294,7 @@ def test_gallery_shows_searches_and_deletes(page):
     by_id(page, "tab-gallery").click()
     # txt2img 2, img2img 1, ControlNet 1
     wait(page, lambda: len(results(page, "#gallery-grid .gallery-item")) == 4)
+    snapshot(page, "3-gallery")
     fill(page, "gallery-search", "circle")
     wait(page, lambda: len(results(page, "#gallery-grid .gallery-item")) == 2)
     items = page.find_elements("css selector", "#gallery-grid .gallery-item")
@@ -303,6 +318,7 @@ def test_png_info_loads_parameters_into_the_form(page, base_url, tmp_path):
     by_id(page, "tab-pnginfo").click()
     upload(page, "pnginfo-file", made)
     wait(page, lambda: "Seed: " in by_id(page, "pnginfo-parameters").text)
+    snapshot(page, "4-png-info")
     fill_elsewhere = {"prompt": "changed", "steps": 9, "seed": 1}
     by_id(page, "tab-generate").click()
     for element_id, value in fill_elsewhere.items():

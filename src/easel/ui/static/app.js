@@ -84,6 +84,7 @@
   function clearInvalid() {
     document.querySelectorAll(".invalid").forEach((el) => el.classList.remove("invalid"));
     showMessage("error", "");
+    showMessage("notice", "", "notice");
   }
 
   function markField(field) {
@@ -485,10 +486,12 @@
     status.dataset.state = record.status;
     if (record.status === "succeeded") {
       $("progress").value = $("progress").max;
-      const seconds = record.result && record.result.timings ? record.result.timings.total : null;
+      const seconds = record.result && record.result.timings ? record.result.timings.total_s : null;
       status.textContent = `Done: ${record.images.length} image${record.images.length === 1 ? "" : "s"}`
         + (typeof seconds === "number" ? ` in ${seconds.toFixed(1)} s` : "");
       if (record.images.length) state.lastSeed = record.images[0].seed;
+      const warnings = (record.result && record.result.warnings) || [];
+      showMessage("notice", warnings.join("\n"), "notice");
       showResults(record);
     } else {
       status.textContent = record.status === "cancelled" ? "Cancelled" : "Failed";
