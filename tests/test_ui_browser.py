@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import TINY_CANNY, TINY_SD15
+from conftest import TINY_CANNY, TINY_SD15, TINY_SDXL
 
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 KEY = "ui-browser-key"
@@ -234,6 +234,20 @@ def test_generate_shows_images_and_token_counts(page, base_url):
     wait(page, lambda: by_id(page, "prompt").get_attribute("value") == PROMPT)
     assert by_id(page, "seed").get_attribute("value") == "43"
 
+    # "same settings, new seed": the same request (2 images) again with a random seed
+    cards[0].find_element("css selector", ".new-seed").click()
+    wait(page, lambda: by_id(page, "status").get_attribute("data-state") == "succeeded"
+         and "Seed: 42," not in results(page)[0].find_element("css selector", ".metadata pre")
+         .get_attribute("textContent"))  # fmt: skip
+    assert by_id(page, "prompt").get_attribute("value") == PROMPT and len(results(page)) == 2
+
+    # family-only fields appear for the families that take them
+    choose(page, "model", TINY_SDXL)
+    wait(page, lambda: by_id(page, "refiner-fields").is_displayed())
+    assert not by_id(page, "prior-fields").is_displayed()
+    choose(page, "model", TINY_SD15)
+    wait(page, lambda: not by_id(page, "refiner-fields").is_displayed())
+
     # a validation error is shown in place, naming the field
     fill(page, "width", 65)
     by_id(page, "generate").click()
@@ -277,7 +291,37 @@ def test_one_controlnet_unit(page, init_png):
     assert not page.find_elements("css selector", ".control-unit")
 
 
-def test_cancel(page):
+def call_api(base_url: str, path: str, body: dict[str, Any] | None = None) -> Any:
+    """The native API with the key, as another client of the same server."""
+    import json
+
+    request = urllib.request.Request(
+        base_url + path,
+        data=None if body is None else json.dumps(body).encode(),
+        headers={"Authorization": f"Bearer {KEY}", "content-type": "application/json"},
+        method="GET" if body is None else "POST",
+    )
+    with urllib.request.urlopen(request, timeout=30) as answer:
+        return json.loads(answer.read())
+
+
+def test_queue_position_and_cancel_while_queued(page, base_url):
+    slow = {"model": TINY_SD15, "prompt": "another client", "steps": 150, "num_images": 8,
+            "width": 64, "height": 64}  # fmt: skip
+    blocker = call_api(base_url, "/api/v1/jobs", slow)
+    try:
+        by_id(page, "generate").click()
+        wait(page, lambda: by_id(page, "status").text == "Queued: position 1")
+        snapshot(page, "5-queued")
+        by_id(page, "cancel").click()
+        wait(page, lambda: by_id(page, "status").get_attribute("data-state") == "cancelled")
+        assert by_id(page, "error").text == "cancelled while queued"
+    finally:
+        call_api(base_url, f"/api/v1/jobs/{blocker['id']}/cancel", {})
+    wait(page, lambda: call_api(base_url, f"/api/v1/jobs/{blocker['id']}")["status"] == "cancelled")
+
+
+def test_cancel_while_running(page):
     fill(page, "steps", 150)
     fill(page, "num-images", 4)
     by_id(page, "generate").click()
@@ -292,16 +336,16 @@ def test_cancel(page):
 
 def test_gallery_shows_searches_and_deletes(page):
     by_id(page, "tab-gallery").click()
-    # txt2img 2, img2img 1, ControlNet 1
-    wait(page, lambda: len(results(page, "#gallery-grid .gallery-item")) == 4)
+    # txt2img 2 + 2 with a new seed, img2img 1, ControlNet 1
+    wait(page, lambda: len(results(page, "#gallery-grid .gallery-item")) == 6)
     snapshot(page, "3-gallery")
     fill(page, "gallery-search", "circle")
-    wait(page, lambda: len(results(page, "#gallery-grid .gallery-item")) == 2)
+    wait(page, lambda: len(results(page, "#gallery-grid .gallery-item")) == 4)
     items = page.find_elements("css selector", "#gallery-grid .gallery-item")
     items[0].find_element("css selector", ".gallery-delete").click()
-    wait(page, lambda: len(page.find_elements("css selector", "#gallery-grid .gallery-item")) == 1)
+    wait(page, lambda: len(page.find_elements("css selector", "#gallery-grid .gallery-item")) == 3)
     by_id(page, "gallery-refresh").click()
-    wait(page, lambda: len(results(page, "#gallery-grid .gallery-item")) == 1)
+    wait(page, lambda: len(results(page, "#gallery-grid .gallery-item")) == 3)
 
 
 def test_png_info_loads_parameters_into_the_form(page, base_url, tmp_path):
