@@ -9,13 +9,13 @@ import io
 import json
 
 import pytest
-from conftest import TINY_SD15, TINY_SDXL, TINY_SDXL_REFINER
+from conftest import TINY_KANDINSKY, TINY_SD15, TINY_SDXL, TINY_SDXL_REFINER
 from PIL import Image, PngImagePlugin
 from server_support import data_url, server
 
 
 @pytest.fixture(scope="module")
-def client(engine, sdxl_models, tmp_path_factory):
+def client(engine, sdxl_models, kandinsky_models, tmp_path_factory):
     with server(tmp_path_factory.mktemp("ui-api-home"), engine) as client:
         yield client
 
@@ -76,6 +76,9 @@ def test_model_info_names_family_fields(client):
     assert "refiner" in sdxl["options"] and "prior" not in sdxl["options"]
     refiner = client.get("/api/v1/models/info", params={"model": TINY_SDXL_REFINER}).json()
     assert refiner["tasks"] == ["img2img"]
+    kandinsky = client.get("/api/v1/models/info", params={"model": TINY_KANDINSKY}).json()
+    assert "prior" in kandinsky["options"] and "refiner" not in kandinsky["options"]
+    assert kandinsky["controlnet"] is False
     demo = client.get("/api/v1/models/info", params={"model": "easel-demo"}).json()
     assert demo["family"] == "sd15"
     missing = client.get("/api/v1/models/info", params={"model": "nobody/nothing"})

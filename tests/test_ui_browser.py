@@ -256,7 +256,7 @@ def test_generate_shows_images_and_token_counts(page, base_url):
     fill(page, "width", 64)
 
 
-def test_img2img_from_a_result(page):
+def test_img2img_from_a_result(page, init_png):
     first = results(page)[0]
     first.find_element("css selector", ".send-img2img").click()
     wait(page, lambda: by_id(page, "init-preview").is_displayed())
@@ -271,6 +271,19 @@ def test_img2img_from_a_result(page):
     )
     by_id(page, "init-clear").click()
     assert not by_id(page, "init-preview").is_displayed()
+
+    # dropping a file on the zone sets the init image too
+    page.execute_script(
+        "const bytes = Uint8Array.from(atob(arguments[1]), c => c.charCodeAt(0));"
+        "const transfer = new DataTransfer();"
+        "transfer.items.add(new File([bytes], 'dropped.png', {type: 'image/png'}));"
+        "arguments[0].dispatchEvent(new DragEvent('drop', {dataTransfer: transfer, bubbles: true}));",
+        by_id(page, "init-drop"),
+        base64.b64encode(init_png.read_bytes()).decode(),
+    )
+    wait(page, lambda: by_id(page, "init-preview").get_attribute("src").startswith("data:image/png"))
+    assert by_id(page, "effective-steps").text == "0.5 x 4 = 2 steps"
+    by_id(page, "init-clear").click()
 
 
 def test_one_controlnet_unit(page, init_png):
