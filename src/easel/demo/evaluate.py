@@ -1,0 +1,260 @@
+"""Measure what the demo model does: `python -m easel.demo.evaluate [--model DIR]`.
+
+Why plain diffusers pipelines (StableDiffusionPipeline.from_pretrained, .from_pipe for img2img
+and ControlNet) with CPU torch.Generator seeds: the figures must describe exactly what easel
+runs, not a private sampling loop. Images are read back with easel.demo.shapes.read_scene:
+background = dominant palette colour of the image, shape = dominant other colour inside.
+
+The (prompt, seed) pairs are drawn from seeds that training never uses (training draws its
+data from its own seed streams and probes with seed 12345), so they are held out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from easel.demo import demo_controlnet_path, demo_model_path, shapes
+
+EVAL_SEED = 20_261_125
+STEPS = 25
+
+
+def load_pipeline(model: Path | None = None) -> Any:
+    """The text-to-image pipeline exactly as a user would load the folder."""
+    from diffusers import StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline.from_pretrained(model or demo_model_path())
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def held_out_scenes(count: int, seed: int = EVAL_SEED) -> list[shapes.Scene]:
+    """`count` scenes (colours, shape, geometry) drawn from a seed training never uses."""
+    rng = np.random.default_rng(seed)
+    return [shapes.random_scene(rng) for _ in range(count)]
+
+
+def to_uint8(images: np.ndarray) -> np.ndarray:
+    """Pipeline output_type="np" floats in [0, 1] -> uint8."""
+    return (np.clip(images, 0, 1) * 255).round().astype(np.uint8)
+
+
+def generate(pipe: Any, prompts: list[str], seeds: list[int], chunk: int = 16, **kwargs: Any) -> np.ndarray:
+    """Run `pipe` on prompts with one CPU generator per image; returns uint8 (N,H,W,3)."""
+    import torch
+
+    kwargs.setdefault("num_inference_steps", STEPS)
+    out = []
+    for start in range(0, len(prompts), chunk):
+        part = slice(start, start + chunk)
+        generators = [torch.Generator().manual_seed(s) for s in seeds[part]]
+        extra = dict(kwargs)
+        for key in ("negative_prompt", "image", "control_image"):
+            if isinstance(extra.get(key), list):
+                extra[key] = extra[key][part]
+        with torch.no_grad():
+            images = pipe(prompts[part], generator=generators, output_type="np", **extra).images
+        out.append(to_uint8(images))
+    return np.concatenate(out)
+
+
+def adherence(
+    pipe: Any,
+    scenes: list[shapes.Scene],
+    seeds: list[int],
+    guidance: float,
+    template: str | None = shapes.TEMPLATES[0],
+    **kwargs: Any,
+) -> dict[str, float]:
+    """Fractions of images whose shape colour / background colour / shape kind match the prompt.
+
+    template None: each pair gets a phrasing from shapes.TEMPLATES (chosen by its seed).
+    """
+    prompts = [
+        s.caption(template if template else shapes.TEMPLATES[seed % len(shapes.TEMPLATES)])
+        for s, seed in zip(scenes, seeds, strict=True)
+    ]
+    images = generate(pipe, prompts, seeds, guidance_scale=guidance, **kwargs)
+    read = [shapes.read_scene(image) for image in images]
+    pairs = list(zip(read, scenes, strict=True))
+    shape_ok = np.array([r["shape_color"] == s.color for r, s in pairs])
+    background_ok = np.array([r["background"] == s.background for r, s in pairs])
+    return {
+        "shape_color": float(shape_ok.mean()),
+        "background": float(background_ok.mean()),
+        "both": float((shape_ok & background_ok).mean()),
+        "shape_kind": float(np.mean([r["shape"] == s.shape for r, s in pairs])),
+    }
+
+
+def red_fraction(images: np.ndarray) -> float:
+    """Mean fraction of pixels whose nearest palette colour is red."""
+    red = list(shapes.COLORS).index("red")
+    return float(np.mean([(shapes.nearest_color_labels(im) == red).mean() for im in images]))
+
+
+def negative_prompt_effect(pipe: Any, count: int, guidance: float = 7.5) -> dict[str, float]:
+    """Red coverage with and without negative prompt "red", on prompts that leave red possible.
+
+    Prompts name the shape and a non-red background but not the shape's colour, so the model
+    is free to draw a red shape; the negative prompt should make that rarer.
+    """
+    rng = np.random.default_rng(EVAL_SEED + 1)
+    backgrounds = [c for c in shapes.COLORS if c != "red"]
+    prompts = [
+        f"a {shapes.SHAPES[int(rng.integers(3))]} on a "
+        f"{backgrounds[int(rng.integers(len(backgrounds)))]} background"
+        for _ in range(count)
+    ]
+    seeds = [EVAL_SEED + 1000 + i for i in range(count)]
+    plain = generate(pipe, prompts, seeds, guidance_scale=guidance)
+    negative = generate(pipe, prompts, seeds, guidance_scale=guidance, negative_prompt=["red"] * count)
+    red_prompt = ["a red circle on a blue background"] * count
+    plain_red = generate(pipe, red_prompt, seeds, guidance_scale=guidance)
+    negative_red = generate(pipe, red_prompt, seeds, guidance_scale=guidance, negative_prompt=["red"] * count)
+    return {
+        "red_without_negative": red_fraction(plain),
+        "red_with_negative": red_fraction(negative),
+        "red_prompt_without_negative": red_fraction(plain_red),
+        "red_prompt_with_negative": red_fraction(negative_red),
+    }
+
+
+def img2img_distances(
+    pipe: Any, count: int, strengths: tuple[float, ...] = (0.2, 0.4, 0.6, 0.8, 0.9), guidance: float = 7.5
+) -> dict[str, float]:
+    """Mean absolute pixel distance (0..1) between init image and result, per strength.
+
+    The init image is a drawn scene; the prompt asks for other colours, so a stronger
+    img2img must move further from the init image.
+    """
+    from diffusers import StableDiffusionImg2ImgPipeline
+
+    img2img = StableDiffusionImg2ImgPipeline.from_pipe(pipe)
+    img2img.set_progress_bar_config(disable=True)
+    inits = held_out_scenes(count, EVAL_SEED + 2)
+    targets = held_out_scenes(count, EVAL_SEED + 3)
+    init_images = [shapes.draw_scene(s) for s in inits]
+    init_array = np.stack([np.asarray(im) for im in init_images]).astype(np.float32)
+    prompts = [t.caption() for t in targets]
+    seeds = [EVAL_SEED + 2000 + i for i in range(count)]
+    result = {}
+    for strength in strengths:
+        images = generate(
+            img2img, prompts, seeds, guidance_scale=guidance, image=list(init_images), strength=strength
+        )
+        result[f"{strength:g}"] = float(np.abs(images.astype(np.float32) - init_array).mean() / 255)
+    return result
+
+
+def load_controlnet_pipeline(pipe: Any, controlnet: Path | None = None) -> Any:
+    """StableDiffusionControlNetPipeline sharing `pipe`'s components."""
+    from diffusers import ControlNetModel, StableDiffusionControlNetPipeline
+
+    model = ControlNetModel.from_pretrained(controlnet or demo_controlnet_path())
+    control = StableDiffusionControlNetPipeline.from_pipe(pipe, controlnet=model)
+    control.set_progress_bar_config(disable=True)
+    return control
+
+
+def mask_iou(images: np.ndarray, masks: np.ndarray) -> np.ndarray:
+    """IoU between each control mask and the generated image's non-background region."""
+    ious = []
+    for image, mask in zip(images, masks, strict=True):
+        labels = shapes.nearest_color_labels(image)
+        drawn = labels != np.bincount(labels.ravel()).argmax()
+        ious.append((drawn & mask).sum() / max(1, (drawn | mask).sum()))
+    return np.array(ious)
+
+
+def controlnet_iou(pipe: Any, control: Any, count: int, guidance: float = 7.5) -> dict[str, float]:
+    """Mean mask IoU with the ControlNet, and without it (same prompts and seeds) as baseline."""
+    from PIL import Image
+
+    scenes = held_out_scenes(count, EVAL_SEED + 4)
+    masks = np.stack([np.asarray(shapes.draw_mask(s)) > 127 for s in scenes])
+    control_images = [Image.fromarray(m.astype(np.uint8) * 255).convert("RGB") for m in masks]
+    prompts = [s.caption() for s in scenes]
+    seeds = [EVAL_SEED + 3000 + i for i in range(count)]
+    with_control = generate(control, prompts, seeds, guidance_scale=guidance, image=control_images)
+    without = generate(pipe, prompts, seeds, guidance_scale=guidance)
+    read = [shapes.read_scene(im) for im in with_control]
+    return {
+        "iou_with_controlnet": float(mask_iou(with_control, masks).mean()),
+        "iou_without_controlnet": float(mask_iou(without, masks).mean()),
+        "shape_color_with_controlnet": float(
+            np.mean([r["shape_color"] == s.color for r, s in zip(read, scenes, strict=True)])
+        ),
+        "background_with_controlnet": float(
+            np.mean([r["background"] == s.background for r, s in zip(read, scenes, strict=True)])
+        ),
+    }
+
+
+def evaluate(model: Path | None, controlnet: Path | None, pairs: int) -> dict[str, Any]:
+    """All measurements of the model card, as one JSON-able dict."""
+    from diffusers import (
+        DDIMScheduler,
+        DPMSolverMultistepScheduler,
+        EulerAncestralDiscreteScheduler,
+        PNDMScheduler,
+    )
+
+    pipe = load_pipeline(model)
+    scenes = held_out_scenes(pairs)
+    seeds = [EVAL_SEED + i for i in range(pairs)]
+    results: dict[str, Any] = {"pairs": pairs, "steps": STEPS, "scheduler": type(pipe.scheduler).__name__}
+    began = time.time()
+    results["adherence_by_guidance"] = {
+        f"{g:g}": adherence(pipe, scenes, seeds, g) for g in (1.0, 3.0, 5.0, 7.5)
+    }
+    results["adherence_varied_phrasing_7.5"] = adherence(pipe, scenes, seeds, 7.5, template=None)
+    classes = {
+        "Euler a": EulerAncestralDiscreteScheduler,
+        "DPM++ 2M": DPMSolverMultistepScheduler,
+        "DDIM": DDIMScheduler,
+        "PNDM (SD 1.5's default)": PNDMScheduler,
+    }
+    results["adherence_by_scheduler_7.5"] = {}
+    for name, cls in classes.items():
+        other = type(pipe).from_pipe(pipe, scheduler=cls.from_config(pipe.scheduler.config))
+        other.set_progress_bar_config(disable=True)
+        results["adherence_by_scheduler_7.5"][name] = adherence(other, scenes, seeds, 7.5)
+    results["negative_prompt"] = negative_prompt_effect(pipe, 48)
+    results["img2img_distance_by_strength"] = img2img_distances(pipe, 32)
+    distances = list(results["img2img_distance_by_strength"].values())
+    results["img2img_monotone"] = all(a < b for a, b in itertools.pairwise(distances))
+    results["controlnet"] = controlnet_iou(pipe, load_controlnet_pipeline(pipe, controlnet), 64)
+    results["seconds"] = round(time.time() - began, 1)
+    return results
+
+
+def main(argv: list[str] | None = None) -> None:
+    import torch
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", type=Path, default=None, help="diffusers folder (default: shipped)")
+    parser.add_argument(
+        "--controlnet", type=Path, default=None, help="ControlNetModel folder (default: shipped)"
+    )
+    parser.add_argument("--pairs", type=int, default=120, help="held-out (prompt, seed) pairs")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    results = evaluate(args.model, args.controlnet, args.pairs)
+    text = json.dumps(results, indent=2)
+    print(text)
+    if args.json:
+        args.json.write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    main()
