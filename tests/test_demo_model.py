@@ -145,21 +145,32 @@ def test_controlnet_puts_the_shape_on_the_mask(pipe: Any) -> None:
 
 
 def test_training_script_smoke(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """A few steps of every stage on tiny settings; a second run resumes instead of retraining."""
+    """A few steps of every stage on tiny settings; an interrupted run resumes to the same weights."""
+    from dataclasses import replace
+
     from diffusers import ControlNetModel, StableDiffusionPipeline
 
-    from easel.demo.train import main
+    from easel.demo.train import Settings, main, train
 
-    main(["--out", str(tmp_path), "--smoke"])
-    trained = StableDiffusionPipeline.from_pretrained(tmp_path / "model")
+    main(["--out", str(tmp_path / "a"), "--smoke"])
+    trained = StableDiffusionPipeline.from_pretrained(tmp_path / "a" / "model")
     trained.set_progress_bar_config(disable=True)
     image = trained("a red circle on a blue background", num_inference_steps=2, output_type="np").images[0]
     assert image.shape == (64, 64, 3) and np.isfinite(image).all()
-    ControlNetModel.from_pretrained(tmp_path / "controlnet")
+    ControlNetModel.from_pretrained(tmp_path / "a" / "controlnet")
     shipped = load_pipeline().unet.config
     for key in ("block_out_channels", "sample_size", "cross_attention_dim", "addition_embed_type"):
         assert trained.unet.config[key] == shipped[key]
+
+    # Stop after 2 UNet steps (as if killed), then rerun the command: it must resume.
+    train(tmp_path / "b", replace(Settings.smoke(), unet_steps=2, controlnet_steps=0))
+    for name in ("unet_done.pt", "controlnet_done.pt"):
+        (tmp_path / "b" / "checkpoints" / name).unlink()
     capsys.readouterr()
-    main(["--out", str(tmp_path), "--smoke"])
+    main(["--out", str(tmp_path / "b"), "--smoke"])
     log = capsys.readouterr().out
-    assert "vae: loaded finished stage" in log and "unet: loaded finished stage" in log
+    assert "vae: loaded finished stage" in log and "unet: resumed at step 2" in log
+    weights = sorted(p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("*.safetensors"))
+    assert len(weights) == 4
+    for path in weights:
+        assert (tmp_path / "a" / path).read_bytes() == (tmp_path / "b" / path).read_bytes(), path

@@ -519,6 +519,9 @@ def train_controlnet(components: dict[str, Any], data: dict[str, Any], settings:
     import torch
 
     unet, text_encoder = components["unet"], components["text_encoder"]
+    # The conditioning embedding is initialised from the global RNG: seed it here, or its
+    # weights would depend on which stages this invocation ran (i.e. on resumes).
+    torch.manual_seed(_batch_seed(settings.seed, 8, 0))
     controlnet = build_controlnet(unet)
     final = work / "controlnet_done.pt"
     done = _load_checkpoint(final)
