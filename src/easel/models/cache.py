@@ -141,28 +141,20 @@ class PipelineCache:
             components = family.shared_components(source, share_from.pipeline)
             if components:
                 key += (f"beside {share_from.source.kind}:{share_from.source.location}",)
-        with self._lock:
-            entry = self._entries.get(key)
-            if entry is None:
-                entry = _load(
-                    source,
-                    family,
-                    device=device,
-                    dtype=dtype,
-                    allow_pickle=allow_pickle,
-                    components=components,
-                    options=options,
-                )
-                self._entries[key] = entry
-            self._entries.move_to_end(key)
-            entry.leases += 1
-            self._evict()
-        try:
+
+        def load() -> LoadedModel:
+            return _load(
+                source,
+                family,
+                device=device,
+                dtype=dtype,
+                allow_pickle=allow_pickle,
+                components=components,
+                options=options,
+            )
+
+        with self._leased(self._entries, key, load) as entry:
             yield entry
-        finally:
-            with self._lock:
-                entry.leases -= 1
-                self._evict()
 
     def components(self) -> list[LoadedComponent]:
         """Loaded components (ControlNets), least recently used first."""
@@ -176,14 +168,27 @@ class PipelineCache:
         """Yield the `kind` component (e.g. "controlnet") loaded from `source`, calling
         `load()` on first use. Leased like pipelines, so eviction never frees one in use."""
         key = (kind, f"{source.kind}:{source.location}", device, str(dtype))
+
+        def loaded_component() -> LoadedComponent:
+            started = time.perf_counter()
+            module = load()
+            return LoadedComponent(kind, source, module, time.perf_counter() - started)
+
+        with self._leased(self._components, key, loaded_component) as entry:
+            yield entry
+
+    @contextmanager
+    def _leased(
+        self, table: OrderedDict[tuple[str, ...], Any], key: tuple[str, ...], make: Callable[[], Any]
+    ) -> Iterator[Any]:
+        """The one leasing rule for pipelines and components: load on first use (under the
+        lock, so two requests never load the same model twice), count the lease while it is
+        held, evict least recently used entries that nobody holds."""
         with self._lock:
-            entry = self._components.get(key)
+            entry = table.get(key)
             if entry is None:
-                started = time.perf_counter()
-                module = load()
-                entry = LoadedComponent(kind, source, module, time.perf_counter() - started)
-                self._components[key] = entry
-            self._components.move_to_end(key)
+                entry = table[key] = make()
+            table.move_to_end(key)
             entry.leases += 1
             self._evict()
         try:
