@@ -20,13 +20,11 @@ import asyncio
 import json
 import logging
 import math
-import sqlite3
 import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable, Iterator
-from contextlib import closing, contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -34,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 from easel.errors import Cancelled, EaselError, GenerationFailed, InvalidRequest
 from easel.request import GenerationRequest
+from easel.storage.database import reading, transaction
 
 if TYPE_CHECKING:
     from easel.engine import Easel
@@ -149,7 +148,7 @@ class JobStore:
 
     def __init__(self, database: Path) -> None:
         self.database = database
-        with self._transaction() as connection:
+        with transaction(self.database) as connection:
             connection.execute(
                 "CREATE TABLE IF NOT EXISTS jobs (id TEXT PRIMARY KEY, created_at TEXT NOT NULL, "
                 "started_at TEXT, finished_at TEXT, status TEXT NOT NULL, source TEXT, "
@@ -166,7 +165,7 @@ class JobStore:
             json.dumps(request, ensure_ascii=False), json.dumps(job.error), json.dumps(job.images),
             json.dumps(job.summary, ensure_ascii=False),
         )  # fmt: skip
-        with self._transaction() as connection:
+        with transaction(self.database) as connection:
             connection.execute(
                 f"INSERT OR REPLACE INTO jobs ({', '.join(self.COLUMNS)}) "
                 f"VALUES ({', '.join('?' for _ in self.COLUMNS)})",
@@ -174,14 +173,14 @@ class JobStore:
             )
 
     def load(self, job_id: str) -> Job | None:
-        with closing(self._connect()) as connection:
+        with reading(self.database) as connection:
             row = connection.execute(
                 f"SELECT {', '.join(self.COLUMNS)} FROM jobs WHERE id = ?", (job_id,)
             ).fetchone()
         return None if row is None else self._job(dict(zip(self.COLUMNS, row, strict=True)))
 
     def recent(self, limit: int) -> list[Job]:
-        with closing(self._connect()) as connection:
+        with reading(self.database) as connection:
             rows = connection.execute(
                 f"SELECT {', '.join(self.COLUMNS)} FROM jobs ORDER BY created_at DESC LIMIT ?", (limit,)
             ).fetchall()
@@ -191,7 +190,7 @@ class JobStore:
         """After a restart: running jobs failed, queued jobs returned (oldest first) to run."""
         now = _now()
         error = json.dumps({"type": "GenerationFailed", "message": INTERRUPTED, "field": None})
-        with self._transaction() as connection:
+        with transaction(self.database) as connection:
             connection.execute(
                 "UPDATE jobs SET status = ?, error_json = ?, finished_at = ? WHERE status = ?",
                 (FAILED, error, now, RUNNING),
@@ -232,16 +231,6 @@ class JobStore:
         if job.finished:
             job.done.set()
         return job
-
-    @contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
-        with closing(self._connect()) as connection, connection:
-            yield connection
-
-    def _connect(self) -> sqlite3.Connection:
-        connection = sqlite3.connect(self.database, timeout=30)
-        connection.execute("PRAGMA busy_timeout=30000")
-        return connection
 
 
 class JobQueue:

@@ -18,16 +18,14 @@ import hashlib
 import io
 import json
 import re
-import sqlite3
 import uuid
-from collections.abc import Iterator
-from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from easel.errors import InvalidRequest
+from easel.storage.database import reading, transaction
 from easel.storage.files import TEMP_SUFFIX, write_atomically
 
 if TYPE_CHECKING:
@@ -74,7 +72,7 @@ class Gallery:
         self.root = Path(home) / "gallery"
         self.database = self.root / "gallery.db"
         self.root.mkdir(parents=True, exist_ok=True)
-        with self._transaction() as connection:
+        with transaction(self.database) as connection:
             connection.execute("PRAGMA journal_mode=WAL")
             connection.execute(
                 "CREATE TABLE IF NOT EXISTS images ("
@@ -171,7 +169,7 @@ class Gallery:
         """Remove an image: the file first, then its row (see the module docstring)."""
         entry = self.get(image_id)
         entry.path.unlink(missing_ok=True)
-        with self._transaction() as connection:
+        with transaction(self.database) as connection:
             connection.execute("DELETE FROM images WHERE id = ?", (entry.id,))
 
     # -- reading ------------------------------------------------------------------------------
@@ -182,7 +180,7 @@ class Gallery:
             raise InvalidRequest(
                 f"invalid id={image_id!r}: gallery ids are 32 hex characters", field="id", value=image_id
             )
-        with closing(self._connect()) as connection:
+        with reading(self.database) as connection:
             row = connection.execute(
                 f"SELECT {', '.join(COLUMNS)} FROM images WHERE id = ?", (image_id,)
             ).fetchone()
@@ -198,7 +196,7 @@ class Gallery:
             relative = self._relative(Path(path).resolve())
         except ValueError:
             return None
-        with closing(self._connect()) as connection:
+        with reading(self.database) as connection:
             row = connection.execute(
                 f"SELECT {', '.join(COLUMNS)} FROM images WHERE file = ?", (relative,)
             ).fetchone()
@@ -223,7 +221,7 @@ class Gallery:
                 values.append(_iso_date(bound))
         where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
         query = f"SELECT {', '.join(COLUMNS)} FROM images {where} ORDER BY created_at DESC, id LIMIT ?"
-        with closing(self._connect()) as connection:
+        with reading(self.database) as connection:
             rows = connection.execute(query, (*values, max(1, limit))).fetchall()
         return [self._entry(dict(zip(COLUMNS, row, strict=True))) for row in rows]
 
@@ -234,7 +232,7 @@ class Gallery:
         images = self.root / "images"
         for leftover in images.rglob(f"*{TEMP_SUFFIX}") if images.exists() else ():
             leftover.unlink(missing_ok=True)
-        with self._transaction() as connection:
+        with transaction(self.database) as connection:
             known = dict(connection.execute("SELECT file, id FROM images").fetchall())
             for file, image_id in known.items():
                 if not (self.root / file).is_file():
@@ -262,18 +260,8 @@ class Gallery:
 
     # -- plumbing -----------------------------------------------------------------------------
 
-    @contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
-        with closing(self._connect()) as connection, connection:
-            yield connection
-
-    def _connect(self) -> sqlite3.Connection:
-        connection = sqlite3.connect(self.database, timeout=30)
-        connection.execute("PRAGMA busy_timeout=30000")
-        return connection
-
     def _insert(self, row: dict[str, Any]) -> None:
-        with self._transaction() as connection:
+        with transaction(self.database) as connection:
             connection.execute(
                 f"INSERT INTO images ({', '.join(COLUMNS)}) VALUES ({', '.join('?' for _ in COLUMNS)})",
                 tuple(row[column] for column in COLUMNS),
