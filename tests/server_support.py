@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import base64
+import os
+import socket
+import subprocess
+import sys
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -57,3 +62,47 @@ def routes(app: Any) -> list[tuple[str, set[str]]]:
 
     walk(app.routes)
     return found
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@contextmanager
+def serve_process(home: Path, api_key: str, startup_s: float = 90) -> Iterator[int]:
+    """`python -m easel serve` on a free loopback port with `api_key`, offline, one torch
+    thread; yields the port once /health answers, stops the process afterwards. The server's
+    output goes to home/server.log (shown if it dies while starting)."""
+    port = free_port()
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "EASEL_THREADS": "1", "EASEL_HOME": str(home),
+           "EASEL_API_KEY": api_key}  # fmt: skip
+    log_path = home / "server.log"
+    with log_path.open("w") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "easel", "serve", "--host", "127.0.0.1", "--port", str(port)],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            deadline = time.monotonic() + startup_s
+            while True:
+                assert process.poll() is None, log_path.read_text()
+                try:
+                    with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as answer:
+                        if answer.status == 200:
+                            break
+                except OSError:
+                    pass
+                assert time.monotonic() < deadline, f"server did not start in {startup_s:g} s"
+                time.sleep(0.2)
+            yield port
+        finally:
+            process.terminate()
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(timeout=10)

@@ -5,65 +5,19 @@ from __future__ import annotations
 
 import base64
 import io
-import os
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 
 import pytest
 from conftest import TINY_SD15
 from PIL import Image
+from server_support import serve_process
 
 KEY = "process-test-key"
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def live_server(hf_home, tmp_path_factory):
-    port = free_port()
-    home = tmp_path_factory.mktemp("live-home")
-    env = {
-        **os.environ,
-        "HF_HUB_OFFLINE": "1",
-        "EASEL_THREADS": "1",
-        "EASEL_HOME": str(home),
-        "EASEL_API_KEY": KEY,
-    }
-    log = (home / "server.log").open("w")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "easel", "serve", "--host", "127.0.0.1", "--port", str(port)],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    try:
-        deadline = time.monotonic() + 90
-        while True:
-            assert process.poll() is None, (home / "server.log").read_text()
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as answer:
-                    if answer.status == 200:
-                        break
-            except OSError:
-                pass
-            assert time.monotonic() < deadline, "server did not start in 90 s"
-            time.sleep(0.2)
+    with serve_process(tmp_path_factory.mktemp("live-home"), KEY) as port:
         yield port
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=10)
-        log.close()
 
 
 def test_webuiapi_client_unchanged(live_server, init_png):

@@ -11,16 +11,13 @@ from __future__ import annotations
 
 import base64
 import os
-import socket
-import subprocess
-import sys
-import time
 import urllib.request
 from pathlib import Path
 from typing import Any
 
 import pytest
 from conftest import TINY_CANNY, TINY_SD15, TINY_SDXL
+from server_support import serve_process
 
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 KEY = "ui-browser-key"
@@ -33,47 +30,11 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def base_url(hf_home, controlnet_models, tmp_path_factory):
     """`easel serve` in a subprocess with an API key; its URL."""
-    port = free_port()
-    home = tmp_path_factory.mktemp("ui-home")
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "EASEL_THREADS": "1", "EASEL_HOME": str(home),
-           "EASEL_API_KEY": KEY}  # fmt: skip
-    log_path = home / "server.log"
-    with log_path.open("w") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "easel", "serve", "--host", "127.0.0.1", "--port", str(port)],
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        try:
-            deadline = time.monotonic() + 90
-            while True:
-                assert process.poll() is None, log_path.read_text()
-                try:
-                    with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as answer:
-                        if answer.status == 200:
-                            break
-                except OSError:
-                    pass
-                assert time.monotonic() < deadline, "server did not start in 90 s"
-                time.sleep(0.2)
-            yield f"http://127.0.0.1:{port}"
-        finally:
-            process.terminate()
-            try:
-                process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(timeout=10)
+    with serve_process(tmp_path_factory.mktemp("ui-home"), KEY) as port:
+        yield f"http://127.0.0.1:{port}"
 
 
 def send_key(driver: Any, key: str | None) -> None:
