@@ -28,7 +28,7 @@ def build_tiny_sd15(safety: SafetyMode = "never") -> Any:
     """A tiny StableDiffusionPipeline (64x64 native size) with a safety checker that
     flags nothing ("never"), everything ("always"), or no checker at all ("none")."""
     import torch
-    from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from diffusers import PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
     torch.manual_seed(0)
@@ -43,15 +43,7 @@ def build_tiny_sd15(safety: SafetyMode = "never") -> Any:
         cross_attention_dim=32,
         norm_num_groups=32,
     )
-    vae = AutoencoderKL(
-        block_out_channels=[32, 64],
-        in_channels=3,
-        out_channels=3,
-        down_block_types=["DownEncoderBlock2D", "DownEncoderBlock2D"],
-        up_block_types=["UpDecoderBlock2D", "UpDecoderBlock2D"],
-        latent_channels=4,
-        norm_num_groups=32,
-    )
+    vae = _tiny_vae(norm_num_groups=32)
     scheduler = PNDMScheduler(
         beta_start=0.00085,
         beta_end=0.012,
@@ -88,6 +80,21 @@ def build_tiny_sd15(safety: SafetyMode = "never") -> Any:
         safety_checker=safety_checker,
         feature_extractor=feature_extractor,
         requires_safety_checker=safety != "none",
+    )
+
+
+def _tiny_vae(**config: Any) -> Any:
+    """diffusers' tiny 2-block AutoencoderKL (vae scale factor 2), with `config` on top."""
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(
+        block_out_channels=[32, 64],
+        in_channels=3,
+        out_channels=3,
+        down_block_types=["DownEncoderBlock2D", "DownEncoderBlock2D"],
+        up_block_types=["UpDecoderBlock2D", "UpDecoderBlock2D"],
+        latent_channels=4,
+        **config,
     )
 
 
@@ -227,7 +234,7 @@ def _tiny_sdxl_unet(*, refiner: bool) -> Any:
 def build_tiny_sdxl() -> Any:
     """A tiny StableDiffusionXLPipeline (64x64 native size), Euler scheduler like the real one."""
     import torch
-    from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLPipeline
+    from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline
     from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
     torch.manual_seed(0)
@@ -239,15 +246,7 @@ def build_tiny_sdxl() -> Any:
         beta_schedule="scaled_linear",
         timestep_spacing="leading",
     )
-    vae = AutoencoderKL(
-        block_out_channels=[32, 64],
-        in_channels=3,
-        out_channels=3,
-        down_block_types=["DownEncoderBlock2D", "DownEncoderBlock2D"],
-        up_block_types=["UpDecoderBlock2D", "UpDecoderBlock2D"],
-        latent_channels=4,
-        sample_size=128,
-    )
+    vae = _tiny_vae(sample_size=128)
     tokenizer = _tiny_tokenizer()
     text_encoder = CLIPTextModel(_tiny_clip_text_config(tokenizer))
     tokenizer_2 = _tiny_tokenizer()
