@@ -1,1 +1,5 @@
-"""Images in and out: reading init/control images, grids (metadata and gallery follow)."""
+"""Images in and out: input images, grids, metadata (A1111 `parameters` + easel JSON), the gallery."""
+
+from easel.storage.metadata import ImageMetadata, read_metadata
+
+__all__ = ["ImageMetadata", "read_metadata"]
