@@ -328,6 +328,11 @@ def _render_span(prompt: str, span: _Span) -> str:
     return f"({_render_text(prompt, span.chars, weighted=True)}){_format_weight(span.weight)}"
 
 
+def compel_weight(weight: float) -> float:
+    """The weight Compel reads back from the translation (``_format_weight``'s text)."""
+    return float(_format_weight(weight))
+
+
 def _format_weight(weight: float) -> str:
     """Compact Compel weight: ``1.1``, ``1.21``, ``0.9091``, ``2``."""
     return f"{round(weight, _COMPEL_WEIGHT_DECIMALS):.{_COMPEL_WEIGHT_DECIMALS}f}".rstrip("0").rstrip(".")

@@ -30,24 +30,36 @@ LOOKS_LIKE_A1111 = re.compile(r"\([^()]*:\s*[-+]?\d*\.?\d+\s*\)")
 CACHE_SIZE = 32
 
 
+Fragments = tuple[tuple[str, float], ...]  # (text, weight) runs of one chunk
+
+
 @dataclass(frozen=True)
 class PromptPlan:
     """How one prompt will be encoded: Compel-syntax chunks (one per BREAK chunk), and
     whether the plain encode_prompt path gives the same embeddings (`text` is then what it
-    is given)."""
+    is given).
+
+    `fragments`, when set, are the chunks already read into (text, weight) runs exactly as
+    Compel's parser would read `chunks` (A1111 and plain syntax, and Compel syntax without
+    any syntax characters): the encoder hands them to Compel as parsed prompts, so Compel's
+    parser (pyparsing, about a millisecond per character) never sees these prompts.
+    """
 
     chunks: tuple[str, ...]
     weighted: bool
     text: str
+    fragments: tuple[Fragments, ...] | None = None
 
 
 def plan_prompt(prompt: str, syntax: str, *, field: str = "prompt") -> PromptPlan:
     """Parse `prompt` in `syntax`; malformed A1111 syntax is an InvalidRequest at its position."""
     if syntax == "compel":
         weighted = bool(COMPEL_SPECIAL.search(prompt))
-        return PromptPlan((prompt,), weighted, prompt)
+        return PromptPlan(
+            (prompt,), weighted, prompt, None if weighted else ((_as_compel_reads(prompt, 1.0),),)
+        )
     if syntax == "plain":
-        return PromptPlan((_escape_for_compel(prompt),), False, prompt)
+        return PromptPlan((_escape_for_compel(prompt),), False, prompt, ((_as_compel_reads(prompt, 1.0),),))
     from easel.prompts.a1111 import PromptSyntaxError, a1111_to_compel, parse_a1111
 
     try:
@@ -58,7 +70,18 @@ def plan_prompt(prompt: str, syntax: str, *, field: str = "prompt") -> PromptPla
     flat = [span for chunk in spans for span in chunk]
     # One chunk at weight 1 is plain text (escapes resolved): the pipeline's own path.
     weighted = len(spans) > 1 or any(span.weight != 1.0 for span in flat)
-    return PromptPlan(chunks, weighted, "".join(span.text for span in flat))
+    fragments = tuple(
+        tuple(_as_compel_reads(span.text, span.weight) for span in chunk) or (("", 1.0),) for chunk in spans
+    )
+    return PromptPlan(chunks, weighted, "".join(span.text for span in flat), fragments)
+
+
+def _as_compel_reads(text: str, weight: float) -> tuple[str, float]:
+    """A run of text and its weight as Compel's parser returns it for the translated prompt:
+    a space after every comma, weights as written in the translation (4 decimals)."""
+    from easel.prompts.a1111 import compel_weight
+
+    return re.sub(r",(\S)", r", \1", text), compel_weight(weight)
 
 
 def syntax_warnings(prompt: str, syntax: str) -> list[str]:
@@ -124,6 +147,9 @@ class PromptEncoder:
     def __init__(self, encoders: list[tuple[Any, Any, str, bool]]) -> None:
         from compel import Compel, ReturnedEmbeddingsType
 
+        from easel.prompts.checks import enable_packrat
+
+        enable_packrat()  # Compel parses every prompt it encodes; keep that polynomial
         self._compels = [
             Compel(
                 tokenizer=tokenizer,
@@ -148,8 +174,8 @@ class PromptEncoder:
         import torch
 
         with torch.inference_mode():
-            embeds, pooled = self._encode_chunks(positive.chunks)
-            negative_embeds, negative_pooled = self._encode_chunks(negative.chunks)
+            embeds, pooled = self._encode_chunks(positive.chunks, positive.fragments)
+            negative_embeds, negative_pooled = self._encode_chunks(negative.chunks, negative.fragments)
             embeds, negative_embeds = self._pad_to_same_length(embeds, negative_embeds)
         value = (embeds, negative_embeds, pooled, negative_pooled)
         self._cache[key] = value
@@ -171,7 +197,9 @@ class PromptEncoder:
             return torch.cat([first, padding], dim=1), second
         return first, torch.cat([second, padding], dim=1)
 
-    def _encode_chunks(self, chunks: tuple[str, ...]) -> tuple[Any, Any]:
+    def _encode_chunks(
+        self, chunks: tuple[str, ...], fragments: tuple[Fragments, ...] | None = None
+    ) -> tuple[Any, Any]:
         """Each BREAK chunk encoded on its own (so it starts a fresh CLIP window), then joined
         along the sequence; the pooled embedding comes from the first chunk."""
         import torch
@@ -180,7 +208,10 @@ class PromptEncoder:
         for index, chunk in enumerate(chunks):
             per_encoder = []
             for compel, has_pool in zip(self._compels, self._pooled, strict=True):
-                output = compel(chunk)
+                if fragments is None:
+                    output = compel(chunk)
+                else:
+                    output = _encode_parsed(compel, chunk, fragments[index], has_pool)
                 if has_pool:
                     output, chunk_pooled = output
                     pooled = chunk_pooled if index == 0 else pooled
@@ -194,3 +225,18 @@ class PromptEncoder:
             ]
             parts.append(torch.cat(per_encoder, dim=-1))
         return torch.cat(parts, dim=1), pooled
+
+
+def _encode_parsed(compel: Any, chunk: str, fragments: Fragments, pooled: bool) -> Any:
+    """What `compel(chunk)` returns, from fragments easel already read: the conditioning of
+    the parsed prompt and, where the encoder has one, the pooled embedding of the chunk's text
+    (Compel pools the text it was given, syntax included)."""
+    from compel.prompt_parser import Conjunction, FlattenedPrompt
+
+    conjunction = Conjunction(prompts=[FlattenedPrompt(list(fragments))], weights=[1.0])
+    conditioning, _, _ = compel.build_conditioning_tensor_for_conjunction(
+        conjunction, return_tokenization=True
+    )
+    if not pooled:
+        return conditioning
+    return conditioning, compel.conditioning_provider.get_pooled_embeddings([chunk], device=compel.device)
