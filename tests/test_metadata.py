@@ -128,7 +128,7 @@ def test_foreign_a1111_image_is_read_but_not_replayed(engine, tmp_path):
 def test_unreadable_file_is_an_invalid_request(tmp_path):
     path = tmp_path / "not-an-image.png"
     path.write_text("hello")
-    with pytest.raises(InvalidRequest, match="cannot read it"):
+    with pytest.raises(InvalidRequest, match="not a readable image"):
         read_metadata(path)
 
 

@@ -51,6 +51,7 @@ def test_attention_slicing_vae_slicing_tiling_channels_last(hf_home):
     assert_valid(tiled)
 
 
+@pytest.mark.slow  # torch.compile on the CPU: about 100 s
 def test_compile_wraps_the_unet_and_makes_images(hf_home):
     result, pipe = generate_with(compile=True, compile_mode="default")
     assert isinstance(pipe.unet, torch._dynamo.eval_frame.OptimizedModule)

@@ -23,11 +23,14 @@ CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 KEY = "ui-browser-key"
 PROMPT = "a red circle"
 
-pytestmark = pytest.mark.skipif(
-    not (Path(CHROMIUM).exists() and Path(CHROMEDRIVER).exists()),
-    reason="needs Debian's chromium and chromium-driver (apt-get install -y chromium chromium-driver); "
-    ".ci/run installs them",
-)
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        not (Path(CHROMIUM).exists() and Path(CHROMEDRIVER).exists()),
+        reason="needs Debian's chromium and chromium-driver (apt-get install -y chromium chromium-driver); "
+        ".ci/run installs them",
+    ),
+]
 
 
 @pytest.fixture(scope="module")

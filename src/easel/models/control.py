@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from easel.errors import InvalidRequest, ModelNotFound
-from easel.models.reference import HUB_ID, PICKLE_SUFFIXES, SAFE_SUFFIXES, ModelSource
+from easel.models.reference import HUB_ID, PICKLE_SUFFIXES, SAFE_SUFFIXES, ModelSource, check_hub_id
 
 DEMO = "demo"
 CONTROL_CLASSES = ("ControlNetModel",)
@@ -74,6 +74,7 @@ def resolve_control(reference: str, *, field: str, allow_pickle: bool) -> Contro
             field=field,
             value=reference,
         )
+    check_hub_id(reference, field=field)
     return ControlSource(
         ModelSource("hub", reference, reference), _checked(_hub_config(reference, field), reference, field)
     )

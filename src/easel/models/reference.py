@@ -67,7 +67,27 @@ def resolve_reference(reference: str, *, default_folder: Path, allow_pickle: boo
             field="model",
             value=reference,
         )
+    check_hub_id(reference, field="model")
     return _hub_source(reference)
+
+
+def check_hub_id(repo_id: str, *, field: str, value: object = None) -> None:
+    """huggingface_hub's own rules for a repo id (at most 96 characters, no `..` or `--`, no
+    leading or trailing `-` or `.`), as an InvalidRequest naming `field` instead of its
+    HFValidationError from deep inside a download."""
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as error:
+        reason = str(error).replace(f": '{repo_id}'", "").rstrip(".")
+        shown = repo_id if value is None else value
+        raise InvalidRequest(
+            f"invalid {field}={shown!r}: not a valid Hugging Face repo id ({reason})",
+            field=field,
+            value=shown,
+        ) from None
 
 
 def _looks_like_path(reference: str) -> bool:

@@ -26,11 +26,13 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends
 from pydantic import BaseModel, ConfigDict, Field
 
-from easel.errors import InvalidRequest, UnsupportedFeature
-from easel.request import GenerationRequest
+from easel.errors import InvalidRequest, ModelNotFound, UnsupportedFeature
+from easel.request import MAX_SEED, SIDE_SCHEMA, GenerationRequest
+from easel.server import openapi as api
 from easel.server.app import ServerState, state_of
 from easel.server.jobs import Job
 from easel.server.native import gallery_entry, submit
+from easel.server.openapi import A1111, documented
 from easel.server.policy import DEMO_TITLE
 
 State = Annotated[ServerState, Depends(state_of)]
@@ -41,6 +43,7 @@ A1111_FIELD = {
     "strength": "denoising_strength", "init_image": "init_images", "refiner": "refiner_checkpoint",
     "refiner_at": "refiner_switch_at", "model": "sd_model_checkpoint",
 }  # fmt: skip
+OVERRIDE_MODEL = "override_settings.sd_model_checkpoint"
 SCHEDULE_TYPES = ("automatic", "karras")
 # ControlUnit field -> the sd-webui-controlnet unit field
 UNIT_FIELD = {"conditioning_scale": "weight", "preprocessor": "module", "canny_low": "threshold_a",
@@ -57,20 +60,22 @@ A1111_MODULES = {
 class Txt2ImgRequest(BaseModel):
     """The A1111 txt2img fields easel uses; every other field is accepted and ignored."""
 
-    model_config = ConfigDict(extra="ignore")
+    # strict: JSON types as documented (steps=true or cfg_scale="7" are refused, not converted);
+    # no NaN/Infinity: the answer echoes these fields, and JSON cannot carry them (was a 500)
+    model_config = ConfigDict(extra="ignore", strict=True, allow_inf_nan=False)
 
     prompt: str = ""
     negative_prompt: str = ""
-    steps: int | None = None
-    cfg_scale: float | None = None
-    seed: int = -1
-    width: int | None = None
-    height: int | None = None
+    steps: int | None = Field(None, ge=1, le=1000)
+    cfg_scale: float | None = Field(None, ge=0, le=100)
+    seed: int = Field(-1, le=MAX_SEED, description="-1 (any negative): random")
+    width: int | None = Field(None, json_schema_extra=SIDE_SCHEMA)
+    height: int | None = Field(None, json_schema_extra=SIDE_SCHEMA)
     sampler_name: str | None = None
     sampler_index: str | None = None  # older clients send the sampler name here
     scheduler: str | None = None  # A1111 >= 1.9: schedule type ("Automatic", "Karras")
-    batch_size: int = Field(1, ge=1)
-    n_iter: int = Field(1, ge=1)
+    batch_size: int = Field(1, ge=1, le=64)  # and batch_size x n_iter <= 64
+    n_iter: int = Field(1, ge=1, le=64)
     refiner_checkpoint: str | None = None
     refiner_switch_at: float | None = None
     override_settings: dict[str, Any] | None = None
@@ -78,18 +83,20 @@ class Txt2ImgRequest(BaseModel):
 
 
 class Img2ImgRequest(Txt2ImgRequest):
-    init_images: list[str] = Field(default_factory=list)
-    denoising_strength: float | None = None
-    mask: str | None = None
+    init_images: list[str] = Field(default_factory=list, json_schema_extra={"minItems": 1})
+    denoising_strength: float | None = Field(None, ge=0, le=1)
+    mask: str | None = Field(None, json_schema_extra={"maxLength": 0}, description="not supported yet")
 
 
 class OptionsUpdate(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", strict=True)
 
     sd_model_checkpoint: str | None = None
 
 
 class PngInfoRequest(BaseModel):
+    model_config = ConfigDict(strict=True)
+
     image: str
 
 
@@ -109,7 +116,12 @@ def to_generation_request(body: Txt2ImgRequest, state: ServerState) -> Generatio
         "num_images": body.batch_size * body.n_iter,
     }
     model = (body.override_settings or {}).get("sd_model_checkpoint")
-    fields["model"] = state.policy.model_reference(model, field="model") if model else state.current_model
+    if model is not None and not isinstance(model, str):
+        raise InvalidRequest(f"invalid {OVERRIDE_MODEL}={model!r}: expected a model title (a string)",
+                             field=OVERRIDE_MODEL, value=model)  # fmt: skip
+    fields["model"] = (
+        state.policy.model_reference(model, field=OVERRIDE_MODEL) if model else state.current_model
+    )
     if body.refiner_checkpoint and body.refiner_checkpoint.lower() not in ("none", ""):
         fields["refiner"] = body.refiner_checkpoint
         fields["refiner_at"] = body.refiner_switch_at
@@ -125,10 +137,18 @@ def to_generation_request(body: Txt2ImgRequest, state: ServerState) -> Generatio
     try:
         return state.policy.check(GenerationRequest.from_fields(fields))
     except InvalidRequest as error:
-        raise _renamed(error, unit_index) from None
+        raise _renamed(error, unit_index, model_field=_model_field(body)) from None
 
 
-def _renamed(error: InvalidRequest, unit_index: list[int] | None = None) -> InvalidRequest:
+def _model_field(body: Txt2ImgRequest) -> str:
+    """Where this request named its model: override_settings, or the /options setting."""
+    named = (body.override_settings or {}).get("sd_model_checkpoint")
+    return OVERRIDE_MODEL if named else "sd_model_checkpoint"
+
+
+def _renamed(
+    error: InvalidRequest, unit_index: list[int] | None = None, *, model_field: str = "sd_model_checkpoint"
+) -> InvalidRequest:
     """The error with the A1111 name of its field (controls[i].x -> the ControlNet unit's)."""
     unit = re.fullmatch(r"controls\[(\d+)\]\.(\w+)", error.field or "")
     if unit is not None and unit_index:
@@ -137,7 +157,7 @@ def _renamed(error: InvalidRequest, unit_index: list[int] | None = None) -> Inva
         theirs = f"alwayson_scripts.controlnet.args[{position}].{name}"
         message = str(error).replace(error.field or "", theirs, 1)
         return InvalidRequest(message, field=theirs, value=error.value)
-    theirs = A1111_FIELD.get(error.field or "")
+    theirs = model_field if error.field == "model" else A1111_FIELD.get(error.field or "")
     if theirs is None:
         return error
     message = str(error).replace(f"invalid {error.field}=", f"invalid {theirs}=", 1)
@@ -159,42 +179,74 @@ def _sampler(body: Txt2ImgRequest) -> str | None:
     return name
 
 
+def _enabled_units(scripts: dict[str, Any]) -> list[tuple[int, dict[str, Any]]]:
+    """(index in `args`, unit) of each enabled sd-webui-controlnet unit; a script, `args` or
+    unit of the wrong JSON type is refused naming it, never skipped."""
+    enabled: list[tuple[int, dict[str, Any]]] = []
+    for name, script in scripts.items():
+        if name.lower() != "controlnet":
+            continue
+        if not isinstance(script, dict):
+            raise InvalidRequest(
+                f'invalid alwayson_scripts.{name}: expected an object {{"args": [unit, ...]}}, '
+                f"got {type(script).__name__}",
+                field=f"alwayson_scripts.{name}",
+            )
+        args = script.get("args")
+        if args is not None and not isinstance(args, list):
+            raise InvalidRequest(
+                f"invalid alwayson_scripts.{name}.args: expected a list of ControlNet units, "
+                f"got {type(args).__name__}",
+                field=f"alwayson_scripts.{name}.args",
+            )
+        for position, unit in enumerate(args or []):
+            where = f"alwayson_scripts.{name}.args[{position}]"
+            if not isinstance(unit, dict):
+                raise InvalidRequest(
+                    f"invalid {where}: expected a ControlNet unit (an object), got {type(unit).__name__}",
+                    field=where,
+                )
+            if unit.get("enabled", True):
+                enabled.append((position, unit))
+    return enabled
+
+
 def _control_units(scripts: dict[str, Any], state: ServerState) -> tuple[list[dict[str, Any]], list[int]]:
     """sd-webui-controlnet units -> ControlUnit fields, and each unit's index in `args`
     (disabled units are skipped, so errors can still name the unit the client sent)."""
     units: list[dict[str, Any]] = []
     positions: list[int] = []
-    for name, script in scripts.items():
-        if name.lower() != "controlnet" or not isinstance(script, dict):
-            continue
-        for position, unit in enumerate(script.get("args") or []):
-            if not isinstance(unit, dict) or not unit.get("enabled", True):
-                continue
-            where = f"alwayson_scripts.controlnet.args[{position}]"
-            image = unit.get("image") or unit.get("input_image")
-            if isinstance(image, dict):  # {"image": ..., "mask": ...}, as the A1111 UI sends it
-                image = image.get("image")
-            if not image:
-                raise InvalidRequest(f"{where}.image is required (base64 image)", field=f"{where}.image")
-            if unit.get("mask") or unit.get("mask_image"):
-                raise UnsupportedFeature(f"{where}.mask: ControlNet masks are not supported yet")
-            module = str(unit.get("module") or "none").strip().lower()
-            fields: dict[str, Any] = {
-                "model": _control_model(unit.get("model"), field=f"{where}.model"),
-                "image": state.policy.data_url(image, field=f"{where}.image"),
-                "preprocessor": A1111_MODULES.get(module, module),
-            }
-            for theirs, ours in (("weight", "conditioning_scale"), ("guidance_start", "guidance_start"),
-                                 ("guidance_end", "guidance_end")):  # fmt: skip
-                if unit.get(theirs) is not None:
-                    fields[ours] = unit[theirs]
-            if fields["preprocessor"] == "canny":  # A1111: threshold_a/b; -1 means the default
-                for theirs, ours in (("threshold_a", "canny_low"), ("threshold_b", "canny_high")):
-                    value = unit.get(theirs)
-                    if isinstance(value, int | float) and value >= 0:
-                        fields[ours] = int(value)
-            units.append(fields)
-            positions.append(position)
+    for position, unit in _enabled_units(scripts):
+        where = f"alwayson_scripts.controlnet.args[{position}]"
+        image = unit.get("image") or unit.get("input_image")
+        if isinstance(image, dict):  # {"image": ..., "mask": ...}, as the A1111 UI sends it
+            image = image.get("image")
+        if not image:
+            raise InvalidRequest(f"{where}.image is required (base64 image)", field=f"{where}.image")
+        if not isinstance(image, str):
+            raise InvalidRequest(
+                f"invalid {where}.image: expected a base64 image (a string), got {type(image).__name__}",
+                field=f"{where}.image",
+            )
+        if unit.get("mask") or unit.get("mask_image"):
+            raise UnsupportedFeature(f"{where}.mask: ControlNet masks are not supported yet")
+        module = str(unit.get("module") or "none").strip().lower()
+        fields: dict[str, Any] = {
+            "model": _control_model(unit.get("model"), field=f"{where}.model"),
+            "image": state.policy.data_url(image, field=f"{where}.image"),
+            "preprocessor": A1111_MODULES.get(module, module),
+        }
+        for theirs, ours in (("weight", "conditioning_scale"), ("guidance_start", "guidance_start"),
+                             ("guidance_end", "guidance_end")):  # fmt: skip
+            if unit.get(theirs) is not None:
+                fields[ours] = unit[theirs]
+        if fields["preprocessor"] == "canny":  # A1111: threshold_a/b; -1 means the default
+            for theirs, ours in (("threshold_a", "canny_low"), ("threshold_b", "canny_high")):
+                value = unit.get(theirs)
+                if isinstance(value, int | float) and value >= 0:
+                    fields[ours] = int(value)
+        units.append(fields)
+        positions.append(position)
     return units, positions
 
 
@@ -212,11 +264,18 @@ def _control_model(value: Any, *, field: str) -> str:
     return name  # a hub repo id (the door policy refuses anything else)
 
 
-async def _run(state: ServerState, request: GenerationRequest) -> Job:
-    job = await state.queue.wait(submit(state, request, "a1111"))
+async def _run(state: ServerState, request: GenerationRequest, body: Txt2ImgRequest) -> Job:
+    """Queue and wait; the job's errors name the A1111 fields `body` sent."""
+    job = await state.queue.wait(await submit(state, request, "a1111"))
     error = job.exception()
+    model_field = _model_field(body)
+    if isinstance(error, InvalidRequest):
+        positions = [position for position, _ in _enabled_units(body.alwayson_scripts or {})]
+        raise _renamed(error, positions, model_field=model_field)
+    if isinstance(error, ModelNotFound) and request.model and repr(request.model) in str(error):
+        error.field = model_field  # type: ignore[attr-defined]  # the 404 names what the client sent
     if error is not None:
-        raise _renamed(error) if isinstance(error, InvalidRequest) else error
+        raise error
     return job
 
 
@@ -283,17 +342,17 @@ def build_router() -> APIRouter:
     """The routes of this API, built per app (create_app), so no router is shared module state."""
     router = APIRouter(prefix="/sdapi/v1", tags=["AUTOMATIC1111"])
 
-    @router.post("/txt2img")
+    @router.post("/txt2img", **documented(A1111, api.A1111Images, *api.GENERATION))
     async def txt2img(body: Txt2ImgRequest, state: State) -> dict[str, Any]:
-        job = await _run(state, to_generation_request(body, state))
+        job = await _run(state, to_generation_request(body, state), body)
         return _response(state, job, body)
 
-    @router.post("/img2img")
+    @router.post("/img2img", **documented(A1111, api.A1111Images, *api.GENERATION))
     async def img2img(body: Img2ImgRequest, state: State) -> dict[str, Any]:
-        job = await _run(state, to_generation_request(body, state))
+        job = await _run(state, to_generation_request(body, state), body)
         return _response(state, job, body)
 
-    @router.get("/sd-models")
+    @router.get("/sd-models", **documented(A1111, list[api.A1111Model]))
     async def sd_models(state: State) -> list[dict[str, Any]]:
         return [
             {"title": m.title, "model_name": m.name, "hash": None, "sha256": None, "filename": m.title,
@@ -301,11 +360,11 @@ def build_router() -> APIRouter:
             for m in state.models()
         ]  # fmt: skip
 
-    @router.post("/refresh-checkpoints")
+    @router.post("/refresh-checkpoints", **documented(A1111, api.NULL))
     async def refresh_checkpoints() -> None:
         """Models are listed fresh on every request; nothing to refresh."""
 
-    @router.get("/options")
+    @router.get("/options", **documented(A1111, api.A1111Options))
     async def get_options(state: State) -> dict[str, Any]:
         return {
             "sd_model_checkpoint": state.current_model or DEMO_TITLE,
@@ -313,7 +372,7 @@ def build_router() -> APIRouter:
             "samples_format": "png",
         }
 
-    @router.post("/options")
+    @router.post("/options", **documented(A1111, api.NULL, 404, *api.BODY))
     async def set_options(body: OptionsUpdate, state: State) -> None:
         """Only sd_model_checkpoint means something here; it must name a model easel can find."""
         if body.sd_model_checkpoint is None:
@@ -327,9 +386,12 @@ def build_router() -> APIRouter:
                 await asyncio.to_thread(detect_family, source)
             except InvalidRequest as error:
                 raise InvalidRequest(str(error), field="sd_model_checkpoint", value=reference) from None
+            except ModelNotFound as error:
+                error.field = "sd_model_checkpoint"  # type: ignore[attr-defined]
+                raise
         state.current_model = reference
 
-    @router.get("/samplers")
+    @router.get("/samplers", **documented(A1111, list[api.A1111Sampler]))
     async def samplers() -> list[dict[str, Any]]:
         from easel.schedulers import A1111_SAMPLERS
 
@@ -338,7 +400,7 @@ def build_router() -> APIRouter:
             for name, (cls, options) in A1111_SAMPLERS.items()
         ]
 
-    @router.get("/schedulers")
+    @router.get("/schedulers", **documented(A1111, list[api.A1111Scheduler]))
     async def schedulers() -> list[dict[str, Any]]:
         return [
             {
@@ -357,12 +419,12 @@ def build_router() -> APIRouter:
             },
         ]
 
-    @router.get("/scripts")
+    @router.get("/scripts", **documented(A1111, api.A1111Scripts))
     async def scripts() -> dict[str, list[str]]:
         """No A1111 scripts; webuiapi reads this to decide which extensions to talk to."""
         return {"txt2img": [], "img2img": []}
 
-    @router.get("/progress")
+    @router.get("/progress", **documented(A1111, api.A1111Progress))
     async def progress(state: State) -> dict[str, Any]:
         now = state.queue.state()
         job: Job | None = now["running"]
@@ -388,17 +450,17 @@ def build_router() -> APIRouter:
             "current_task": job.id if job else None,
         }  # fmt: skip
 
-    @router.post("/interrupt")
+    @router.post("/interrupt", **documented(A1111, api.NULL))
     async def interrupt(state: State) -> None:
         """Stop the running generation at its next step (queued jobs still run, as in A1111)."""
         state.queue.interrupt()
 
-    @router.post("/skip")
+    @router.post("/skip", **documented(A1111, api.NULL))
     async def skip(state: State) -> None:
         """A1111 skips the current image of a batch; easel's batches are one run, so: interrupt."""
         state.queue.interrupt()
 
-    @router.post("/png-info")
+    @router.post("/png-info", **documented(A1111, api.A1111PngInfo, *api.BODY))
     async def png_info(body: PngInfoRequest, state: State) -> dict[str, Any]:
         """The A1111 parameters (and their parsed items) an image carries."""
         import io
@@ -421,16 +483,16 @@ def build_router() -> APIRouter:
     # the sd-webui-controlnet extension's own routes (webuiapi's ControlNet helpers use them)
     controlnet = APIRouter(prefix="/controlnet", tags=["ControlNet (sd-webui-controlnet)"])
 
-    @controlnet.get("/version")
+    @controlnet.get("/version", **documented(A1111, api.ControlNetVersion))
     async def controlnet_version() -> dict[str, int]:
         return {"version": 2}
 
-    @controlnet.get("/module_list")
+    @controlnet.get("/module_list", **documented(A1111, api.ControlNetModules))
     async def controlnet_module_list() -> dict[str, list[str]]:
         """The module names units may use (each maps to an easel preprocessor)."""
         return {"module_list": sorted(A1111_MODULES)}
 
-    @controlnet.get("/model_list")
+    @controlnet.get("/model_list", **documented(A1111, api.ControlNetModels))
     async def controlnet_model_list() -> dict[str, list[str]]:
         from easel.server.policy import list_control_models
 

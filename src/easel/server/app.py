@@ -54,7 +54,8 @@ def create_app(settings: Settings | None = None, *, engine: Easel | None = None)
 
     from easel import ui
     from easel.engine import Easel
-    from easel.server import a1111, errors, native, openai
+    from easel.limits import Limits
+    from easel.server import a1111, errors, native, openai, openapi
     from easel.server.jobs import JobQueue, JobStore
     from easel.server.policy import DoorPolicy
     from easel.server.security import ApiKeyMiddleware, BodyLimitMiddleware
@@ -64,7 +65,12 @@ def create_app(settings: Settings | None = None, *, engine: Easel | None = None)
     engine = engine or Easel(settings)
     gallery = Gallery(settings.home)
     queue = JobQueue(
-        engine, gallery, JobStore(gallery.database), size=settings.queue_size, workers=settings.server_workers
+        engine,
+        gallery,
+        JobStore(gallery.database),
+        size=settings.queue_size,
+        workers=settings.server_workers,
+        limits=Limits.of(settings),
     )
     state = ServerState(settings, engine, gallery, queue, DoorPolicy(settings))
 
@@ -84,6 +90,7 @@ def create_app(settings: Settings | None = None, *, engine: Easel | None = None)
     )
     app.state.easel = state
     errors.install(app)
+    openapi.with_limits(app, settings)  # the document states this server's max_steps, ...
     app.include_router(native.build_router())
     app.include_router(a1111.build_router())
     app.include_router(openai.build_router())

@@ -10,14 +10,19 @@ description in the shape its clients expect, chosen by the URL prefix:
 - OpenAI   {"error": {"message", "type", "param", "code"}} as the OpenAI API answers
 
 Every error response carries `x-should-retry: false` (the OpenAI client otherwise retries
-409 and 5xx twice) except 429, which carries Retry-After. A validation error is a 4xx naming
-the field, never a 500; an unexpected exception is a 500 whose body says nothing internal.
+409 and 5xx twice) except 429, which carries Retry-After; every 5xx carries `Connection:
+close` (the server may not trust the connection's state after one). A validation error is a
+4xx naming the field, never a 500; an unexpected exception is a 500 whose body says nothing
+internal, and no message carries an object repr or a file-system path of the server
+(public_message). A body FastAPI cannot parse is named: nested too deep or not UTF-8 is a 422
+naming `body`, one cut off for its size a 413.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
+import re
 from typing import TYPE_CHECKING, Any
 
 from easel.errors import (
@@ -36,6 +41,20 @@ if TYPE_CHECKING:
     from starlette.responses import JSONResponse
 
 log = logging.getLogger("easel.server")
+
+OBJECT_REPR = re.compile(r"<[^<>]*? at 0x[0-9a-fA-F]+>")  # "<_io.BytesIO object at 0x7f...>"
+# An absolute path with at least two parts (/a/b, C:\a\b); not a URL's path (it follows the host
+# name) nor one of this server's routes.
+SERVER_PATH = re.compile(
+    r"(?<![\w.:/~\\-])(?:/(?!(?:api|sdapi|v1|controlnet)/)|[A-Za-z]:\\)"
+    r"(?:[^\s'\"()<>\[\]{},;:/\\]+[/\\])+[^\s'\"()<>\[\]{},;:]*"
+)
+
+
+def public_message(message: str) -> str:
+    """`message` fit for a client: object reprs and the server's file-system paths (the HF
+    cache, the gallery, model folders) left out. The CLI keeps them: they are the user's."""
+    return SERVER_PATH.sub("<server path>", OBJECT_REPR.sub("<object>", message))
 
 
 class PayloadTooLarge(InvalidRequest):
@@ -84,6 +103,10 @@ def describe(error: BaseException) -> Problem:
 
     if isinstance(error, RequestValidationError):
         return _validation_problem(error)
+    if isinstance(error, HTTPException) and error.status_code == 400 and error.__cause__ is not None:
+        body = _body_problem(error.__cause__)  # FastAPI's "There was an error parsing the body"
+        if body is not None:
+            return body
     if isinstance(error, HTTPException):  # routing: 404 unknown path, 405 wrong method
         return Problem(error.status_code, "HTTPError", str(error.detail), headers=dict(error.headers or {}))
     for kind, status in STATUS:
@@ -96,6 +119,20 @@ def describe(error: BaseException) -> Problem:
             name = next(cls.__name__ for cls in type(error).__mro__ if cls in dict(STATUS))
             return Problem(status, name, str(error), getattr(error, "field", None), headers)
     return Problem(500, "InternalError", "internal server error (see the server log)")
+
+
+def _body_problem(cause: BaseException) -> Problem | None:
+    """Why FastAPI could not read a JSON body, as the client's error it is."""
+    if isinstance(cause, PayloadTooLarge):  # counted by BodyLimitMiddleware while read
+        return describe(cause)
+    if isinstance(cause, RecursionError):
+        return Problem(422, "InvalidRequest", "invalid body: JSON nested too deeply", "body")
+    if isinstance(cause, UnicodeDecodeError):
+        return Problem(422, "InvalidRequest", f"invalid body: not valid UTF-8 JSON ({cause.reason} at byte "
+                       f"{cause.start})", "body")  # fmt: skip
+    if isinstance(cause, ValueError):
+        return Problem(422, "InvalidRequest", f"invalid body: not readable JSON ({cause})", "body")
+    return None
 
 
 def _validation_problem(error: Any) -> Problem:
@@ -152,14 +189,18 @@ def flavour_of(path: str) -> str:
 RENDERERS = {"native": _native_body, "a1111": _a1111_body, "openai": _openai_body}
 
 
-def error_response(error: BaseException, path: str) -> JSONResponse:
-    """The response for `error` on a route under `path`."""
+def error_response(error: BaseException, path: str, *, close: bool = False) -> JSONResponse:
+    """The response for `error` on a route under `path`; `close` (and every 5xx) ends the
+    connection after it."""
     from starlette.responses import JSONResponse
 
     problem = describe(error)
     if problem.status >= 500 and problem.type == "InternalError":
         log.error("unexpected error on %s", path, exc_info=error)
     headers = {"x-should-retry": "true" if problem.status == 429 else "false", **problem.headers}
+    if close or problem.status >= 500:
+        headers["Connection"] = "close"
+    problem = dataclasses.replace(problem, message=public_message(problem.message))
     return JSONResponse(RENDERERS[flavour_of(path)](problem), status_code=problem.status, headers=headers)
 
 

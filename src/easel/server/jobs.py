@@ -36,6 +36,7 @@ from easel.storage.database import reading, transaction
 
 if TYPE_CHECKING:
     from easel.engine import Easel
+    from easel.limits import Limits
     from easel.result import Progress
     from easel.storage.gallery import Gallery
 
@@ -237,9 +238,17 @@ class JobQueue:
     """The bounded queue and its workers; the only caller of Easel.generate in the server."""
 
     def __init__(
-        self, engine: Easel, gallery: Gallery, store: JobStore, *, size: int, workers: int = 1
+        self,
+        engine: Easel,
+        gallery: Gallery,
+        store: JobStore,
+        *,
+        size: int,
+        workers: int = 1,
+        limits: Limits | None = None,
     ) -> None:
         self.engine, self.gallery, self.store = engine, gallery, store
+        self.limits = limits  # checked by the engine on the concrete request (defaults filled in)
         self.size, self.workers = size, max(1, workers)
         self._lock = threading.Condition()
         self._waiting: deque[Job] = deque()
@@ -380,7 +389,9 @@ class JobQueue:
                 job.version += 1
 
         try:
-            result = self.engine.generate(job.request, on_progress=on_progress, cancel=job.cancel)
+            result = self.engine.generate(
+                job.request, on_progress=on_progress, cancel=job.cancel, limits=self.limits
+            )
             saved, _ = save_result(result, gallery=self.gallery, output=None, grid=False)
         except Cancelled as error:
             with self._lock:
@@ -417,7 +428,10 @@ class JobQueue:
         """Record the end of a job and wake its waiters (called with the lock held)."""
         job.status, job.finished_at = status, _now()
         if error is not None:
-            job.error = {"type": _kind(error), "message": str(error), "field": getattr(error, "field", None)}
+            from easel.server.errors import public_message  # (errors imports this module)
+
+            job.error = {"type": _kind(error), "message": public_message(str(error)),
+                         "field": getattr(error, "field", None)}  # fmt: skip
         job.version += 1
         self.store.save(job)
         job.done.set()

@@ -33,34 +33,39 @@ import json
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query
-from fastapi.responses import FileResponse, StreamingResponse
+from fastapi import APIRouter, Depends, Path, Query
+from fastapi.responses import FileResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from easel.errors import InvalidRequest, UnsupportedFeature
+from easel.prompts.checks import MAX_PROMPT_CHARS
 from easel.request import GenerationRequest
+from easel.server import openapi as api
 from easel.server.app import ServerState, public_models, state_of
 from easel.server.errors import ImageNotFound
 from easel.server.jobs import Job, public_request
+from easel.server.openapi import NATIVE, documented
 from easel.storage.gallery import GalleryEntry
 
 State = Annotated[ServerState, Depends(state_of)]
+JobId = Annotated[str, Path(pattern=api.ID_PATTERN, description="32 hex characters")]
+ImageId = Annotated[str, Path(pattern=api.ID_PATTERN, description="32 hex characters")]
 
 
 class TokensRequest(BaseModel):
     """A prompt to count, as the form holds it."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
-    prompt: str = Field("", max_length=20000)
+    prompt: str = Field("", max_length=MAX_PROMPT_CHARS)
     model: str | None = None
-    prompt_syntax: str = "compel"
+    prompt_syntax: str = Field("compel", json_schema_extra={"enum": ["compel", "a1111", "plain"]})
 
 
 class ImageBody(BaseModel):
     """An uploaded image (base64 or a data URL)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)  # strict: canny_low=true is refused
 
     image: str
 
@@ -68,7 +73,8 @@ class ImageBody(BaseModel):
 class ControlPreviewRequest(ImageBody):
     """What a ControlUnit's preprocessor would make of an image (same names and limits)."""
 
-    preprocessor: str = "none"
+    preprocessor: str = Field("none", json_schema_extra={"enum": ["none", "canny"]},
+                              description="detectors load models: no preview")  # fmt: skip
     canny_low: int = Field(100, ge=0, le=255)
     canny_high: int = Field(200, ge=0, le=255)
 
@@ -90,42 +96,65 @@ def gallery_entry(state: ServerState, image_id: str) -> GalleryEntry:
         raise
 
 
-def submit(state: ServerState, request: GenerationRequest, source: str) -> Job:
-    """Every door's way in: the policy checks, then the queue."""
-    return state.queue.submit(state.policy.check(request), source)
+async def submit(state: ServerState, request: GenerationRequest, source: str) -> Job:
+    """Every door's way in: the policy checks, the prompts (parsed in a worker thread, so a
+    long prompt never stalls the event loop; bounded, see easel.prompts.checks), the queue."""
+    from starlette.concurrency import run_in_threadpool
+
+    from easel.prompts.checks import check_prompts
+
+    checked = state.policy.check(request)
+    await run_in_threadpool(check_prompts, checked)
+    return state.queue.submit(checked, source)
 
 
 def build_router() -> APIRouter:
     """The routes of this API, built per app (create_app), so no router is shared module state."""
     router = APIRouter()
 
-    @router.get("/health", tags=["native"])
+    @router.get("/health", tags=["native"], **documented(NATIVE, api.Health, public=True))
     async def health() -> dict[str, str]:
         """Liveness only: says nothing about the configuration (open without the key)."""
         return {"status": "ok"}
 
-    @router.post("/api/v1/jobs", status_code=202, tags=["native"])
+    @router.head("/health", include_in_schema=False)
+    async def health_head() -> Response:
+        """HEAD /health for load balancers and `curl -I`: 200, no body."""
+        return Response(status_code=200)
+
+    @router.post(
+        "/api/v1/jobs",
+        tags=["native"],
+        **documented(NATIVE, api.JobRecord, *api.BODY, 429, status=202, links=api.JOB_LINKS),
+    )
     async def create_job(request: GenerationRequest, state: State) -> dict[str, Any]:
         """Queue a generation; returns at once with the job id."""
-        return submit(state, request, "native").describe()
+        return (await submit(state, request, "native")).describe()
 
-    @router.get("/api/v1/jobs", tags=["native"])
+    @router.get("/api/v1/jobs", tags=["native"], **documented(NATIVE, list[api.JobRecord], 422))
     async def list_jobs(
         state: State, limit: Annotated[int, Query(ge=1, le=500)] = 50
     ) -> list[dict[str, Any]]:
         return [job.describe() for job in state.queue.recent(limit)]
 
-    @router.get("/api/v1/jobs/{job_id}", tags=["native"])
-    async def get_job(job_id: str, state: State) -> dict[str, Any]:
+    @router.get("/api/v1/jobs/{job_id}", tags=["native"], **documented(NATIVE, api.JobRecord, 404, 422))
+    async def get_job(job_id: JobId, state: State) -> dict[str, Any]:
         return state.queue.get(job_id).describe()
 
-    @router.post("/api/v1/jobs/{job_id}/cancel", tags=["native"])
-    async def cancel_job(job_id: str, state: State) -> dict[str, Any]:
+    @router.post(
+        "/api/v1/jobs/{job_id}/cancel", tags=["native"], **documented(NATIVE, api.JobRecord, 404, 409, 422)
+    )
+    async def cancel_job(job_id: JobId, state: State) -> dict[str, Any]:
         """Queued jobs are cancelled at once; a running job stops at its next denoising step."""
         return state.queue.cancel(job_id).describe()
 
-    @router.get("/api/v1/jobs/{job_id}/events", tags=["native"])
-    async def job_events(job_id: str, state: State) -> StreamingResponse:
+    @router.get(
+        "/api/v1/jobs/{job_id}/events",
+        tags=["native"],
+        response_class=StreamingResponse,
+        **documented(NATIVE, api.JOB_EVENT, 404, 422, media_type="text/event-stream"),
+    )
+    async def job_events(job_id: JobId, state: State) -> StreamingResponse:
         """Server-sent events: `progress` ({status, step, total, position}: 1 = next to run,
         null once running) on every change, then `end` with the full job record."""
         job = state.queue.get(job_id)
@@ -149,14 +178,18 @@ def build_router() -> APIRouter:
             events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"}
         )
 
-    @router.post("/api/v1/generate", tags=["native"])
+    @router.post(
+        "/api/v1/generate",
+        tags=["native"],
+        **documented(NATIVE, api.JobRecord, *api.GENERATION, links=api.IMAGE_LINKS),
+    )
     async def generate(
         request: GenerationRequest,
         state: State,
         include_images: Annotated[bool, Query(description="Add each PNG as base64 (b64_png)")] = False,
     ) -> dict[str, Any]:
         """Submit and wait for the result; errors come back as they would from the job."""
-        job = await state.queue.wait(submit(state, request, "native"))
+        job = await state.queue.wait(await submit(state, request, "native"))
         error = job.exception()
         if error is not None:
             raise error
@@ -167,14 +200,23 @@ def build_router() -> APIRouter:
                 image["b64_png"] = base64.b64encode(data).decode("ascii")
         return record
 
-    @router.get("/api/v1/images/{image_id}", tags=["native"], response_class=FileResponse)
-    async def get_image(image_id: str, state: State) -> FileResponse:
+    @router.get(
+        "/api/v1/images/{image_id}",
+        tags=["native"],
+        response_class=FileResponse,
+        **documented(NATIVE, api.PNG, 404, 422, media_type="image/png"),
+    )
+    async def get_image(image_id: ImageId, state: State) -> FileResponse:
         """The image file as the gallery keeps it: PNG with the A1111 parameters and easel recipe."""
         entry = gallery_entry(state, image_id)
         return FileResponse(entry.path, media_type="image/png", filename=f"{entry.id}.png")
 
-    @router.get("/api/v1/images/{image_id}/metadata", tags=["native"])
-    async def get_image_metadata(image_id: str, state: State) -> dict[str, Any]:
+    @router.get(
+        "/api/v1/images/{image_id}/metadata",
+        tags=["native"],
+        **documented(NATIVE, api.ImageMetadata, 404, 422),
+    )
+    async def get_image_metadata(image_id: ImageId, state: State) -> dict[str, Any]:
         from easel.storage.metadata import read_metadata
 
         entry = gallery_entry(state, image_id)
@@ -189,11 +231,11 @@ def build_router() -> APIRouter:
             "easel": document,
         }
 
-    @router.get("/api/v1/models", tags=["native"])
+    @router.get("/api/v1/models", tags=["native"], **documented(NATIVE, list[api.ModelEntry]))
     async def list_models(state: State) -> list[dict[str, Any]]:
         return public_models(state)
 
-    @router.get("/api/v1/gallery", tags=["native"])
+    @router.get("/api/v1/gallery", tags=["native"], **documented(NATIVE, list[api.GalleryItem], 422))
     async def gallery(
         state: State,
         search: str | None = None,
@@ -213,13 +255,13 @@ def build_router() -> APIRouter:
             for entry in entries
         ]
 
-    @router.delete("/api/v1/images/{image_id}", tags=["native"])
-    async def delete_image(image_id: str, state: State) -> dict[str, str]:
+    @router.delete("/api/v1/images/{image_id}", tags=["native"], **documented(NATIVE, api.Deleted, 404, 422))
+    async def delete_image(image_id: ImageId, state: State) -> dict[str, str]:
         """Remove the file and its gallery row (jobs that made it keep their records)."""
         state.gallery.delete(gallery_entry(state, image_id).id)
         return {"deleted": image_id}
 
-    @router.get("/api/v1/models/info", tags=["native"])
+    @router.get("/api/v1/models/info", tags=["native"], **documented(NATIVE, api.ModelInfo, 404, 422))
     async def model_info(state: State, model: str | None = None) -> dict[str, Any]:
         """What a form needs to know about a model: its family, tasks, the family-only fields
         it takes (refiner..., prior...), whether ControlNets steer it, and its defaults.
@@ -237,13 +279,13 @@ def build_router() -> APIRouter:
             "defaults": {"steps": family.default_steps, "guidance_scale": family.default_guidance},
         }
 
-    @router.get("/api/v1/schedulers", tags=["native"])
+    @router.get("/api/v1/schedulers", tags=["native"], **documented(NATIVE, list[str]))
     async def schedulers() -> list[str]:
         from easel.schedulers import known_scheduler_names
 
         return known_scheduler_names()
 
-    @router.get("/api/v1/control", tags=["native"])
+    @router.get("/api/v1/control", tags=["native"], **documented(NATIVE, api.ControlOptions))
     async def control_options() -> dict[str, list[str]]:
         """ControlNet models (`demo` and those in the HF cache) and preprocessor names."""
         from easel.control.preprocessors import PREPROCESSORS
@@ -251,7 +293,9 @@ def build_router() -> APIRouter:
 
         return {"models": list_control_models(), "preprocessors": list(PREPROCESSORS)}
 
-    @router.post("/api/v1/control/preview", tags=["native"])
+    @router.post(
+        "/api/v1/control/preview", tags=["native"], **documented(NATIVE, api.ControlPreview, *api.BODY)
+    )
     async def control_preview(body: ControlPreviewRequest, state: State) -> dict[str, Any]:
         """The control image a unit would use, for a form to show before generating. Only the
         model-free preprocessors (none, canny): a detector loads weights, which only jobs do."""
@@ -276,7 +320,7 @@ def build_router() -> APIRouter:
         return {"image": "data:image/png;base64," + base64.b64encode(png).decode("ascii"),
                 "width": width, "height": height}  # fmt: skip
 
-    @router.post("/api/v1/tokens", tags=["native"])
+    @router.post("/api/v1/tokens", tags=["native"], **documented(NATIVE, api.TokenCount, 404, *api.BODY))
     async def tokens(body: TokensRequest, state: State) -> dict[str, Any]:
         """Token count of a prompt with the model's own tokenizer (files only, no weights)."""
         reference = None if body.model is None else state.policy.model_reference(body.model, field="model")
@@ -286,7 +330,7 @@ def build_router() -> APIRouter:
         return {"tokens": count.tokens, "chunks": count.chunks, "capacity": count.capacity,
                 "text": str(count)}  # fmt: skip
 
-    @router.post("/api/v1/png-info", tags=["native"])
+    @router.post("/api/v1/png-info", tags=["native"], **documented(NATIVE, api.PngInfo, *api.BODY))
     async def png_info(body: ImageBody, state: State) -> dict[str, Any]:
         """What an image says about how it was made (easel's recipe, or any tool's A1111
         parameters), plus `request`: those settings as GenerationRequest fields for a form."""
@@ -313,11 +357,12 @@ def build_router() -> APIRouter:
 def _preview_png(data: bytes, body: ControlPreviewRequest) -> tuple[bytes, int, int]:
     import io
 
-    from PIL import Image, ImageOps
+    from PIL import ImageOps
 
     from easel.control.preprocessors import preprocess
+    from easel.storage.images import opened_image
 
-    with Image.open(io.BytesIO(data)) as opened:
+    with opened_image(data, field="image") as opened:  # truncated or corrupt data: a 422 naming it
         image = ImageOps.exif_transpose(opened).convert("RGB")
     processed = preprocess(image, body.preprocessor, canny_low=body.canny_low, canny_high=body.canny_high,
                            field="preprocessor")  # fmt: skip

@@ -16,48 +16,55 @@ model names (dall-e-*, gpt-image-*) mean the server's current model. Responses a
 from __future__ import annotations
 
 import base64
+import re
 import time
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from easel.errors import InvalidRequest, UnsupportedFeature
-from easel.request import GenerationRequest
+from easel.request import MAX_SEED, GenerationRequest
+from easel.server import openapi as api
 from easel.server.app import ServerState, state_of
 from easel.server.jobs import Job
 from easel.server.native import gallery_entry, submit
+from easel.server.openapi import OPENAI, documented
 
 State = Annotated[ServerState, Depends(state_of)]
 OPENAI_MODELS = ("dall-e-", "gpt-image-")
 OUR_FIELDS = {"guidance_scale", "negative_prompt", "seed", "steps", "scheduler", "strength", "prompt_syntax"}
 THEIR_FIELD = {"num_images": "n", "width": "size", "height": "size", "init_image": "image"}
+SIZE_PATTERN = r"^(auto|[0-9]+[xX][0-9]+)$"  # what _size reads (GenerationRequest checks the numbers)
+RESPONSE_FORMATS = ("b64_json", "url")
 
 
 class GenerationsRequest(BaseModel):
     """OpenAI's fields plus easel's extras; unknown fields (quality, style, user) are ignored."""
 
-    model_config = ConfigDict(extra="ignore")
+    # strict: JSON types as documented (guidance_scale=false is refused, not taken as 0)
+    model_config = ConfigDict(extra="ignore", strict=True)
 
     prompt: str
-    n: int = Field(1, ge=1)
-    size: str | None = None
-    response_format: str = "b64_json"
+    n: int = Field(1, ge=1, le=64)
+    size: str | None = Field(None, json_schema_extra={"pattern": SIZE_PATTERN}, description="WxH or auto")
+    response_format: str = Field("b64_json", json_schema_extra={"enum": list(RESPONSE_FORMATS)})
     model: str | None = None
-    seed: int | None = None
+    seed: int | None = Field(None, ge=-1, le=MAX_SEED)
     negative_prompt: str = ""
-    steps: int | None = None
-    guidance_scale: float | None = None
+    steps: int | None = Field(None, ge=1, le=1000)
+    guidance_scale: float | None = Field(None, ge=0, le=100)
     scheduler: str | None = None
-    prompt_syntax: str = "plain"  # OpenAI prompts are natural language: no weighting syntax
+    # OpenAI prompts are natural language: no weighting syntax
+    prompt_syntax: Literal["compel", "a1111", "plain"] = "plain"
 
 
 def _size(size: str | None) -> tuple[int | None, int | None]:
     if size is None or size == "auto":
         return None, None
-    width, _, height = size.lower().partition("x")
-    if not (width.isdigit() and height.isdigit()):
+    if not re.fullmatch(SIZE_PATTERN, size):
         raise InvalidRequest(f"invalid size={size!r}: use WIDTHxHEIGHT, e.g. 512x512, or auto", field="size")
+    width, _, height = size.lower().partition("x")
     return int(width), int(height)
 
 
@@ -83,6 +90,8 @@ def _request(state: ServerState, fields: dict[str, Any]) -> GenerationRequest:
 async def _respond(state: ServerState, request: Request, job: Job, response_format: str) -> dict[str, Any]:
     job = await state.queue.wait(job)
     error = job.exception()
+    if isinstance(error, InvalidRequest) and error.field in THEIR_FIELD:  # name the field the client sent
+        raise InvalidRequest(str(error), field=THEIR_FIELD[error.field], value=error.value)
     if error is not None:
         raise error
     data = []
@@ -98,12 +107,28 @@ async def _respond(state: ServerState, request: Request, job: Job, response_form
 
 
 def _response_format(value: str | None) -> str:
-    value = value or "b64_json"
-    if value not in ("b64_json", "url"):
+    value = "b64_json" if value is None else value
+    if value not in RESPONSE_FORMATS:
         raise InvalidRequest(
             f"invalid response_format={value!r}: use b64_json or url", field="response_format", value=value
         )
     return value
+
+
+FORM_NUMBERS = {"n": int, "seed": int, "steps": int, "guidance_scale": float, "strength": float}
+NUMBER_TEXT = {int: re.compile(r"[+-]?[0-9]+"),
+               float: re.compile(r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?")}  # fmt: skip
+
+
+def _form_value(name: str, text: str) -> Any:
+    """A multipart text field as the type its JSON field has (numbers as JSON writes them)."""
+    kind = FORM_NUMBERS.get(name)
+    if kind is None:
+        return text
+    if not NUMBER_TEXT[kind].fullmatch(text):
+        expected = "an integer" if kind is int else "a number"
+        raise InvalidRequest(f"invalid {name}={text!r}: must be {expected}", field=name, value=text)
+    return kind(text)
 
 
 EDITS_SCHEMA = {
@@ -118,11 +143,16 @@ EDITS_SCHEMA = {
                         "image": {"type": "string", "format": "binary"},
                         "mask": {"type": "string", "format": "binary", "description": "not supported yet"},
                         "prompt": {"type": "string"},
-                        "n": {"type": "integer"},
-                        "size": {"type": "string"},
-                        "response_format": {"type": "string", "enum": ["b64_json", "url"]},
+                        "n": {"type": "integer", "minimum": 1, "maximum": 64},
+                        "size": {"type": "string", "pattern": SIZE_PATTERN},
+                        "response_format": {"type": "string", "enum": list(RESPONSE_FORMATS)},
                         "model": {"type": "string"},
                         **{name: {"type": "string"} for name in sorted(OUR_FIELDS)},
+                        "seed": {"type": "integer", "minimum": -1, "maximum": MAX_SEED},
+                        "steps": {"type": "integer", "minimum": 1, "maximum": 1000},
+                        "guidance_scale": {"type": "number", "minimum": 0, "maximum": 100},
+                        "strength": {"type": "number", "minimum": 0, "maximum": 1},
+                        "prompt_syntax": {"type": "string", "enum": ["compel", "a1111", "plain"]},
                     },
                 }
             }
@@ -135,14 +165,16 @@ def build_router() -> APIRouter:
     """The routes of this API, built per app (create_app), so no router is shared module state."""
     router = APIRouter(prefix="/v1/images", tags=["OpenAI"])
 
-    @router.post("/generations")
+    @router.post("/generations", **documented(OPENAI, api.OpenAIImages, *api.GENERATION))
     async def generations(body: GenerationsRequest, request: Request, state: State) -> dict[str, Any]:
         response_format = _response_format(body.response_format)
         fields = body.model_dump(exclude={"response_format"})
         generation = _request(state, fields)
-        return await _respond(state, request, submit(state, generation, "openai"), response_format)
+        return await _respond(state, request, await submit(state, generation, "openai"), response_format)
 
-    @router.post("/edits", openapi_extra=EDITS_SCHEMA)
+    @router.post(
+        "/edits", openapi_extra=EDITS_SCHEMA, **documented(OPENAI, api.OpenAIImages, *api.GENERATION)
+    )
     async def edits(request: Request, state: State) -> dict[str, Any]:
         """Image-to-image from an uploaded image (multipart, as the openai client sends it)."""
         from starlette.datastructures import UploadFile
@@ -177,11 +209,11 @@ def build_router() -> APIRouter:
             if name in text:
                 fields[name] = text[name]
         for name in ("n", *sorted(OUR_FIELDS)):
-            if name in text and text[name] != "":
-                fields[name] = text[name]  # strings: GenerationRequest validates and converts them
+            if name in text and (text[name] != "" or name in FORM_NUMBERS):  # "": a blank text field
+                fields[name] = _form_value(name, text[name])
         fields["init_image"] = state.policy.data_url(data, field="image")
         response_format = _response_format(text.get("response_format"))
         generation = _request(state, fields)
-        return await _respond(state, request, submit(state, generation, "openai"), response_format)
+        return await _respond(state, request, await submit(state, generation, "openai"), response_format)
 
     return router

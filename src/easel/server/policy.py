@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import io
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -86,39 +85,34 @@ class DoorPolicy:
         self.settings = settings
 
     def check(self, request: GenerationRequest) -> GenerationRequest:
-        s = self.settings
-        pixels = (request.width or 0) * (request.height or 0)
-        if pixels > s.max_pixels:
-            raise InvalidRequest(
-                f"invalid width x height={request.width}x{request.height}: more than this server's "
-                f"limit of {s.max_pixels} pixels",
-                field="width",
-                value=request.width,
-            )
-        for name in ("steps", "prior_steps"):
-            value = getattr(request, name, None)
-            if value is not None and value > s.max_steps:
-                raise InvalidRequest(
-                    f"invalid {name}={value}: more than this server's limit of {s.max_steps}",
-                    field=name,
-                    value=value,
-                )
-        if request.num_images > s.max_images:
-            raise InvalidRequest(
-                f"invalid num_images={request.num_images}: more than this server's limit of {s.max_images}",
-                field="num_images",
-                value=request.num_images,
-            )
+        from easel.limits import Limits
+
+        limits = Limits.of(self.settings)
+        limits.check(request)  # what the request states; the engine checks the rest once known
         updates: dict[str, Any] = {}
         for name in ("model", "refiner", "prior"):
             value = getattr(request, name, None)
             if value is not None:
                 updates[name] = self.model_reference(value, field=name)
+        sizes = []  # input image sizes, in the order the engine takes the output size from them
         if request.init_image is not None:
-            self.image_reference(request.init_image, field="init_image")
+            sizes.append(self.image_reference(request.init_image, field="init_image"))
+        if getattr(request, "mask_image", None) is not None:  # fitted to the init image: no size of its own
+            self.image_reference(request.mask_image, field="mask_image")
         for index, unit in enumerate(getattr(request, "controls", None) or ()):
-            self.image_reference(unit.image, field=f"controls[{index}].image")
+            sizes.append(self.image_reference(unit.image, field=f"controls[{index}].image"))
             self.control_model_reference(unit.model, field=f"controls[{index}].model")
+        if sizes and sizes[0] is not None and (request.width is None or request.height is None):
+            # the engine will size the output from this image (multiples of 8, plus any
+            # outpainted border): refuse it now
+            width, height = (max(8, side // 8 * 8) for side in sizes[0])
+            if getattr(request, "outpaint", None) is not None:
+                left, top, right, bottom = request.outpaint
+                width, height = width + left + right, height + top + bottom
+            sized = request.model_copy(
+                update={"width": request.width or width, "height": request.height or height}
+            )
+            limits.check(sized, defaulted=frozenset({"width", "height"}))
         return request.model_copy(update=updates) if updates else request
 
     def control_model_reference(self, value: str, *, field: str) -> str:
@@ -136,7 +130,7 @@ class DoorPolicy:
 
     @staticmethod
     def _hub_id(title: str, value: str, *, field: str) -> str:
-        from easel.models.reference import HUB_ID, PICKLE_SUFFIXES, SAFE_SUFFIXES
+        from easel.models.reference import HUB_ID, PICKLE_SUFFIXES, SAFE_SUFFIXES, check_hub_id
 
         looks_like_path = (
             title.startswith((".", "/", "~")) or "\\" in title or title.count("/") != 1
@@ -149,14 +143,16 @@ class DoorPolicy:
                 field=field,
                 value=value,
             )
+        check_hub_id(title, field=field, value=value)  # huggingface_hub's own rules: 96 chars, no "..", ...
         return title
 
-    def image_reference(self, value: str, *, field: str) -> None:
-        """Data URLs are checked here; URLs only when allowed; paths never."""
+    def image_reference(self, value: str, *, field: str) -> tuple[int, int] | None:
+        """Data URLs are checked here (their size returned); URLs only when allowed (not
+        fetched here: size unknown); paths never."""
         if value.startswith("data:"):
-            self.image_bytes(_decode_base64(value.partition(",")[2], field=field, limit=self._b64_limit),
-                             field=field)  # fmt: skip
-            return
+            return self.image_bytes(
+                _decode_base64(value.partition(",")[2], field=field, limit=self._b64_limit), field=field
+            )
         if value.startswith(("http://", "https://")):
             if not self.settings.allow_url_images:
                 raise InvalidRequest(
@@ -165,7 +161,7 @@ class DoorPolicy:
                     "with --allow-url-images",
                     field=field,
                 )
-            return
+            return None
         raise InvalidRequest(
             f"invalid {field}: the server does not read local paths; send the image as base64 / a data URL",
             field=field,
@@ -173,17 +169,20 @@ class DoorPolicy:
 
     def data_url(self, data: bytes | str, *, field: str) -> str:
         """An uploaded image (bytes, base64 or a data URL) as a checked PNG-labelled data URL."""
+        if not isinstance(data, bytes | str):  # JSON a client sent: a number, a list, an object
+            raise InvalidRequest(
+                f"invalid {field}: expected a base64 image (a string), got {type(data).__name__}", field=field
+            )
         if isinstance(data, str):
             data = _decode_base64(data.partition(",")[2] if data.startswith("data:") else data,
                                   field=field, limit=self._b64_limit)  # fmt: skip
         self.image_bytes(data, field=field)
         return "data:image/png;base64," + base64.b64encode(data).decode("ascii")
 
-    def image_bytes(self, data: bytes, *, field: str) -> None:
-        """Size in bytes and in pixels (read from the header, before any decoding)."""
-        from PIL import Image, UnidentifiedImageError
-
-        from easel.storage.images import MAX_PIXELS
+    def image_bytes(self, data: bytes, *, field: str) -> tuple[int, int]:
+        """Size in bytes and in pixels (read from the header, before any decoding); returns
+        (width, height)."""
+        from easel.storage.images import MAX_PIXELS, opened_image
 
         if len(data) > self.settings.max_upload_bytes:
             raise PayloadTooLarge(
@@ -192,11 +191,8 @@ class DoorPolicy:
                 field=field,
                 value=len(data),
             )
-        try:
-            with Image.open(io.BytesIO(data)) as image:
-                width, height = image.size
-        except (UnidentifiedImageError, OSError, Image.DecompressionBombError, SyntaxError) as error:
-            raise InvalidRequest(f"invalid {field}: not a readable image ({error})", field=field) from None
+        with opened_image(data, field=field) as image:  # the header only; formats, text-chunk bombs
+            width, height = image.size
         if width * height > MAX_PIXELS:
             raise InvalidRequest(
                 f"invalid {field}: {width}x{height} is larger than the {MAX_PIXELS // 1_000_000} megapixel "
@@ -204,6 +200,7 @@ class DoorPolicy:
                 field=field,
                 value=f"{width}x{height}",
             )
+        return width, height
 
     @property
     def _b64_limit(self) -> int:

@@ -8,7 +8,9 @@
   as password (webuiapi, browsers). This is ASGI middleware, not a route dependency, so a
   route added later cannot forget it.
 - Body size: Content-Length over the limit is refused before reading; a chunked body is
-  counted while it is read.
+  counted while it is read, and once over the limit the app's own answer to the cut-off body
+  is replaced by the 413 (in the flavour of the path). Both close the connection: the rest
+  of the body is never read.
 """
 
 from __future__ import annotations
@@ -104,19 +106,34 @@ class BodyLimitMiddleware:
         headers = dict(scope.get("headers") or [])
         length = headers.get(b"content-length")
         if length is not None and length.isdigit() and int(length) > self.limit:
-            await error_response(self._too_large(int(length)), scope["path"])(scope, receive, send)
+            refusal = error_response(self._too_large(int(length)), scope["path"], close=True)
+            await refusal(scope, receive, send)
             return
-        seen = 0
+        seen, refused, started = 0, None, False
 
         async def counting_receive() -> Message:
-            nonlocal seen
+            nonlocal seen, refused
             message = await receive()
             seen += len(message.get("body", b""))
             if seen > self.limit:
-                raise self._too_large(seen)
+                refused = self._too_large(seen)
+                raise refused
             return message
 
-        await self.app(scope, counting_receive, send)
+        async def guarded_send(message: Message) -> None:
+            nonlocal started
+            if refused is not None:  # the app's own answer to the cut-off body ("error parsing"): 413 instead
+                return
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, counting_receive, guarded_send)
+        except Exception:  # whatever the app made of the cut-off body, the answer is 413
+            if refused is None or started:
+                raise
+        if refused is not None and not started:
+            await error_response(refused, scope["path"], close=True)(scope, receive, send)
 
     def _too_large(self, size: int) -> PayloadTooLarge:
         return PayloadTooLarge(

@@ -4,6 +4,12 @@ Users pass a path, an http(s) URL or a data: URL (what browsers and the A1111 AP
 Whatever comes in is made safe and regular here: EXIF orientation applied (phone photos),
 converted to RGB (RGBA/P/L inputs), decompression bombs refused, and any failure reported as
 an InvalidRequest naming the field, never as a PIL traceback.
+
+Only IMAGE_FORMATS are read (opened_image, the one way easel opens an image it is handed):
+PNG, JPEG and WebP, what browsers, phones and the A1111/OpenAI clients send, plus GIF (its
+first frame) and BMP, which Pillow decodes in its own small code. Not TIFF (libtiff and its
+many codecs are a large attack surface, and no client sends TIFF), and none of Pillow's other
+formats: EPS would run Ghostscript on whatever PostScript a caller sends.
 """
 
 from __future__ import annotations
@@ -14,10 +20,12 @@ import io
 import re
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import IO, TYPE_CHECKING
 
-from easel.errors import InvalidRequest
+from easel.errors import EaselError, InvalidRequest
 
 if TYPE_CHECKING:
     from PIL.Image import Image
@@ -27,37 +35,109 @@ STORED_INPUT = re.compile(r"^[0-9a-f]{64}\.png$")
 MAX_DOWNLOAD_BYTES = 50 * 1024 * 1024
 MAX_PIXELS = 4096 * 4096
 DOWNLOAD_TIMEOUT_S = 30
+IMAGE_FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP")  # Pillow's names; see the module docstring
+READABLE = "PNG, JPEG or WebP"  # what messages ask for (GIF and BMP are read, not advertised)
+OBJECT_REPR = re.compile(r"<[^<>]*? at 0x[0-9a-fA-F]+>")  # "<_io.BytesIO object at 0x7f...>"
+TEXT_CHUNK_ERRORS = ("decompressed data too large", "too much memory used in text chunks")  # lower case
 
 
-def load_image(reference: str, *, field: str, stored_inputs: Path | None = None) -> Image:
-    """Open `reference` as an RGB image with EXIF orientation applied.
+@contextmanager
+def opened_image(
+    source: bytes | str | Path | IO[bytes], *, field: str, value: object = None
+) -> Iterator[Image]:
+    """Image.open limited to IMAGE_FORMATS. Every failure inside the block (opening, decoding,
+    converting) is an InvalidRequest naming `field` (and `value` when given): an unsupported
+    format by name, a PNG text chunk that inflates past Pillow's limit, truncated or corrupt
+    data. Pillow's own limits stay as they are; its object reprs never reach the message."""
+    from PIL import Image as PILImage
+
+    stream = io.BytesIO(source) if isinstance(source, bytes) else source
+    try:
+        with PILImage.open(stream, formats=IMAGE_FORMATS) as image:
+            yield image
+    except EaselError:
+        raise
+    except Exception as error:  # Pillow's decoders fail in many ways on hostile data
+        named = f"{field}={_short(str(value))}" if value is not None else field
+        raise InvalidRequest(f"invalid {named}: {_why_unreadable(error, source)}", field=field,
+                             value=value) from None  # fmt: skip
+
+
+def _why_unreadable(error: Exception, source: bytes | str | Path | IO[bytes]) -> str:
+    from PIL import PngImagePlugin, UnidentifiedImageError
+
+    if isinstance(error, UnidentifiedImageError):
+        found = _sniff_format(source)
+        if found is not None and found not in IMAGE_FORMATS:
+            return f"unsupported image format {found}: send {READABLE}"
+        return f"not a readable image ({READABLE})"
+    if isinstance(error, ValueError) and any(text in str(error).lower() for text in TEXT_CHUNK_ERRORS):
+        return (f"text chunk too large: the image's text chunks inflate past "
+                f"{PngImagePlugin.MAX_TEXT_CHUNK // 2**20} MB")  # fmt: skip
+    reason = OBJECT_REPR.sub("the data", str(error)).strip() or type(error).__name__
+    return f"not a readable image ({READABLE}): {reason}"
+
+
+def _sniff_format(source: bytes | str | Path | IO[bytes]) -> str | None:
+    """The format Pillow would take `source` for, from its first bytes only (nothing decoded)."""
+    from PIL import Image as PILImage
+
+    try:
+        if isinstance(source, bytes):
+            prefix = source[:16]
+        elif isinstance(source, str | Path):
+            with open(source, "rb") as file:
+                prefix = file.read(16)
+        else:
+            source.seek(0)
+            prefix = source.read(16)
+    except (OSError, ValueError):
+        return None
+    PILImage.init()
+    for name in PILImage.ID:
+        accept = PILImage.OPEN[name][1]
+        try:
+            if accept is not None and accept(prefix):
+                return name
+        except Exception:  # an accept function that wants more bytes: not this format
+            continue
+    return None
+
+
+def load_image(reference: str, *, field: str, stored_inputs: Path | None = None, mask: bool = False) -> Image:
+    """Open `reference` as an RGB image with EXIF orientation applied (`mask`: as an L mask,
+    see as_mask).
 
     `easel-input:<sha256>.png` names an input the gallery stored (in `stored_inputs`): image
     recipes refer to their inputs that way, so they replay without carrying a server path.
     """
-    from PIL import Image, ImageOps, UnidentifiedImageError
+    from PIL import ImageOps
 
     if reference.startswith(INPUT_SCHEME):
         reference = str(_stored_input(reference, field=field, folder=stored_inputs))
     data = _read_bytes(reference, field=field)
-    try:
-        with Image.open(io.BytesIO(data)) as opened:
-            if opened.width * opened.height > MAX_PIXELS:
-                raise InvalidRequest(
-                    f"invalid {field}={_short(reference)}: {opened.width}x{opened.height} is larger "
-                    f"than the {MAX_PIXELS // 1_000_000} megapixel limit",
-                    field=field,
-                    value=reference,
-                )
-            image = ImageOps.exif_transpose(opened)
-            image = image.convert("RGB")
-    except (UnidentifiedImageError, OSError, Image.DecompressionBombError, SyntaxError) as error:
-        raise InvalidRequest(
-            f"invalid {field}={_short(reference)}: not a readable image ({error})",
-            field=field,
-            value=reference,
-        ) from None
+    with opened_image(data, field=field, value=reference) as opened:
+        if opened.width * opened.height > MAX_PIXELS:
+            raise InvalidRequest(
+                f"invalid {field}={_short(reference)}: {opened.width}x{opened.height} is larger "
+                f"than the {MAX_PIXELS // 1_000_000} megapixel limit",
+                field=field,
+                value=reference,
+            )
+        image = ImageOps.exif_transpose(opened)
+        image = as_mask(image) if mask else image.convert("RGB")
     return image
+
+
+def as_mask(image: Image) -> Image:
+    """An inpainting mask as L (white = repaint), read as AUTOMATIC1111 reads one: a mask with
+    transparency (strokes painted on a transparent layer) is its alpha channel, opaque (> 128)
+    meaning repaint; any other image is its luminance."""
+    if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
+        alpha = image.convert("RGBA").getchannel("A")
+        if alpha.getextrema() != (255, 255):
+            return alpha.point(lambda value: 255 if value > 128 else 0)
+    return image.convert("L")
 
 
 def fit_to_multiple_of_8(image: Image, width: int | None, height: int | None) -> Image:
