@@ -105,3 +105,20 @@ def controlnet_models(hf_home: Path, sdxl_models: dict[str, Path]) -> dict[str, 
     from easel.testing.tiny_models import install_tiny_controlnets
 
     return install_tiny_controlnets(hf_home)
+
+
+TINY_SD15_INPAINT = "stable-diffusion-v1-5/stable-diffusion-inpainting"
+TINY_SDXL_INPAINT = "diffusers/stable-diffusion-xl-1.0-inpainting-0.1"
+TINY_KANDINSKY_INPAINT = "kandinsky-community/kandinsky-2-2-decoder-inpaint"
+
+
+@pytest.fixture(scope="session")
+def inpaint_models(
+    hf_home: Path, sdxl_models: dict[str, Path], kandinsky_models: dict[str, Path]
+) -> dict[str, Path]:
+    """Tiny dedicated inpainting models (9-channel UNets: SD 1.5, SDXL, the Kandinsky 2.2
+    decoder, whose card names the prior) under their real repo ids, beside the tiny SD 1.5, SDXL
+    and Kandinsky bases (the 4-channel SD/SDXL UNets inpaint too); snapshot folders."""
+    from easel.testing.tiny_models import install_tiny_inpainting
+
+    return install_tiny_inpainting(hf_home)

@@ -75,7 +75,7 @@ def test_model_info_names_family_fields(client):
     sdxl = client.get("/api/v1/models/info", params={"model": TINY_SDXL}).json()
     assert "refiner" in sdxl["options"] and "prior" not in sdxl["options"]
     refiner = client.get("/api/v1/models/info", params={"model": TINY_SDXL_REFINER}).json()
-    assert refiner["tasks"] == ["img2img"]
+    assert refiner["tasks"] == ["img2img", "inpaint"]
     kandinsky = client.get("/api/v1/models/info", params={"model": TINY_KANDINSKY}).json()
     assert "prior" in kandinsky["options"] and "refiner" not in kandinsky["options"]
     assert kandinsky["controlnet"] is False

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from easel.config import Settings
 from easel.errors import Cancelled, EaselError, GenerationFailed, InvalidRequest, UnsupportedFeature
 from easel.families.base import Family, RunOutput
+from easel.limits import Limits
 from easel.models.cache import LoadedComponent, LoadedModel, PipelineCache, detect_family
 from easel.models.control import ControlSource
 from easel.models.optimizations import check_options, prepare_task
@@ -31,6 +32,7 @@ from easel.schedulers import a1111_name_for
 if TYPE_CHECKING:
     from PIL.Image import Image
 
+    from easel.inpaint import InpaintJob
     from easel.prompts.encoding import TokenCount
 
 
@@ -98,9 +100,17 @@ class Easel:
         request: GenerationRequest,
         on_progress: ProgressCallback | None = None,
         cancel: CancelToken | None = None,
+        limits: Limits | None = None,
     ) -> GenerationResult:
-        """Make the images `request` describes."""
+        """Make the images `request` describes.
+
+        `cancel` is looked at before loading, after loading, after encoding the prompts and
+        after every denoising step; `limits` (a server's) are checked on the concrete request,
+        once defaults, sizes and the scheduler are known, before any denoising.
+        """
         started = time.perf_counter()
+        limits = limits or Limits()
+        _stop_if_cancelled(cancel, "before loading")
         # 1. model reference -> source -> family (reads configs only, no weights)
         source = self.resolve_model(request.model)
         family = detect_family(source)
@@ -110,13 +120,19 @@ class Easel:
         # control models (ControlNets), checked against the family from their configs
         controls = self._control_sources(request, family)
         # 2. family defaults; the request validator re-checks steps x strength now
+        given = {name for name in ("steps", "prior_steps", "width", "height") if getattr(request, name)}
         request = self._with_family_defaults(request, family)
+        limits.check(request, defaulted=frozenset({"steps", "prior_steps"} - given))
         # 3. inputs that need I/O
         init_image = self._load_init_image(request)
         from easel.control.images import fit_control_inputs, load_control_inputs, process_control_inputs
         from easel.storage.gallery import inputs_folder
 
         control_inputs = load_control_inputs(request, stored_inputs=inputs_folder(self.settings.home))
+        from easel.inpaint import check_inputs, load_mask
+
+        mask = load_mask(request, stored_inputs=inputs_folder(self.settings.home))
+        input_warnings = check_inputs(request, init_image, mask)  # mask shape, empty mask, canvas size
         device, dtype = self._device_and_dtype()
         options = self.settings.performance
         check_options(options, device)
@@ -156,10 +172,14 @@ class Easel:
             #    the model's native size; control images fitted to it, then preprocessed
             size_from = init_image if init_image is not None else next(iter(control_inputs), None)
             request = self._with_size(request, loaded, size_from)
+            limits.check(request, defaulted=frozenset({"width", "height"} - given))
+            _stop_if_cancelled(cancel, "after loading")
             if init_image is not None:
+                from easel.inpaint import init_size
                 from easel.storage.images import fit_to_multiple_of_8
 
-                init_image = fit_to_multiple_of_8(init_image, request.width, request.height)
+                # outpainting: the output size less the border
+                init_image = fit_to_multiple_of_8(init_image, *init_size(request))
             assert request.width is not None and request.height is not None
             control_inputs = fit_control_inputs(control_inputs, request.width, request.height)
             control_images = process_control_inputs(request, control_inputs)
@@ -168,10 +188,31 @@ class Easel:
                 loaded, request, companions=leased, controlnets=[c.module for c in controlnets]
             )
             sampler = a1111_name_for(type(pipe.scheduler).__name__, dict(pipe.scheduler.config))
+            limits.check_evaluations(request, pipe.scheduler, sampler or type(pipe.scheduler).__name__)
+            inpaint = None
+            if request.is_inpaint:  # the picture and mask the pipeline sees, and how to put it back
+                from easel.inpaint import prepare
+
+                assert init_image is not None
+                native = loaded.family.default_size(loaded.pipeline)
+                inpaint = prepare(request, init_image, mask, pipe, native)
+                inpaint.install_latent_fill(pipe)
             # 6. run
             output = self._run(
-                family, pipe, request, init_image, on_progress, cancel, leased, loaded.state, control_images
+                family,
+                pipe,
+                request,
+                init_image,
+                on_progress,
+                cancel,
+                leased,
+                loaded.state,
+                control_images if inpaint is None else inpaint.crop_controls(control_images),
+                inpaint,
             )
+            if inpaint is not None:
+                output.images = inpaint.compose(output.images, output.nsfw_content_detected)
+        output.warnings[:0] = input_warnings
         finished = time.perf_counter()
         nsfw = output.nsfw_content_detected or [False] * len(output.images)
         return GenerationResult(
@@ -188,6 +229,7 @@ class Easel:
                 "total_s": finished - started,
             },
             init_image=init_image,
+            mask_image=None if inpaint is None else inpaint.user_mask,
             warnings=list(output.warnings),
             control_inputs=control_inputs,
             control_images=control_images,
@@ -227,7 +269,7 @@ class Easel:
         from easel.schedulers import build_scheduler
 
         base = loaded.pipeline
-        task = "img2img" if request.is_img2img else "text2img"
+        task = request.task
         overrides: dict[str, Any] = {"scheduler": build_scheduler(request.scheduler, base.scheduler)}
         if not request.safety_checker and getattr(base, "safety_checker", None) is not None:
             overrides.update(safety_checker=None, requires_safety_checker=False)
@@ -363,7 +405,9 @@ class Easel:
         if request.width is not None and request.height is not None:
             return request
         if init_image is not None:
-            default = (max(8, init_image.width // 8 * 8), max(8, init_image.height // 8 * 8))
+            from easel.inpaint import canvas_size
+
+            default = canvas_size(request, init_image.width, init_image.height)  # + outpaint
         else:
             default = loaded.family.default_size(loaded.pipeline)
         return GenerationRequest.from_fields(
@@ -385,6 +429,7 @@ class Easel:
         companions: Mapping[str, LoadedModel],
         state: dict[str, Any],
         control_images: list[Image] | None = None,
+        inpaint: InpaintJob | None = None,
     ) -> RunOutput:
         import torch
 
@@ -398,12 +443,13 @@ class Easel:
                 on_progress(Progress(step + 1, int(pipeline.num_timesteps)))
             return tensors
 
-        kwargs = family.call_arguments(pipe, request, init_image)
+        kwargs = family.call_arguments(pipe, request, init_image if inpaint is None else inpaint.image)
+        if inpaint is not None:
+            kwargs.update(inpaint.arguments())
         kwargs.update(family.control_arguments(request, control_images or [], img2img=init_image is not None))
         kwargs.update(generator=generators, callback_on_step_end=on_step_end)
         prompt_warnings = family.apply_prompts(pipe, request, kwargs, state)
-        if cancel is not None and cancel.is_set():
-            raise Cancelled("cancelled before the first step")
+        _stop_if_cancelled(cancel, "after encoding the prompts, before the first step")
         try:
             with torch.inference_mode():
                 output = family.run(pipe, kwargs, request=request, companions=companions)
@@ -437,6 +483,11 @@ def _load_tokenizer(source: ModelSource) -> Any:
         raise UnsupportedFeature(
             f"model {source.reference!r} has no CLIP tokenizer to count with ({error})"
         ) from None
+
+
+def _stop_if_cancelled(cancel: CancelToken | None, stage: str) -> None:
+    if cancel is not None and cancel.is_set():
+        raise Cancelled(f"cancelled {stage}")
 
 
 def _free_accelerator_memory() -> None:

@@ -10,13 +10,34 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictInt,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from easel.errors import InvalidRequest
+from easel.prompts.checks import MAX_PROMPT_CHARS
 from easel.schedulers import known_scheduler_names, scheduler_spec
 
 MAX_SIDE = 4096
 MAX_SEED = 2**63 - 1
+# what the width/height validator enforces, for the JSON schema (as constraints pydantic's own
+# messages would replace the validator's)
+SIDE_SCHEMA: dict[str, Any] = {"multipleOf": 8, "minimum": 8, "maximum": MAX_SIDE}
+SIZE_PAIR_SCHEMA: dict[str, Any] = {"anyOf": [{"type": "array", "minItems": 2, "maxItems": 2, "prefixItems": [
+    {"type": "integer", "minimum": 1, "maximum": 4 * MAX_SIDE}] * 2}, {"type": "null"}]}  # fmt: skip
+CROP_PAIR_SCHEMA: dict[str, Any] = {"anyOf": [{"type": "array", "minItems": 2, "maxItems": 2, "prefixItems": [
+    {"type": "integer", "minimum": 0, "maximum": 4 * MAX_SIDE}] * 2}, {"type": "null"}]}  # fmt: skip
+MAX_MASK_BLUR = 64  # A1111's slider range
+MAX_INPAINT_PADDING = 256
+OUTPAINT_SIDE: dict[str, Any] = {"type": "integer", "multipleOf": 8, "minimum": 0, "maximum": MAX_SIDE}
+OUTPAINT_SCHEMA: dict[str, Any] = {"anyOf": [{"type": "array", "minItems": 4, "maxItems": 4,
+    "prefixItems": [OUTPAINT_SIDE] * 4}, {"type": "null"}]}  # fmt: skip
 
 
 def effective_steps(steps: int, strength: float | None) -> int:
@@ -60,12 +81,20 @@ class ControlUnit(BaseModel):
     image: str = Field(..., description="Control image: path, http(s) URL or data URL")
     preprocessor: str = Field("none", description="none | canny | openpose | depth | ... (see README)")
     conditioning_scale: float = Field(
-        1.0, ge=0, le=MAX_CONTROL_SCALE, description="How strongly the control steers (0 = not at all)"
+        1.0,
+        ge=0,
+        le=MAX_CONTROL_SCALE,
+        strict=True,
+        description="How strongly the control steers (0 = not at all)",
     )
-    guidance_start: float = Field(0.0, ge=0, le=1, description="Fraction of the schedule where it starts")
-    guidance_end: float = Field(1.0, ge=0, le=1, description="Fraction of the schedule where it stops")
-    canny_low: int = Field(100, ge=0, le=255, description="canny: lower hysteresis threshold")
-    canny_high: int = Field(200, ge=0, le=255, description="canny: upper hysteresis threshold")
+    guidance_start: float = Field(
+        0.0, ge=0, le=1, strict=True, description="Fraction of the schedule where it starts"
+    )
+    guidance_end: float = Field(
+        1.0, ge=0, le=1, strict=True, description="Fraction of the schedule where it stops"
+    )
+    canny_low: int = Field(100, ge=0, le=255, strict=True, description="canny: lower hysteresis threshold")
+    canny_high: int = Field(200, ge=0, le=255, strict=True, description="canny: upper hysteresis threshold")
 
     def __init__(self, **data: Any) -> None:
         try:
@@ -118,21 +147,76 @@ class GenerationRequest(BaseModel):
         None,
         description="Hub repo id, local diffusers folder, or .safetensors file; None = bundled demo model",
     )
-    prompt: str = Field(..., description="What to draw")
-    negative_prompt: str = Field("", description="What to steer away from")
+    prompt: str = Field(..., max_length=MAX_PROMPT_CHARS, description="What to draw")
+    negative_prompt: str = Field("", max_length=MAX_PROMPT_CHARS, description="What to steer away from")
     prompt_syntax: Literal["compel", "a1111", "plain"] = Field(
         "compel", description="Weighting syntax of prompt and negative_prompt: compel | a1111 | plain"
     )
-    width: int | None = Field(None, description="Output width in pixels, a multiple of 8")
-    height: int | None = Field(None, description="Output height in pixels, a multiple of 8")
-    steps: int | None = Field(None, ge=1, le=1000, description="num_inference_steps")
-    guidance_scale: float | None = Field(None, ge=0, le=100, description="Classifier-free guidance")
-    seed: int | None = Field(None, ge=-1, le=MAX_SEED, description="Seed of image 0; image i uses seed+i")
-    num_images: int = Field(1, ge=1, le=64, description="Images in the batch")
+    width: int | None = Field(
+        None,
+        strict=True,
+        json_schema_extra=SIDE_SCHEMA,
+        description="Output width in pixels, a multiple of 8",
+    )
+    height: int | None = Field(
+        None,
+        strict=True,
+        json_schema_extra=SIDE_SCHEMA,
+        description="Output height in pixels, a multiple of 8",
+    )
+    steps: int | None = Field(None, ge=1, le=1000, strict=True, description="num_inference_steps")
+    guidance_scale: float | None = Field(
+        None, ge=0, le=100, strict=True, description="Classifier-free guidance"
+    )
+    seed: int | None = Field(
+        None, ge=-1, le=MAX_SEED, strict=True, description="Seed of image 0; image i uses seed+i"
+    )
+    num_images: int = Field(1, ge=1, le=64, strict=True, description="Images in the batch")
     scheduler: str | None = Field(None, description="Diffusers class or A1111 sampler name")
     init_image: str | None = Field(None, description="Path or http(s)/data URL: makes this image-to-image")
-    strength: float | None = Field(None, ge=0, le=1, description="img2img: 1.0 ignores the init image")
-    safety_checker: bool = Field(True, description="Run the model's safety checker when it has one")
+    strength: float | None = Field(
+        None, ge=0, le=1, strict=True, description="img2img: 1.0 ignores the init image"
+    )
+    # Inpainting and outpainting (task "inpaint"): they edit init_image (see easel.inpaint)
+    mask_image: str | None = Field(
+        None,
+        description="Inpainting mask (path, http(s)/data URL): white = repaint, black = keep, grey = soft; "
+        "needs init_image",
+    )
+    mask_blur: int = Field(
+        4, ge=0, le=MAX_MASK_BLUR, strict=True, description="Gaussian blur of the mask in pixels (A1111's 4)"
+    )
+    invert_mask: bool = Field(False, strict=True, description="Repaint the black part of the mask instead")
+    inpaint_area: Literal["whole", "masked"] = Field(
+        "whole",
+        description="whole: the whole picture; masked: a padded box around the mask, worked at the model's "
+        "native size and pasted back (A1111 'only masked')",
+    )
+    inpaint_padding: int = Field(
+        32,
+        ge=0,
+        le=MAX_INPAINT_PADDING,
+        strict=True,
+        description="inpaint_area=masked: pixels of context around the mask's box",
+    )
+    masked_content: Literal["original", "fill", "latent_noise", "latent_nothing"] = Field(
+        "original",
+        description="What the masked area starts from: the original pixels, their blurred colours (fill), "
+        "latent noise or zero latents (A1111's inpainting_fill)",
+    )
+    outpaint: tuple[StrictInt, StrictInt, StrictInt, StrictInt] | None = Field(
+        None,
+        json_schema_extra=OUTPAINT_SCHEMA,
+        description="Outpainting: pixels to add (left, top, right, bottom), multiples of 8; needs init_image",
+    )
+    paste_back: bool = Field(
+        True,
+        strict=True,
+        description="Inpainting: keep the original pixels outside the (blurred) mask exactly",
+    )
+    safety_checker: bool = Field(
+        True, strict=True, description="Run the model's safety checker when it has one"
+    )
     controls: list[ControlUnit] = Field(
         default_factory=list,
         max_length=MAX_CONTROLS,
@@ -145,22 +229,32 @@ class GenerationRequest(BaseModel):
         description="SDXL: refiner model that finishes the base's denoising (ensemble of experts)",
     )
     refiner_at: float | None = Field(
-        None, gt=0, lt=1, description="SDXL + refiner: fraction of denoising done by the base (default 0.8)"
+        None,
+        gt=0,
+        lt=1,
+        strict=True,
+        description="SDXL + refiner: fraction of denoising done by the base (default 0.8)",
     )
     aesthetic_score: float | None = Field(
-        None, ge=0, le=10, description="SDXL refiner: aesthetic score conditioning (default 6.0)"
+        None, ge=0, le=10, strict=True, description="SDXL refiner: aesthetic score conditioning (default 6.0)"
     )
     negative_aesthetic_score: float | None = Field(
-        None, ge=0, le=10, description="SDXL refiner: negative aesthetic score (default 2.5)"
+        None, ge=0, le=10, strict=True, description="SDXL refiner: negative aesthetic score (default 2.5)"
     )
-    original_size: tuple[int, int] | None = Field(
-        None, description="SDXL micro-conditioning (height, width) of the 'original' image"
+    original_size: tuple[StrictInt, StrictInt] | None = Field(
+        None,
+        json_schema_extra=SIZE_PAIR_SCHEMA,
+        description="SDXL micro-conditioning (height, width) of the 'original' image",
     )
-    target_size: tuple[int, int] | None = Field(
-        None, description="SDXL micro-conditioning (height, width) of the target image"
+    target_size: tuple[StrictInt, StrictInt] | None = Field(
+        None,
+        json_schema_extra=SIZE_PAIR_SCHEMA,
+        description="SDXL micro-conditioning (height, width) of the target image",
     )
-    crops_coords_top_left: tuple[int, int] | None = Field(
-        None, description="SDXL micro-conditioning crop coordinates (top, left); (0, 0) looks centred"
+    crops_coords_top_left: tuple[StrictInt, StrictInt] | None = Field(
+        None,
+        json_schema_extra=CROP_PAIR_SCHEMA,
+        description="SDXL micro-conditioning crop coordinates (top, left); (0, 0) looks centred",
     )
     prior: str | None = Field(
         None, description="Kandinsky 2.2: prior model (default: the one the decoder's model card names)"
@@ -169,10 +263,11 @@ class GenerationRequest(BaseModel):
         None,
         ge=2,
         le=1000,
+        strict=True,
         description="Kandinsky 2.2: prior denoising steps (default 25; its scheduler needs 2+)",
     )
     prior_guidance_scale: float | None = Field(
-        None, ge=0, le=100, description="Kandinsky 2.2: prior guidance scale (default 4.0)"
+        None, ge=0, le=100, strict=True, description="Kandinsky 2.2: prior guidance scale (default 4.0)"
     )
 
     def __init__(self, **data: Any) -> None:
@@ -226,12 +321,72 @@ class GenerationRequest(BaseModel):
             raise ValueError("must name a model (repo id, folder or .safetensors file)")
         return value
 
-    @field_validator("prompt")
+    @field_validator("prompt", "negative_prompt")
     @classmethod
     def _prompt_is_text(cls, value: str) -> str:
         if "\x00" in value:
             raise ValueError("contains a NUL character")
         return value
+
+    @field_validator("mask_image")
+    @classmethod
+    def _mask_reference(cls, value: str | None) -> str | None:
+        if value is not None and not value.strip():
+            raise ValueError("must name an image (path, URL or data URL)")
+        return value
+
+    @field_validator("outpaint")
+    @classmethod
+    def _outpaint_sides(cls, value: tuple[int, int, int, int] | None) -> tuple[int, int, int, int] | None:
+        if value is None:
+            return value
+        if not all(0 <= side <= MAX_SIDE and side % 8 == 0 for side in value):
+            raise ValueError(
+                f"must be (left, top, right, bottom), each a multiple of 8 between 0 and {MAX_SIDE}"
+            )
+        if not any(value):
+            raise ValueError("adds nothing: give at least one side above 0")
+        return value
+
+    @model_validator(mode="after")
+    def _inpainting_edits_an_init_image(self) -> GenerationRequest:
+        for name in ("mask_image", "outpaint"):
+            value = getattr(self, name)
+            if value is not None and self.init_image is None:
+                raise InvalidRequest(
+                    f"invalid {name}={shown_value(value)}: inpainting edits an image; give init_image too",
+                    field=name,
+                    value=value,
+                )
+        if not self.is_inpaint:
+            for name, default in INPAINT_DEFAULTS.items():
+                if getattr(self, name) != default:
+                    raise InvalidRequest(
+                        f"invalid {name}={getattr(self, name)!r}: only used for inpainting; give mask_image "
+                        "(or outpaint) too",
+                        field=name,
+                        value=getattr(self, name),
+                    )
+        if self.invert_mask and self.mask_image is None:
+            raise InvalidRequest(
+                "invalid invert_mask=True: there is no mask_image to invert (outpaint makes its own mask)",
+                field="invert_mask",
+                value=True,
+            )
+        if self.outpaint is not None:
+            left, top, right, bottom = self.outpaint
+            for name, side, added in (
+                ("width", self.width, left + right),
+                ("height", self.height, top + bottom),
+            ):
+                if side is not None and side - added < 8:
+                    raise InvalidRequest(
+                        f"invalid outpaint={self.outpaint!r}: with outpaint, {name}={side} is the size of "
+                        f"the extended image, which leaves {side - added} pixels for the init image",
+                        field="outpaint",
+                        value=self.outpaint,
+                    )
+        return self
 
     @model_validator(mode="after")
     def _refiner_at_needs_a_refiner(self) -> GenerationRequest:
@@ -261,10 +416,30 @@ class GenerationRequest(BaseModel):
 
     @property
     def is_img2img(self) -> bool:
+        """Whether an init image is given (image-to-image, inpainting and outpainting)."""
         return self.init_image is not None
+
+    @property
+    def is_inpaint(self) -> bool:
+        return self.mask_image is not None or self.outpaint is not None
+
+    @property
+    def task(self) -> str:
+        """text2img | img2img | inpaint (a mask or outpaint on an init image)."""
+        return "inpaint" if self.is_inpaint else "img2img" if self.is_img2img else "text2img"
 
 
 DEFAULT_STRENGTH = 0.8  # diffusers' img2img default
+
+# Inpainting-only fields and their defaults: other values without a mask (or outpaint) are refused
+INPAINT_DEFAULTS: dict[str, object] = {
+    "mask_blur": 4,
+    "invert_mask": False,
+    "inpaint_area": "whole",
+    "inpaint_padding": 32,
+    "masked_content": "original",
+    "paste_back": True,
+}
 
 # Fields only some families use; the family detected for the model refuses the rest.
 FAMILY_FIELDS = (
@@ -310,4 +485,13 @@ def invalid_request_from(error: ValidationError) -> InvalidRequest:
     if first["type"] == "extra_forbidden":
         return InvalidRequest(f"unknown field {field!r}", field=field, value=first.get("input"))
     value = first.get("input")
-    return InvalidRequest(f"invalid {field}={value!r}: {message}", field=field, value=value)
+    return InvalidRequest(f"invalid {field}={shown_value(value)}: {message}", field=field, value=value)
+
+
+def shown_value(value: object, limit: int = 80) -> str:
+    """A value as an error message shows it: its repr, cut to `limit` characters (a 4 MB
+    prompt is not echoed back)."""
+    text = repr(value)
+    if isinstance(value, str) and len(value) > limit:
+        text = repr(value[: limit - 20]) + f"… ({len(value)} characters)"
+    return text if len(text) <= limit + 30 else text[:limit] + "…"

@@ -38,6 +38,7 @@ class GenerationResult:
     sampler: str = ""  # the scheduler used, as an A1111 sampler label where one matches
     timings: dict[str, float] = field(default_factory=dict)
     init_image: Image | None = None
+    mask_image: Image | None = None  # inpainting: the mask as read, fitted to init_image (L)
     warnings: list[str] = field(default_factory=list)  # e.g. "much smaller than SDXL's 1024x1024"
     # ControlNet units: each image fitted to the output size (what the gallery keeps for
     # replay) and the conditioning image its preprocessor made from it (what steered)
@@ -67,7 +68,7 @@ class GenerationResult:
     def parameters(self, index: int = 0) -> str:
         """The AUTOMATIC1111 `parameters` text of image `index`."""
         from easel.models.hashing import short_hash
-        from easel.storage.metadata import control_parameters, format_parameters
+        from easel.storage.metadata import control_parameters, format_parameters, inpaint_parameters
 
         return format_parameters(
             self.request,
@@ -75,7 +76,7 @@ class GenerationResult:
             sampler=self.sampler,
             model_name=self.model_name,
             model_hash=short_hash(self.model_hashes.get("base")),
-            extra=control_parameters(self.request, self.model_hashes),
+            extra={**inpaint_parameters(self.request), **control_parameters(self.request, self.model_hashes)},
         )
 
     def encode(self, index: int = 0, suffix: str = ".png") -> bytes:

@@ -77,6 +77,58 @@ def generate(
             help="Image-to-image strength in [0, 1] (default 0.8); steps run = int(steps x strength)."
         ),
     ] = None,
+    mask: Annotated[
+        str | None,
+        typer.Option(
+            "--mask",
+            help="Inpainting mask (path or URL) for --image: white = repaint, black = keep, grey = soft "
+            "(a transparent PNG: its painted, opaque part is repainted).",
+        ),
+    ] = None,
+    mask_blur: Annotated[
+        int | None,
+        typer.Option("--mask-blur", help="Inpainting: blur of the mask edge in pixels (default 4)."),
+    ] = None,
+    invert_mask: Annotated[
+        bool, typer.Option("--invert-mask", help="Inpainting: repaint the black part of the mask instead.")
+    ] = False,
+    inpaint_area: Annotated[
+        str | None,
+        typer.Option(
+            "--inpaint-area",
+            help="Inpainting: whole (default, the whole picture) | masked (a box around the mask, worked at "
+            "the model's native size and pasted back).",
+        ),
+    ] = None,
+    inpaint_padding: Annotated[
+        int | None,
+        typer.Option("--inpaint-padding", help="--inpaint-area masked: pixels around the mask (default 32)."),
+    ] = None,
+    masked_content: Annotated[
+        str | None,
+        typer.Option(
+            "--masked-content",
+            help="Inpainting: what the masked area starts from: original (default) | fill | latent_noise | "
+            "latent_nothing.",
+        ),
+    ] = None,
+    outpaint: Annotated[
+        str | None,
+        typer.Option(
+            "--outpaint",
+            metavar="L,T,R,B",
+            help="Outpainting: pixels to add on the left, top, right and bottom of --image (multiples of 8), "
+            "e.g. 0,0,128,0.",
+        ),
+    ] = None,
+    no_paste_back: Annotated[
+        bool,
+        typer.Option(
+            "--no-paste-back",
+            help="Inpainting: return the generated picture as is, instead of keeping the original pixels "
+            "outside the (blurred) mask.",
+        ),
+    ] = False,
     refiner: Annotated[
         str | None,
         typer.Option(
@@ -203,11 +255,22 @@ def generate(
     ] = False,
     debug: DebugOption = False,
 ) -> None:
-    """Text-to-image, or image-to-image with --image."""
+    """Text-to-image, image-to-image with --image, inpainting with --image and --mask (or --outpaint)."""
     from easel.request import GenerationRequest
 
     def run() -> dict[str, Any]:
+        inpainting = {
+            "mask_image": mask,
+            "mask_blur": mask_blur,
+            "invert_mask": invert_mask or None,
+            "inpaint_area": inpaint_area,
+            "inpaint_padding": inpaint_padding,
+            "masked_content": masked_content,
+            "outpaint": None if outpaint is None else outpaint_sides(outpaint),
+            "paste_back": False if no_paste_back else None,
+        }
         request = GenerationRequest(
+            **{name: value for name, value in inpainting.items() if value is not None},
             model=model,
             prompt=prompt,
             negative_prompt=negative,
@@ -289,7 +352,7 @@ def generate(
                 summary["control_images"].append(str(path))
         return summary
 
-    summary = run_door(run, debug=debug)
+    summary = run_door(lambda: naming_flags(run), debug=debug)
     if as_json:
         typer.echo(json.dumps(summary, ensure_ascii=False))
         return
@@ -308,6 +371,43 @@ def generate(
         f"{summary['timings']['total_s']:.1f} s",
         err=True,
     )
+
+
+# inpainting fields -> the flags that set them (their errors name the flag)
+INPAINT_FLAGS = {
+    "mask_image": "--mask",
+    "mask_blur": "--mask-blur",
+    "invert_mask": "--invert-mask",
+    "inpaint_area": "--inpaint-area",
+    "inpaint_padding": "--inpaint-padding",
+    "masked_content": "--masked-content",
+    "outpaint": "--outpaint",
+    "paste_back": "--no-paste-back",
+}
+
+
+def naming_flags(action: Any) -> Any:
+    """Run `action`; an error about an inpainting field names its flag first."""
+    try:
+        return action()
+    except InvalidRequest as error:
+        flag = INPAINT_FLAGS.get(error.field or "")
+        if flag is None or str(error).startswith(f"invalid {flag}"):
+            raise
+        raise InvalidRequest(f"{flag}: {error}", field=error.field, value=error.value) from None
+
+
+def outpaint_sides(value: str) -> tuple[int, ...]:
+    """--outpaint L,T,R,B -> (left, top, right, bottom)."""
+    parts = [part.strip() for part in value.split(",")]
+    if len(parts) != 4 or not all(part.isdigit() for part in parts):
+        raise InvalidRequest(
+            f"invalid --outpaint {value!r}: use LEFT,TOP,RIGHT,BOTTOM in pixels (multiples of 8), "
+            "e.g. 0,0,128,0",
+            field="outpaint",
+            value=value,
+        )
+    return tuple(int(part) for part in parts)
 
 
 def control_units(

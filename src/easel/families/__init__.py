@@ -10,11 +10,11 @@ from typing import Any
 
 from easel.errors import UnsupportedFeature
 from easel.families.base import Family
-from easel.families.kandinsky import KANDINSKY22, KANDINSKY22_PRIOR
+from easel.families.kandinsky import KANDINSKY22, KANDINSKY22_INPAINT, KANDINSKY22_PRIOR
 from easel.families.sd15 import SD15
 from easel.families.sdxl import SDXL, SDXL_REFINER
 
-FAMILIES: tuple[Family, ...] = (SD15, SDXL, SDXL_REFINER, KANDINSKY22, KANDINSKY22_PRIOR)
+FAMILIES: tuple[Family, ...] = (SD15, SDXL, SDXL_REFINER, KANDINSKY22, KANDINSKY22_INPAINT, KANDINSKY22_PRIOR)
 
 
 def _supported_classes() -> str:

@@ -17,7 +17,9 @@ The hooks, in the order the engine calls them:
     check_control(index, ref, config, unet) refuse a ControlNet made for another base (before
                                               its weights load, and again against the loaded UNet)
     derive(base, task, companions, ...)     the task pipeline, sharing the base's weights (with
-                                              controlnet=[...]: the family's ControlNet class)
+                                              controlnet=[...]: the family's ControlNet class);
+                                              task is request.task: text2img | img2img | inpaint
+    check_unet(base, task)                  a 9-channel UNet (dedicated inpainting) only inpaints
     call_arguments(pipe, request, image)    the pipeline's keyword arguments
     control_arguments(request, images, ...) the ControlNet ones (images, scales, start/end)
     run(pipe, arguments, request, ...)      call it; check the pixels are finite; PIL images
@@ -39,6 +41,8 @@ if TYPE_CHECKING:
     from easel.request import GenerationRequest
 
 TASKS = ("text2img", "img2img")
+INPAINTING_TASKS = (*TASKS, "inpaint")
+INPAINTING_UNET_CHANNELS = 9  # latents 4 + mask 1 + masked-image latents 4: a dedicated inpainting model
 
 # Resolves a model reference (repo id, folder, file) to its source and detected family.
 Identify = Callable[[str], "tuple[ModelSource, Family]"]
@@ -77,6 +81,11 @@ class Family:
     controlnet_text2img_class: str | None = None
     controlnet_img2img_class: str | None = None
     control_addition_embed_types: tuple[str | None, ...] = (None, "text")
+    # inpainting (task "inpaint", in `tasks`): the pipeline classes, derived from the base like the
+    # others; they serve 4-channel UNets (the known region blended back each step) and 9-channel
+    # dedicated inpainting UNets alike
+    inpaint_class: str | None = None
+    controlnet_inpaint_class: str | None = None
 
     # -- detection and checks -------------------------------------------------------------
 
@@ -87,12 +96,11 @@ class Family:
     def check_request(self, request: GenerationRequest) -> None:
         """Refuse, before anything loads, what this family cannot do: a task it lacks or a
         family-only field it would silently ignore."""
-        from easel.prompts.encoding import plan_prompt
+        from easel.prompts.checks import check_prompts
         from easel.request import FAMILY_FIELDS
 
-        plan_prompt(request.prompt, request.prompt_syntax)  # malformed syntax fails here, early
-        plan_prompt(request.negative_prompt, request.prompt_syntax, field="negative_prompt")
-        task = "img2img" if request.is_img2img else "text2img"
+        check_prompts(request)  # too long, too deep or malformed fails here, early, in bounded time
+        task = request.task
         if task not in self.tasks:
             raise UnsupportedFeature(self.unsupported_task_message(task))
         for name in FAMILY_FIELDS:
@@ -110,11 +118,18 @@ class Family:
             )
 
     def unsupported_task_message(self, task: str) -> str:
+        if task == "inpaint":
+            users = ", ".join(f.name for f in _families() if "inpaint" in f.tasks)
+            return f"mask_image/outpaint: {self.name} models cannot inpaint (inpainting works with: {users})"
         return f"{self.name} models cannot do {task}"
 
     def controlnet_class(self, task: str) -> str | None:
         """Name of this family's ControlNet pipeline class for `task` (None: no ControlNet)."""
-        return {"text2img": self.controlnet_text2img_class, "img2img": self.controlnet_img2img_class}[task]
+        return {
+            "text2img": self.controlnet_text2img_class,
+            "img2img": self.controlnet_img2img_class,
+            "inpaint": self.controlnet_inpaint_class,
+        }[task]
 
     # Config keys a ControlNet must share with the UNet it steers: its residuals are added to
     # the UNet's blocks (channels, depth) and it reads the same text and added embeddings.
@@ -190,7 +205,13 @@ class Family:
     def pipeline_class(self, task: str) -> Any:
         import diffusers
 
-        name = {"text2img": self.text2img_class, "img2img": self.img2img_class}[task]
+        name = {
+            "text2img": self.text2img_class,
+            "img2img": self.img2img_class,
+            "inpaint": self.inpaint_class,
+        }[task]
+        if name is None:
+            raise UnsupportedFeature(self.unsupported_task_message(task))
         return getattr(diffusers, name)
 
     def load_pipeline(
@@ -232,6 +253,7 @@ class Family:
         `controlnet` (a list of ControlNetModels) picks the family's ControlNet class: one
         model goes in as is (what a plain single-unit diffusers call uses), several as one
         MultiControlNetModel; either way the base's modules are shared, not copied."""
+        self.check_unet(base, task)
         controlnets = overrides.pop("controlnet", None)
         if not controlnets:
             return self.pipeline_class(task).from_pipe(base, **overrides)
@@ -244,6 +266,17 @@ class Family:
             controlnets[0] if len(controlnets) == 1 else diffusers.MultiControlNetModel(list(controlnets))
         )
         return getattr(diffusers, class_name).from_pipe(base, controlnet=controlnet, **overrides)
+
+    def check_unet(self, base: Any, task: str) -> None:
+        """A dedicated inpainting model (a 9-channel UNet, read from the UNet's config) only
+        inpaints: its UNet takes the mask and the masked image beside the latents."""
+        unet = getattr(base, "unet", None)
+        channels = None if unet is None else unet.config.get("in_channels")
+        if channels == INPAINTING_UNET_CHANNELS and task != "inpaint":
+            raise UnsupportedFeature(
+                f"this is a dedicated inpainting model (its UNet takes {channels} channels: latents, mask, "
+                f"masked image), which cannot do {task}; give init_image and mask_image (or outpaint)"
+            )
 
     def default_size(self, pipe: Any) -> tuple[int, int]:
         """(width, height) the model was trained at, as diffusers computes it."""

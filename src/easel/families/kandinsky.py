@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 DEFAULT_PRIOR_STEPS = 25  # diffusers' combined-pipeline defaults
 DEFAULT_PRIOR_GUIDANCE = 4.0
 DEFAULT_SIDE = 512  # the combined pipelines' own height/width default
+INPAINT_DECODER_ID = "kandinsky-community/kandinsky-2-2-decoder-inpaint"
 
 
 @dataclass(frozen=True)
@@ -102,6 +103,14 @@ class KandinskyDecoderFamily(Family):
     def default_size(self, pipe: Any) -> tuple[int, int]:
         return DEFAULT_SIDE, DEFAULT_SIDE
 
+    def unsupported_task_message(self, task: str) -> str:
+        if task == "inpaint":
+            return (
+                f"mask_image/outpaint: {self.name} models cannot inpaint with this decoder (its UNet "
+                f"takes no mask); use the inpainting decoder, {INPAINT_DECODER_ID}"
+            )
+        return super().unsupported_task_message(task)
+
     def check_request(self, request: GenerationRequest) -> None:
         """Kandinsky conditions on one CLIP image embedding made by its prior from the plain
         prompt text: per-word weights have nowhere to go, so a weighted prompt is refused
@@ -139,6 +148,8 @@ class KandinskyDecoderFamily(Family):
         self, pipe: Any, request: GenerationRequest, init_image: Image | None
     ) -> dict[str, Any]:
         arguments = super().call_arguments(pipe, request, init_image)
+        if request.is_inpaint:
+            arguments.pop("strength", None)  # the inpaint decoder always denoises from pure noise
         # img2img resizes the init image to width x height, so both tasks pass the size
         arguments.update(
             width=request.width,
@@ -207,6 +218,32 @@ class KandinskyDecoderFamily(Family):
 
 
 @dataclass(frozen=True)
+class KandinskyInpaintDecoderFamily(KandinskyDecoderFamily):
+    """The inpainting decoder (a 9-channel UNet: latents, masked-image latents, mask), run as
+    diffusers' KandinskyV22InpaintCombinedPipeline with the prior its model card names. It
+    only inpaints, always from pure noise: there is no strength, and the masked content
+    cannot change the start (so only `original` is taken)."""
+
+    loader_class: str = "KandinskyV22InpaintPipeline"
+
+    def check_request(self, request: GenerationRequest) -> None:
+        super().check_request(request)
+        if request.strength not in (None, 1.0):
+            raise UnsupportedFeature(
+                f"strength={request.strength!r}: the Kandinsky 2.2 inpainting decoder always repaints from "
+                "noise (strength 1); leave strength out"
+            )
+        if request.masked_content != "original":
+            raise UnsupportedFeature(
+                f"masked_content={request.masked_content!r}: the Kandinsky 2.2 inpainting decoder starts "
+                "from pure noise, so the masked content changes nothing; leave it at original"
+            )
+
+    def field_defaults(self, request: GenerationRequest) -> dict[str, Any]:
+        return {**super().field_defaults(request), "strength": 1.0}
+
+
+@dataclass(frozen=True)
 class KandinskyPriorFamily(Family):
     """A Kandinsky 2.2 prior: no images of its own, only a companion of a decoder."""
 
@@ -248,6 +285,19 @@ KANDINSKY22 = KandinskyDecoderFamily(
     default_steps=100,
     default_guidance=4.0,
     options=("prior", "prior_steps", "prior_guidance_scale"),
+)
+
+KANDINSKY22_INPAINT = KandinskyInpaintDecoderFamily(
+    name="kandinsky22_inpaint",
+    pipeline_classes=("KandinskyV22InpaintPipeline", "KandinskyV22InpaintCombinedPipeline"),
+    single_file_types=(),
+    text2img_class="KandinskyV22InpaintCombinedPipeline",  # loads nothing: loader_class does
+    img2img_class="KandinskyV22InpaintCombinedPipeline",
+    default_steps=100,
+    default_guidance=4.0,
+    tasks=("inpaint",),
+    options=("prior", "prior_steps", "prior_guidance_scale"),
+    inpaint_class="KandinskyV22InpaintCombinedPipeline",
 )
 
 KANDINSKY22_PRIOR = KandinskyPriorFamily(

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from easel.errors import InvalidRequest, UnsupportedFeature
-from easel.families.base import Family, Identify, RunOutput
+from easel.families.base import INPAINTING_TASKS, Family, Identify, RunOutput
 
 if TYPE_CHECKING:
     from PIL.Image import Image
@@ -83,6 +83,11 @@ class SDXLBaseFamily(SDXLFamily):
 
     def check_request(self, request: GenerationRequest) -> None:
         super().check_request(request)
+        if request.refiner is not None and request.is_inpaint:
+            raise UnsupportedFeature(
+                f"refiner={request.refiner!r}: the base -> refiner hand-off does not inpaint; inpaint with "
+                "the base alone, or with the refiner as the model (it inpaints on its own)"
+            )
         for name in AESTHETIC:
             if getattr(request, name) is not None and request.refiner is None:
                 raise UnsupportedFeature(
@@ -192,8 +197,8 @@ class SDXLRefinerFamily(SDXLFamily):
 
     def unsupported_task_message(self, task: str) -> str:
         return (
-            "the SDXL refiner only does image-to-image: give an init image (--image), or use it "
-            "as the refiner of an SDXL base (--model stabilityai/stable-diffusion-xl-base-1.0 "
+            "the SDXL refiner only does image-to-image and inpainting: give an init image (--image), or "
+            "use it as the refiner of an SDXL base (--model stabilityai/stable-diffusion-xl-base-1.0 "
             "--refiner stabilityai/stable-diffusion-xl-refiner-1.0)"
         )
 
@@ -278,16 +283,23 @@ def _essential(config: Mapping[str, Any]) -> dict[str, Any]:
 
 SDXL = SDXLBaseFamily(
     name="sdxl",
-    pipeline_classes=("StableDiffusionXLPipeline", "StableDiffusionXLImg2ImgPipeline"),
-    single_file_types=("xl_base",),
+    pipeline_classes=(
+        "StableDiffusionXLPipeline",
+        "StableDiffusionXLImg2ImgPipeline",
+        "StableDiffusionXLInpaintPipeline",
+    ),
+    single_file_types=("xl_base", "xl_inpaint"),
     text2img_class="StableDiffusionXLPipeline",
     img2img_class="StableDiffusionXLImg2ImgPipeline",
     default_steps=50,
     default_guidance=5.0,
+    tasks=INPAINTING_TASKS,
     options=("refiner", "refiner_at", *AESTHETIC, *CONDITIONING),
     controlnet_text2img_class="StableDiffusionXLControlNetPipeline",
     controlnet_img2img_class="StableDiffusionXLControlNetImg2ImgPipeline",
     control_addition_embed_types=("text_time",),
+    inpaint_class="StableDiffusionXLInpaintPipeline",
+    controlnet_inpaint_class="StableDiffusionXLControlNetInpaintPipeline",
 )
 
 SDXL_REFINER = SDXLRefinerFamily(
@@ -298,7 +310,8 @@ SDXL_REFINER = SDXLRefinerFamily(
     img2img_class="StableDiffusionXLImg2ImgPipeline",
     default_steps=50,
     default_guidance=5.0,
-    tasks=("img2img",),
+    tasks=("img2img", "inpaint"),  # inpainting: StableDiffusionXLInpaintPipeline with its aesthetic scores
     options=(*AESTHETIC, *CONDITIONING),
+    inpaint_class="StableDiffusionXLInpaintPipeline",
     refiner=True,
 )

@@ -1,7 +1,7 @@
 """The gallery: image files under EASEL_HOME plus one SQLite database that indexes them.
 
 Layout:  <home>/gallery/gallery.db (WAL), <home>/gallery/images/YYYY-MM-DD/<id>.png,
-<home>/gallery/inputs/<sha256>.png (init/control images, stored once by content).
+<home>/gallery/inputs/<sha256>.png (init, mask and control images, stored once by content).
 
 Crash safety comes from ordering, not luck: an image file is written to a temporary name,
 fsynced and renamed into place before its row is inserted; a delete removes the file before
@@ -100,6 +100,11 @@ class Gallery:
             stored = self.store_input(result.init_image)
             result = dataclasses.replace(
                 result, request=result.request.model_copy(update={"init_image": stored})
+            )
+        if result.mask_image is not None:  # as read and fitted: inverting and blurring it again replays
+            stored = self.store_input(result.mask_image)
+            result = dataclasses.replace(
+                result, request=result.request.model_copy(update={"mask_image": stored})
             )
         if result.control_inputs:  # the fitted, unprocessed images: preprocessing them again replays
             units = [

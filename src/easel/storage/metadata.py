@@ -20,7 +20,7 @@ import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from easel.errors import InvalidRequest
 
@@ -122,6 +122,33 @@ def control_parameters(request: GenerationRequest, hashes: dict[str, str]) -> di
     return entries
 
 
+def inpaint_parameters(request: GenerationRequest) -> dict[str, object]:
+    """The inpainting entries as AUTOMATIC1111 writes them, in its order, each only when not
+    its default: "Mask mode: Inpaint not masked" (inverted), "Mask blur" (when blurred),
+    "Inpaint area: Only masked" with "Masked area padding", "Masked content" (other than
+    original); plus easel's "Outpaint" (left, top, right, bottom) and "Paste back: False",
+    which A1111 does not have."""
+    from easel.inpaint import A1111_MASKED_CONTENT
+
+    if not request.is_inpaint:
+        return {}
+    entries: dict[str, object] = {}
+    if request.invert_mask:
+        entries["Mask mode"] = "Inpaint not masked"
+    if request.mask_blur > 0:
+        entries["Mask blur"] = request.mask_blur
+    if request.inpaint_area == "masked":
+        entries["Inpaint area"] = "Only masked"
+        entries["Masked area padding"] = request.inpaint_padding
+    if request.masked_content != "original":
+        entries["Masked content"] = A1111_MASKED_CONTENT[request.masked_content]
+    if request.outpaint is not None:
+        entries["Outpaint"] = ",".join(str(side) for side in request.outpaint)
+    if not request.paste_back:
+        entries["Paste back"] = "False"
+    return entries
+
+
 def parse_parameters(text: str) -> dict[str, Any]:
     """Split an A1111 `parameters` text into prompt, negative prompt and settings."""
     lines = text.strip("\n").split("\n")
@@ -210,20 +237,16 @@ def encode_image(image: Image, suffix: str, parameters: str, document: dict[str,
     return buffer.getvalue()
 
 
-def read_metadata(path: str | Path) -> ImageMetadata:
-    """What an image file says about how it was made; InvalidRequest if it is no image."""
-    from PIL import Image as PILImage
-    from PIL import UnidentifiedImageError
+def read_metadata(path: str | Path | IO[bytes]) -> ImageMetadata:
+    """What an image file (or an open binary stream) says about how it was made; InvalidRequest
+    naming `image` if it is no image easel reads (storage.images.IMAGE_FORMATS)."""
+    from easel.storage.images import opened_image
 
-    try:
-        with PILImage.open(path) as image:
-            image.load()
-            text = dict(getattr(image, "text", {}) or {})
-            exif = image.getexif()
-    except (OSError, UnidentifiedImageError) as error:
-        raise InvalidRequest(
-            f"invalid image={str(path)!r}: cannot read it ({error})", field="image", value=str(path)
-        ) from None
+    shown = str(path) if isinstance(path, str | Path) else None  # a stream has no name to show
+    with opened_image(path, field="image", value=shown) as image:
+        image.load()
+        text = dict(getattr(image, "text", {}) or {})
+        exif = image.getexif()
     parameters = text.get(PARAMETERS_KEY)
     document_text = text.get(EASEL_KEY)
     if parameters is None:

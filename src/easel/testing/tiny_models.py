@@ -28,21 +28,11 @@ def build_tiny_sd15(safety: SafetyMode = "never") -> Any:
     """A tiny StableDiffusionPipeline (64x64 native size) with a safety checker that
     flags nothing ("never"), everything ("always"), or no checker at all ("none")."""
     import torch
-    from diffusers import PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from diffusers import PNDMScheduler, StableDiffusionPipeline
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
     torch.manual_seed(0)
-    unet = UNet2DConditionModel(
-        block_out_channels=(32, 64),
-        layers_per_block=2,
-        sample_size=32,
-        in_channels=4,
-        out_channels=4,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        cross_attention_dim=32,
-        norm_num_groups=32,
-    )
+    unet = _tiny_sd15_unet()
     vae = _tiny_vae(norm_num_groups=32)
     scheduler = PNDMScheduler(
         beta_start=0.00085,
@@ -80,6 +70,24 @@ def build_tiny_sd15(safety: SafetyMode = "never") -> Any:
         safety_checker=safety_checker,
         feature_extractor=feature_extractor,
         requires_safety_checker=safety != "none",
+    )
+
+
+def _tiny_sd15_unet(in_channels: int = 4) -> Any:
+    """diffusers' tiny SD UNet; in_channels=9 (latents, mask, masked-image latents) makes it a
+    dedicated inpainting UNet."""
+    from diffusers import UNet2DConditionModel
+
+    return UNet2DConditionModel(
+        block_out_channels=(32, 64),
+        layers_per_block=2,
+        sample_size=32,
+        in_channels=in_channels,
+        out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=32,
+        norm_num_groups=32,
     )
 
 
@@ -207,16 +215,17 @@ def _tiny_clip_text_config(tokenizer: Any, layers: int = 2) -> Any:
     )
 
 
-def _tiny_sdxl_unet(*, refiner: bool) -> Any:
+def _tiny_sdxl_unet(*, refiner: bool, in_channels: int = 4) -> Any:
     """diffusers' SDXL test UNet: text_time added embeddings of 6 (base) or 5 (refiner:
-    no target size, an aesthetic score instead) x 8 time features + the 32-wide pooled text."""
+    no target size, an aesthetic score instead) x 8 time features + the 32-wide pooled text;
+    in_channels=9 makes it a dedicated inpainting UNet."""
     from diffusers import UNet2DConditionModel
 
     return UNet2DConditionModel(
         block_out_channels=(32, 64),
         layers_per_block=2,
         sample_size=32,
-        in_channels=4,
+        in_channels=in_channels,
         out_channels=4,
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
         up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
@@ -350,14 +359,21 @@ def build_tiny_kandinsky_prior() -> Any:
     )
 
 
-def build_tiny_kandinsky_decoder() -> Any:
-    """A tiny KandinskyV22Pipeline: image-embedding UNet + 4-block MoVQ (8x downscale)."""
+def build_tiny_kandinsky_decoder(in_channels: int = 4) -> Any:
+    """A tiny KandinskyV22Pipeline: image-embedding UNet + 4-block MoVQ (8x downscale);
+    in_channels=9 (latents, masked-image latents, mask): a KandinskyV22InpaintPipeline."""
     import torch
-    from diffusers import DDIMScheduler, KandinskyV22Pipeline, UNet2DConditionModel, VQModel
+    from diffusers import (
+        DDIMScheduler,
+        KandinskyV22InpaintPipeline,
+        KandinskyV22Pipeline,
+        UNet2DConditionModel,
+        VQModel,
+    )
 
     torch.manual_seed(0)
     unet = UNet2DConditionModel(
-        in_channels=4,
+        in_channels=in_channels,
         out_channels=8,  # predicts mean and variance
         addition_embed_type="image",
         down_block_types=("ResnetDownsampleBlock2D", "SimpleCrossAttnDownBlock2D"),
@@ -401,7 +417,8 @@ def build_tiny_kandinsky_decoder() -> Any:
         prediction_type="epsilon",
         thresholding=False,
     )
-    return KandinskyV22Pipeline(unet=unet, scheduler=scheduler, movq=movq)
+    pipeline_class = KandinskyV22InpaintPipeline if in_channels == 9 else KandinskyV22Pipeline
+    return pipeline_class(unet=unet, scheduler=scheduler, movq=movq)
 
 
 def install_tiny_kandinsky(hf_home: Path) -> tuple[Path, Path]:
@@ -456,3 +473,46 @@ def install_tiny_controlnets(hf_home: Path) -> dict[str, Path]:
             controlnet = build_tiny_controlnet(unet, seed=100 + offset)
             installed[repo_id] = install_into_hf_cache(controlnet, hf_home, repo_id)
     return installed
+
+
+SD15_INPAINT_ID = "stable-diffusion-v1-5/stable-diffusion-inpainting"
+SDXL_INPAINT_ID = "diffusers/stable-diffusion-xl-1.0-inpainting-0.1"
+KANDINSKY_INPAINT_ID = "kandinsky-community/kandinsky-2-2-decoder-inpaint"
+
+
+def build_tiny_sd15_inpaint() -> Any:
+    """A tiny dedicated SD 1.5 inpainting model: StableDiffusionInpaintPipeline (its
+    model_index names it) with a 9-channel UNet, the tiny SD 1.5's other components."""
+    import torch
+    from diffusers import StableDiffusionInpaintPipeline
+
+    base = build_tiny_sd15("never")
+    torch.manual_seed(2)
+    return StableDiffusionInpaintPipeline(**{**base.components, "unet": _tiny_sd15_unet(in_channels=9)})
+
+
+def build_tiny_sdxl_inpaint() -> Any:
+    """A tiny dedicated SDXL inpainting model (StableDiffusionXLInpaintPipeline, 9-channel UNet),
+    as diffusers/stable-diffusion-xl-1.0-inpainting-0.1 is."""
+    import torch
+    from diffusers import StableDiffusionXLInpaintPipeline
+
+    base = build_tiny_sdxl()
+    torch.manual_seed(2)
+    unet = _tiny_sdxl_unet(refiner=False, in_channels=9)
+    return StableDiffusionXLInpaintPipeline(**{**base.components, "unet": unet}, add_watermarker=False)
+
+
+def install_tiny_inpainting(hf_home: Path) -> dict[str, Path]:
+    """Install the tiny dedicated inpainting models under their real repo ids (the Kandinsky
+    inpainting decoder's model card names its prior, as the real one does); id -> snapshot."""
+    return {
+        SD15_INPAINT_ID: install_into_hf_cache(build_tiny_sd15_inpaint(), hf_home, SD15_INPAINT_ID),
+        SDXL_INPAINT_ID: install_into_hf_cache(build_tiny_sdxl_inpaint(), hf_home, SDXL_INPAINT_ID),
+        KANDINSKY_INPAINT_ID: install_into_hf_cache(
+            build_tiny_kandinsky_decoder(in_channels=9),
+            hf_home,
+            KANDINSKY_INPAINT_ID,
+            {"README.md": KANDINSKY_DECODER_CARD},
+        ),
+    }
