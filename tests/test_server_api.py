@@ -350,9 +350,13 @@ def test_native_controls_take_no_paths_or_urls(client):
     assert_error(client.post("/api/v1/jobs", json=body), 422)
 
 
-def test_a1111_mask_says_not_supported_yet(client, init_png):
-    masked = {"prompt": "x", "init_images": [b64(init_png)], "mask": b64(init_png)}
-    assert "inpainting" in assert_error(client.post("/sdapi/v1/img2img", json=masked), 422)["detail"]
+def test_a1111_mask_errors_name_the_a1111_field(client, init_png, tmp_path):
+    from PIL import Image
+
+    Image.new("L", (64, 64), 255).save(white := tmp_path / "white.png")
+    inverted = {"init_images": [b64(init_png)], "mask": b64(white), "inpainting_mask_invert": 1}
+    error = assert_error(client.post("/sdapi/v1/img2img", json={"prompt": "x", **inverted}), 422)
+    assert error["field"] == "mask" and "nothing to repaint" in error["detail"]  # white, inverted: all black
 
 
 # -- OpenAI ---------------------------------------------------------------------------------------

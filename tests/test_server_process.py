@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import io
 
+import numpy as np
 import pytest
 from conftest import TINY_SD15
 from PIL import Image
@@ -57,6 +58,15 @@ def test_webuiapi_client_unchanged(live_server, init_png):
         height=64,
     )
     assert edited.images[0].size == (64, 64) and edited.info["denoising_strength"] == 0.5
+
+    # inpainting as webuiapi sends it: a mask image and its defaults (blur 4, fill, only masked)
+    mask = Image.new("L", (64, 64), 0)
+    mask.paste(255, (16, 16, 48, 48))
+    repainted = api.img2img(images=[Image.open(init_png)], mask_image=mask, prompt="paint", steps=4, seed=3)
+    assert "Mask blur: 4, Inpaint area: Only masked" in repainted.info["infotexts"][0]
+    original, ours = (np.asarray(image.convert("RGB")) for image in (Image.open(init_png), repainted.image))
+    assert (original[:4, :4] == ours[:4, :4]).all()  # outside the blurred mask: the original pixels
+    assert (original[24:40, 24:40] != ours[24:40, 24:40]).any()  # inside: repainted
 
     assert api.png_info(result.images[0]).info == result.info["infotexts"][0]
     assert api.get_progress()["state"]["job_count"] == 0

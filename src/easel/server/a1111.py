@@ -8,7 +8,9 @@ refiner_checkpoint / refiner_switch_at -> refiner / refiner_at, override_setting
 sd_model_checkpoint -> model, and ControlNet units (alwayson_scripts.controlnet.args, the
 sd-webui-controlnet extension's API) -> controls. Prompts are read in A1111's own weighting
 syntax (prompt_syntax="a1111"). Unknown fields are ignored, as A1111 does. Errors name the
-A1111 field, not ours. An inpainting mask is refused with a clear 422 (not supported yet).
+A1111 field, not ours. Inpainting: mask, mask_blur (or _x/_y, equal), inpainting_fill,
+inpaint_full_res (+ _padding) and inpainting_mask_invert, with A1111's API defaults; without a
+mask they cannot change the result and are not used.
 
 The model A1111 clients switch with POST /options {"sd_model_checkpoint": title} is state of
 this app (ServerState.current_model), checked when set, loaded on the next generation.
@@ -41,7 +43,9 @@ State = Annotated[ServerState, Depends(state_of)]
 A1111_FIELD = {
     "guidance_scale": "cfg_scale", "scheduler": "sampler_name", "num_images": "batch_size",
     "strength": "denoising_strength", "init_image": "init_images", "refiner": "refiner_checkpoint",
-    "refiner_at": "refiner_switch_at", "model": "sd_model_checkpoint",
+    "refiner_at": "refiner_switch_at", "model": "sd_model_checkpoint", "mask_image": "mask",
+    "masked_content": "inpainting_fill", "inpaint_area": "inpaint_full_res",
+    "inpaint_padding": "inpaint_full_res_padding", "invert_mask": "inpainting_mask_invert",
 }  # fmt: skip
 OVERRIDE_MODEL = "override_settings.sd_model_checkpoint"
 SCHEDULE_TYPES = ("automatic", "karras")
@@ -85,7 +89,15 @@ class Txt2ImgRequest(BaseModel):
 class Img2ImgRequest(Txt2ImgRequest):
     init_images: list[str] = Field(default_factory=list, json_schema_extra={"minItems": 1})
     denoising_strength: float | None = Field(None, ge=0, le=1)
-    mask: str | None = Field(None, json_schema_extra={"maxLength": 0}, description="not supported yet")
+    # inpainting, with A1111's API defaults (used only with a mask; webuiapi sends them always)
+    mask: str | None = Field(None, description="Inpainting mask (base64): white = repaint, black = keep")
+    mask_blur: int | None = Field(None, ge=0, le=64, description="Sets mask_blur_x and mask_blur_y")
+    mask_blur_x: int = Field(4, ge=0, le=64)
+    mask_blur_y: int = Field(4, ge=0, le=64)
+    inpainting_fill: int = Field(0, ge=0, le=3, description="0 fill, 1 original, 2/3 latent noise/nothing")
+    inpaint_full_res: bool = Field(True, description="Only masked: work on a padded box around the mask")
+    inpaint_full_res_padding: int = Field(0, ge=0, le=256)
+    inpainting_mask_invert: int = Field(0, ge=0, le=1, description="1: repaint the black part")
 
 
 class OptionsUpdate(BaseModel):
@@ -127,7 +139,7 @@ def to_generation_request(body: Txt2ImgRequest, state: ServerState) -> Generatio
         fields["refiner_at"] = body.refiner_switch_at
     if isinstance(body, Img2ImgRequest):
         if body.mask:
-            raise UnsupportedFeature("inpainting (img2img with mask) is not supported yet")
+            fields.update(_inpaint_fields(body, state))
         if not body.init_images:
             raise InvalidRequest("init_images is required for img2img", field="init_images")
         fields["init_image"] = state.policy.data_url(body.init_images[0], field="init_images")
@@ -138,6 +150,31 @@ def to_generation_request(body: Txt2ImgRequest, state: ServerState) -> Generatio
         return state.policy.check(GenerationRequest.from_fields(fields))
     except InvalidRequest as error:
         raise _renamed(error, unit_index, model_field=_model_field(body)) from None
+
+
+def _inpaint_fields(body: Img2ImgRequest, state: ServerState) -> dict[str, Any]:
+    """A1111's inpainting fields as GenerationRequest fields (A1111's own meanings: a
+    `mask_blur` sets both directions; easel blurs both alike, so different ones are refused)."""
+    from easel.inpaint import A1111_INPAINTING_FILL
+
+    blur_x, blur_y = (body.mask_blur, body.mask_blur) if body.mask_blur is not None else (
+        body.mask_blur_x, body.mask_blur_y)  # fmt: skip
+    if blur_x != blur_y:
+        raise InvalidRequest(
+            f"invalid mask_blur_x={blur_x}, mask_blur_y={blur_y}: easel blurs the mask alike in both "
+            "directions; send mask_blur (or equal values)",
+            field="mask_blur_x",
+            value=blur_x,
+        )
+    assert body.mask is not None
+    return {
+        "mask_image": state.policy.data_url(body.mask, field="mask"),
+        "mask_blur": blur_x,
+        "masked_content": A1111_INPAINTING_FILL[body.inpainting_fill],
+        "inpaint_area": "masked" if body.inpaint_full_res else "whole",
+        "inpaint_padding": body.inpaint_full_res_padding,
+        "invert_mask": bool(body.inpainting_mask_invert),
+    }
 
 
 def _model_field(body: Txt2ImgRequest) -> str:
