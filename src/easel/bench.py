@@ -9,6 +9,7 @@ Timings belong here, in the benchmark's output, never in test assertions.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import statistics
 import subprocess
@@ -67,6 +68,21 @@ def _rss_mb() -> float:
     import psutil
 
     return psutil.Process().memory_info().rss / 2**20
+
+
+def _settled_rss_mb() -> float:
+    """RSS once garbage is collected and glibc has returned its free heap pages: without that,
+    a few MB of allocator slack come and go between two reads, as large as a tiny model."""
+    import ctypes
+    import ctypes.util
+    import gc
+
+    gc.collect()
+    library = ctypes.util.find_library("c")
+    if library is not None:
+        with contextlib.suppress(OSError, AttributeError):  # not glibc (macOS, musl): plain RSS
+            ctypes.CDLL(library).malloc_trim(0)
+    return _rss_mb()
 
 
 def run_benchmark(
@@ -176,11 +192,11 @@ def measure_task_switching(model: str | None, settings: Settings | None = None) 
         first.images[0].save(path)
         img2img = text2img.model_copy(update={"init_image": path, "strength": 0.5})
         engine.generate(img2img)
-        before = _rss_mb()
+        before = _settled_rss_mb()
         for _ in range(3):
             engine.generate(text2img)
             engine.generate(img2img)
-        growth_mb = _rss_mb() - before
+        growth_mb = _settled_rss_mb() - before
     return {
         "base_weights_mb": round(base_bytes / 2**20, 2),
         "rss_growth_over_3_switches_mb": round(growth_mb, 2),
