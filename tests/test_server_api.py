@@ -449,7 +449,8 @@ def test_openai_edit_errors(client, init_png):
     assert_error(client.post("/v1/images/edits", data={"prompt": "x"}), 422, "image")
     assert_error(client.post("/v1/images/edits", files=image, data={}), 422, "prompt")
     masked = client.post("/v1/images/edits", files={**image, "mask": image["image"]}, data={"prompt": "x"})
-    assert "inpainting" in assert_error(masked, 422)["error"]["message"]
+    refused = assert_error(masked, 422)["error"]  # an opaque picture as mask: nothing marked to edit
+    assert refused["param"] == "mask" and "no fully transparent pixels" in refused["message"]
     not_image = {"image": ("x.png", b"not an image", "image/png")}
     assert_error(client.post("/v1/images/edits", files=not_image, data={"prompt": "x"}), 422, "image")
 

@@ -96,3 +96,38 @@ def test_a1111_inpainting_fields_map_onto_easel_and_give_the_same_pixels(engine,
         )
     ).images[0]
     np.testing.assert_array_equal(np.asarray(served), np.asarray(direct))
+
+
+def test_openai_edits_with_a_mask_repaint_its_transparent_part(engine, tmp_path):
+    """OpenAI's convention: the fully transparent pixels of the mask are where to edit."""
+    picture = Image.new("RGB", (64, 64), (20, 40, 200))
+    mask = Image.new("RGBA", (64, 64), (0, 0, 0, 255))
+    mask.paste((0, 0, 0, 0), (16, 16, 48, 48))
+    as_png = {}
+    for name, image in (("image", picture), ("mask", mask)):
+        buffer = io.BytesIO()
+        image.save(buffer, format="PNG")
+        as_png[name] = (f"{name}.png", buffer.getvalue(), "image/png")
+    form = {"prompt": "a green square", "model": TINY_SD15, "steps": "3", "seed": "11", "size": "64x64",
+            "response_format": "b64_json"}  # fmt: skip
+    with server(tmp_path, engine) as client:
+        answer = client.post("/v1/images/edits", files=as_png, data=form)
+        assert answer.status_code == 200, answer.text
+    served = Image.open(io.BytesIO(base64.b64decode(answer.json()["data"][0]["b64_json"]))).convert("RGB")
+    direct = engine.generate(
+        GenerationRequest(
+            model=TINY_SD15,
+            prompt="a green square",
+            prompt_syntax="plain",
+            steps=3,
+            seed=11,
+            width=64,
+            height=64,
+            init_image=data_url_of(picture),
+            mask_image=data_url_of(mask),
+            invert_mask=True,
+        )
+    ).images[0]
+    np.testing.assert_array_equal(np.asarray(served), np.asarray(direct))
+    ours, original = np.asarray(served), np.asarray(picture)
+    assert (ours[:4, :4] == original[:4, :4]).all() and (ours[24:40, 24:40] != original[24:40, 24:40]).any()

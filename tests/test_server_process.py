@@ -134,6 +134,21 @@ def test_openai_client_unchanged(live_server, init_png):
     edited_image = Image.open(io.BytesIO(base64.b64decode(edited.data[0].b64_json)))
     assert "Denoising strength: 0.5" in edited_image.info["parameters"]
 
+    # with a mask, as OpenAI defines it: its fully transparent pixels are where to edit
+    mask = Image.new("RGBA", (64, 64), (0, 0, 0, 255))
+    mask.paste((0, 0, 0, 0), (16, 16, 48, 48))
+    mask_png = io.BytesIO()
+    mask.save(mask_png, format="PNG")
+    with init_png.open("rb") as upload:
+        repainted = client.images.edit(
+            image=upload, mask=("mask.png", mask_png.getvalue(), "image/png"), prompt="paint it",
+            model=TINY_SD15, size="64x64", response_format="b64_json", extra_body={"steps": 4, "seed": 1},
+        )  # fmt: skip
+    repainted_image = Image.open(io.BytesIO(base64.b64decode(repainted.data[0].b64_json)))
+    assert "Mask mode: Inpaint not masked, Mask blur: 4" in repainted_image.info["parameters"]
+    original, ours = (np.asarray(image.convert("RGB")) for image in (Image.open(init_png), repainted_image))
+    assert (original[:4, :4] == ours[:4, :4]).all() and (original[24:40, 24:40] != ours[24:40, 24:40]).any()
+
     with pytest.raises(openai.UnprocessableEntityError) as invalid:
         client.images.generate(prompt="x", size="65x64")
     assert invalid.value.body["param"] == "size"

@@ -2,8 +2,8 @@
 
     POST /v1/images/generations   JSON: prompt, n, size "WxH" | "auto", response_format
     POST /v1/images/edits         multipart: image (or image[]), prompt, n, size, ...; with a
-                                  mask this would be inpainting (refused for now), without one
-                                  it is image-to-image
+                                  mask (fully transparent pixels = edit there) it is inpainting,
+                                  without one image-to-image
 
 Fields OpenAI's API does not have but easel does are honoured when sent (the client's
 extra_body puts them at the top level): seed, negative_prompt, steps, guidance_scale,
@@ -23,7 +23,7 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, ConfigDict, Field
 
-from easel.errors import InvalidRequest, UnsupportedFeature
+from easel.errors import InvalidRequest
 from easel.request import MAX_SEED, GenerationRequest
 from easel.server import openapi as api
 from easel.server.app import ServerState, state_of
@@ -141,7 +141,11 @@ EDITS_SCHEMA = {
                     "required": ["image", "prompt"],
                     "properties": {
                         "image": {"type": "string", "format": "binary"},
-                        "mask": {"type": "string", "format": "binary", "description": "not supported yet"},
+                        "mask": {
+                            "type": "string",
+                            "format": "binary",
+                            "description": "PNG with alpha: its fully transparent pixels are edited",
+                        },
                         "prompt": {"type": "string"},
                         "n": {"type": "integer", "minimum": 1, "maximum": 64},
                         "size": {"type": "string", "pattern": SIZE_PATTERN},
@@ -159,6 +163,24 @@ EDITS_SCHEMA = {
         },
     }
 }
+
+
+def _transparent_mask(state: ServerState, data: bytes) -> str:
+    """An OpenAI mask: a PNG whose fully transparent pixels mark where to edit. easel reads a
+    mask with transparency by its alpha (opaque = repaint), so the door sends it with
+    invert_mask; a mask with no transparent pixel would edit nothing and is refused."""
+    from easel.storage.images import opened_image
+
+    checked = state.policy.data_url(data, field="mask")
+    with opened_image(data, field="mask") as image:
+        alpha = image.getchannel("A") if "A" in image.getbands() else None
+        if alpha is None or alpha.getextrema()[0] > 0:
+            raise InvalidRequest(
+                "invalid mask: it has no fully transparent pixels; as in OpenAI's API, the transparent "
+                "part of the mask (a PNG with an alpha channel) is where the image is edited",
+                field="mask",
+            )
+    return checked
 
 
 def build_router() -> APIRouter:
@@ -194,10 +216,10 @@ def build_router() -> APIRouter:
             ]
             if not uploads:
                 raise InvalidRequest("image is required (a multipart file field)", field="image")
-            if form.get("mask") is not None:
-                raise UnsupportedFeature(
-                    "inpainting (an edit with mask) is not supported yet; send no mask for image-to-image"
-                )
+            mask = form.get("mask")
+            if mask is not None and not isinstance(mask, UploadFile):
+                raise InvalidRequest("invalid mask: send a PNG file (a multipart file field)", field="mask")
+            mask_data = None if mask is None else await mask.read(limit + 1)
             data = await uploads[0].read(limit + 1)
             text = {key: value for key, value in form.items() if isinstance(value, str)}
         finally:
@@ -212,6 +234,8 @@ def build_router() -> APIRouter:
             if name in text and (text[name] != "" or name in FORM_NUMBERS):  # "": a blank text field
                 fields[name] = _form_value(name, text[name])
         fields["init_image"] = state.policy.data_url(data, field="image")
+        if mask_data is not None:
+            fields.update(mask_image=_transparent_mask(state, mask_data), invert_mask=True)
         response_format = _response_format(text.get("response_format"))
         generation = _request(state, fields)
         return await _respond(state, request, await submit(state, generation, "openai"), response_format)
