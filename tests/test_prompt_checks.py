@@ -79,6 +79,7 @@ def test_compel_syntax_has_its_own_length_limit_and_a1111_has_the_full_one() -> 
     [
         ('("a","b").blend(1)', "compel", "not valid Compel syntax"),
         ('"\u000b\\\u0014t"', "compel", "not valid Compel syntax"),
+        ("(a)" + "9" * 400, "compel", "a weight in it is not a finite number"),
         ("(a:2", "a1111", "unbalanced"),
         ("(a:1e999)", "a1111", "not a number"),
         ("(((((((((((a:1e300))))))))))", "a1111", "nested 11 deep"),

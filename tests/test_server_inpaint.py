@@ -14,10 +14,14 @@ from server_support import server
 from easel import GenerationRequest
 
 
-def data_url_of(image: Image.Image) -> str:
+def png_of(image: Image.Image) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
-    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+    return buffer.getvalue()
+
+
+def data_url_of(image: Image.Image) -> str:
+    return "data:image/png;base64," + base64.b64encode(png_of(image)).decode("ascii")
 
 
 def test_native_inpaint_equals_the_python_api_and_keeps_the_unmasked_pixels(engine, tmp_path):
@@ -103,11 +107,10 @@ def test_openai_edits_with_a_mask_repaint_its_transparent_part(engine, tmp_path)
     picture = Image.new("RGB", (64, 64), (20, 40, 200))
     mask = Image.new("RGBA", (64, 64), (0, 0, 0, 255))
     mask.paste((0, 0, 0, 0), (16, 16, 48, 48))
-    as_png = {}
-    for name, image in (("image", picture), ("mask", mask)):
-        buffer = io.BytesIO()
-        image.save(buffer, format="PNG")
-        as_png[name] = (f"{name}.png", buffer.getvalue(), "image/png")
+    as_png = {
+        name: (f"{name}.png", png_of(image), "image/png")
+        for name, image in (("image", picture), ("mask", mask))
+    }
     form = {"prompt": "a green square", "model": TINY_SD15, "steps": "3", "seed": "11", "size": "64x64",
             "response_format": "b64_json"}  # fmt: skip
     with server(tmp_path, engine) as client:
