@@ -18,6 +18,7 @@ from conftest import (
     TINY_SD15,
     TINY_SD15_INPAINT,
     TINY_SDXL,
+    TINY_SDXL_CANNY,
     TINY_SDXL_INPAINT,
     TINY_SDXL_REFINER,
 )
@@ -137,6 +138,52 @@ def test_controlnet_inpaint_equals_plain_diffusers(engine, controlnet_models, pi
     ).images[0]  # fmt: skip
     np.testing.assert_array_equal(pixels(result.images[0]), pixels(expected))
     assert 'ControlNet 0: "Module: none' in result.parameters()
+
+
+def test_controlnet_with_only_masked_crops_the_control_image_as_diffusers_does(
+    engine, controlnet_models, picture, tmp_path
+):
+    from diffusers import ControlNetModel, StableDiffusionControlNetInpaintPipeline
+
+    small = tmp_path / "small.png"
+    mask = Image.new("L", (64, 64), 0)
+    mask.paste(255, (40, 36, 54, 52))
+    mask.save(small)
+    units = [dict(model=TINY_CANNY, image=str(picture), conditioning_scale=0.8)]
+    fields = common(TINY_SD15, picture, small, mask_blur=2, inpaint_area="masked", inpaint_padding=6)
+    result = engine.generate(GenerationRequest(**fields, controls=units))
+    plain = plain_inpaint(
+        StableDiffusionControlNetInpaintPipeline,
+        TINY_SD15,
+        controlnet=ControlNetModel.from_pretrained(TINY_CANNY),
+    )
+    expected = plain(
+        "a red circle", image=Image.open(picture).convert("RGB"), mask_image=a1111_blur(mask, 2),
+        control_image=Image.open(picture).convert("RGB"), controlnet_conditioning_scale=0.8, strength=0.75,
+        num_inference_steps=3, guidance_scale=6.0, generator=generators(21, 1), padding_mask_crop=6,
+        height=64, width=64,
+    ).images[0]  # fmt: skip
+    np.testing.assert_array_equal(pixels(result.images[0]), pixels(expected))
+
+
+def test_sdxl_controlnet_inpaint_equals_plain_diffusers(engine, controlnet_models, picture, mask_png):
+    from diffusers import ControlNetModel, StableDiffusionXLControlNetInpaintPipeline
+
+    units = [dict(model=TINY_SDXL_CANNY, image=str(mask_png), conditioning_scale=0.6)]
+    fields = common(TINY_SDXL, picture, mask_png, mask_blur=0, paste_back=False)
+    result = engine.generate(GenerationRequest(**fields, controls=units))
+    plain = plain_inpaint(
+        StableDiffusionXLControlNetInpaintPipeline,
+        TINY_SDXL,
+        controlnet=ControlNetModel.from_pretrained(TINY_SDXL_CANNY),
+    )
+    expected = plain(
+        "a red circle", image=Image.open(picture).convert("RGB"), mask_image=Image.open(mask_png),
+        control_image=Image.open(mask_png).convert("RGB"), controlnet_conditioning_scale=0.6, strength=0.75,
+        num_inference_steps=3, guidance_scale=6.0, generator=generators(21, 1),
+    ).images[0]  # fmt: skip
+    np.testing.assert_array_equal(pixels(result.images[0]), pixels(expected))
+    assert result.model_family == "sdxl"
 
 
 def test_inpaint_area_masked_equals_diffusers_padding_mask_crop(engine, picture, tmp_path):
