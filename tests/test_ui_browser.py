@@ -1,7 +1,7 @@
 """The web UI in a real browser: headless Chromium (Debian's chromium + chromedriver, driven by
 Selenium; nothing is downloaded) against a real `python -m easel serve` with an API key, on a
 free loopback port, with the tiny models. The tests run in order on one page, as a user would:
-generate, img2img from a result, a ControlNet unit, cancel, gallery, PNG info.
+generate, img2img from a result, inpainting it, a ControlNet unit, cancel, gallery, PNG info.
 
 On failure each test leaves a screenshot, the page's HTML and the browser console in
 $EASEL_TEST_ARTIFACTS (default: the test's pytest tmp dir) and prints where.
@@ -250,6 +250,132 @@ def test_img2img_from_a_result(page, init_png):
     by_id(page, "init-clear").click()
 
 
+def image_pixels(base_url: str, image_id: str) -> Any:
+    """An image of the gallery as an RGB array, read with the key as another client."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    request = urllib.request.Request(base_url + f"/api/v1/images/{image_id}",
+                                     headers={"Authorization": f"Bearer {KEY}"})  # fmt: skip
+    with urllib.request.urlopen(request, timeout=30) as answer:
+        return np.asarray(Image.open(io.BytesIO(answer.read())).convert("RGB")).astype(int)
+
+
+def paint(driver: Any, canvas: Any, points: list[tuple[float, float]]) -> None:
+    """One stroke with the mouse (pointer down, moves, up) through `points`, given as fractions
+    of the canvas's width and height."""
+    import itertools
+
+    from selenium.webdriver.common.action_chains import ActionChains
+
+    width, height = canvas.rect["width"], canvas.rect["height"]
+    # offsets from the element's centre (W3C actions)
+    at = [(round((x - 0.5) * width), round((y - 0.5) * height)) for x, y in points]
+    actions = ActionChains(driver).move_to_element_with_offset(canvas, *at[0]).click_and_hold()
+    for (x0, y0), (x1, y1) in itertools.pairwise(at):
+        actions.move_by_offset(x1 - x0, y1 - y0)
+    actions.release().perform()
+
+
+def test_inpaint_a_result_with_a_painted_mask(page, base_url):
+    import io
+
+    import numpy as np
+    from PIL import Image
+    from selenium.webdriver.common.keys import Keys
+
+    source = results(page)[0]  # the img2img result, 64x64
+    source_id = source.get_attribute("data-image-id")
+    source.find_element("css selector", ".send-inpaint").click()
+    canvas = by_id(page, "mask-canvas")
+    wait(page, lambda: canvas.get_attribute("width") == "64" and canvas.is_displayed())
+    assert canvas.get_attribute("height") == "64"
+    assert page.switch_to.active_element == canvas  # "Send to inpaint" leaves the mask editor in focus
+    assert by_id(page, "mask-editor").get_attribute("data-mask") == "empty"
+    assert not by_id(page, "inpaint-options").is_displayed() and not by_id(page, "mask-clear").is_enabled()
+
+    # the biggest brush, one stroke down the left part: columns ~3-29 of 64 on screen scale
+    by_id(page, "mask-size").send_keys(Keys.END)
+    assert by_id(page, "mask-size-value").text == "128 px"
+    scale = 64 / canvas.rect["width"]
+    brush = 128 * scale  # in image pixels
+    paint(page, canvas, [(0.25, 0.05), (0.25, 0.5), (0.25, 0.95)])
+    wait(page, lambda: by_id(page, "mask-editor").get_attribute("data-mask") == "painted")
+    assert by_id(page, "inpaint-options").is_displayed()
+    assert by_id(page, "mask-blur").get_attribute("value") == "4"
+    assert by_id(page, "paste-back").is_selected()
+    page.execute_script("arguments[0].scrollIntoView({block: 'center'})", by_id(page, "mask-tools"))
+    snapshot(page, "6-inpaint-mask")
+
+    # what the page sends, as it sends it
+    page.execute_script(
+        "window.sentJobs = []; const original = window.fetch;"
+        "window.fetch = (url, init) => { if (String(url).endsWith('/api/v1/jobs') && init.body)"
+        " window.sentJobs.push(JSON.parse(init.body)); return original(url, init); };"
+    )
+    fill(page, "prompt", "inpaint a patch")
+    fill(page, "strength", 0.75)
+    cards = generate_and_wait(page, 1)
+    parameters = cards[0].find_element("css selector", ".metadata pre").get_attribute("textContent")
+    assert "Mask blur: 4" in parameters
+    sent = page.execute_script("return window.sentJobs")[-1]
+    assert sent["init_image"].startswith("data:image/png") and sent["mask_image"].startswith("data:image/png")
+    assert sent["mask_blur"] == 4 and sent["paste_back"] is True and "outpaint" not in sent
+    png = base64.b64decode(sent["mask_image"].split(",", 1)[1])
+    mask = np.asarray(Image.open(io.BytesIO(png)).convert("RGBA"))
+    assert mask.shape == (64, 64, 4) and (mask[..., 3] == 255).all()  # opaque, the init image's size
+    edge = int(16 + brush / 2) + 1  # the first column the brush did not reach
+    assert (mask[..., :3] == 255).all(axis=2)[8:56, 8:24].all()  # white where painted
+    assert (mask[..., :3] == 0).all(axis=2)[:, edge:].all()  # black elsewhere
+    jobs = call_api(base_url, "/api/v1/jobs?limit=5")
+    result_id = cards[0].get_attribute("data-image-id")
+    job = next(j for j in jobs if any(image["id"] == result_id for image in j["images"]))
+    assert job["request"]["mask_image"] and job["request"]["inpaint_area"] == "whole"
+
+    init, result = image_pixels(base_url, source_id), image_pixels(base_url, result_id)
+    assert init.shape == result.shape == (64, 64, 3)
+    outside = edge + 3 * 4 + 1  # beyond the brush and the blur's reach (sigma 4, kernel 21)
+    assert outside < 60
+    assert (result[:, outside:] == init[:, outside:]).all()  # kept exactly (paste_back)
+    assert (np.abs(result[:, 8:24] - init[:, 8:24]).sum(axis=2) > 0).mean() > 0.5  # repainted
+
+    # "reuse settings" restores the mask and the inpainting fields
+    choose(page, "inpaint-area", "masked")
+    by_id(page, "mask-clear").click()
+    cards[0].find_element("css selector", ".reuse-settings").click()
+    wait(page, lambda: by_id(page, "mask-editor").get_attribute("data-mask") == "painted")
+    assert by_id(page, "inpaint-area").get_attribute("value") == "whole"
+    alpha = "return arguments[0].getContext('2d').getImageData(arguments[1], 32, 1, 1).data[3]"
+    assert page.execute_script(alpha, canvas, 16) == 255 and page.execute_script(alpha, canvas, 50) == 0
+
+    # the mask tools
+    by_id(page, "mask-clear").click()
+    assert by_id(page, "mask-editor").get_attribute("data-mask") == "empty"
+    assert not by_id(page, "inpaint-options").is_displayed()
+    by_id(page, "mask-invert").click()  # nothing painted, inverted: everything
+    assert by_id(page, "mask-editor").get_attribute("data-mask") == "painted"
+    page.find_element("css selector", "label:has(#mask-eraser)").click()
+    paint(page, canvas, [(0.5, 0.5)])
+    assert by_id(page, "mask-editor").get_attribute("data-mask") == "painted"
+    assert page.execute_script(alpha, canvas, 32) == 0  # erased
+    page.find_element("css selector", "label:has(#mask-brush)").click()
+    by_id(page, "mask-clear").click()
+    fill(page, "outpaint-right", 16)  # outpaint alone makes it inpainting too
+    wait(page, lambda: by_id(page, "inpaint-options").is_displayed())
+    assert "extended image" in by_id(page, "outpaint-size").text
+    fill(page, "outpaint-right", 0)
+    wait(page, lambda: not by_id(page, "inpaint-options").is_displayed())
+
+    # a new (or no) init image clears the mask
+    paint(page, canvas, [(0.5, 0.2), (0.5, 0.8)])
+    assert by_id(page, "mask-editor").get_attribute("data-mask") == "painted"
+    by_id(page, "init-clear").click()
+    assert not by_id(page, "mask-editor").is_displayed() and not by_id(page, "inpaint-fields").is_displayed()
+    assert canvas.get_attribute("width") == "0"
+
+
 def test_one_controlnet_unit(page, init_png):
     by_id(page, "control-add").click()
     choose(page, "control-0-model", TINY_CANNY)
@@ -313,9 +439,10 @@ def test_cancel_while_running(page):
 
 def test_gallery_shows_searches_and_deletes(page):
     by_id(page, "tab-gallery").click()
-    # txt2img 2 + 2 with a new seed, img2img 1, ControlNet 1
-    wait(page, lambda: len(results(page, "#gallery-grid .gallery-item")) == 6)
+    # txt2img 2 + 2 with a new seed, img2img 1, inpaint 1, ControlNet 1
+    wait(page, lambda: len(results(page, "#gallery-grid .gallery-item")) == 7)
     snapshot(page, "3-gallery")
+    assert page.find_elements("css selector", "#gallery-grid .gallery-item .send-inpaint")
     fill(page, "gallery-search", "circle")
     wait(page, lambda: len(results(page, "#gallery-grid .gallery-item")) == 4)
     items = page.find_elements("css selector", "#gallery-grid .gallery-item")

@@ -120,10 +120,12 @@ class Job:
 
 
 def public_request(request: GenerationRequest | dict[str, Any]) -> dict[str, Any]:
-    """A request as JSON for responses: an uploaded init image is summarised, not echoed,
-    and a local path (the gallery's copy of an input) is reduced to its file name."""
+    """A request as JSON for responses: an uploaded init image or mask is summarised, not
+    echoed, and a local path (the gallery's copy of an input) is reduced to its file name."""
     fields = request.model_dump(mode="json") if isinstance(request, GenerationRequest) else dict(request)
     fields["init_image"] = _public_image(fields.get("init_image"))
+    if fields.get("mask_image") is not None:
+        fields["mask_image"] = _public_image(fields["mask_image"])
     if fields.get("controls"):
         fields["controls"] = [
             {**unit, "image": _public_image(unit.get("image"))} for unit in fields["controls"]

@@ -26,6 +26,10 @@
     sent: new Map(),     // job id -> the request as sent (with its images), for "reuse settings"
     lastSeed: null,
     initImage: null,     // data URL of the img2img init image
+    initLoads: 0,        // counts setInit calls: a slow image load that was replaced is ignored
+    canInpaint: true,    // the selected model's family inpaints
+    maskPainted: false,  // the mask canvas holds something to repaint
+    stroke: null,        // the mask stroke being painted: its last point
     units: 0,            // counter for control unit ids
     pngFields: null,     // request fields read by PNG info
   };
@@ -67,7 +71,9 @@
     width: "width", height: "height", steps: "steps", guidance_scale: "guidance", seed: "seed",
     num_images: "num-images", scheduler: "scheduler", init_image: "init-drop", strength: "strength",
     refiner: "refiner", refiner_at: "refiner-at", prior: "prior", prior_steps: "prior-steps",
-    prior_guidance_scale: "prior-guidance",
+    prior_guidance_scale: "prior-guidance", mask_image: "mask-editor", mask_blur: "mask-blur",
+    invert_mask: "mask-invert", inpaint_area: "inpaint-area", inpaint_padding: "inpaint-padding",
+    masked_content: "masked-content", outpaint: "outpaint-fields", paste_back: "paste-back",
   };
   const UNIT_FIELDS = {
     model: "model", image: "file", preprocessor: "preprocessor", conditioning_scale: "scale",
@@ -134,6 +140,7 @@
       request.init_image = state.initImage;
       const strength = number("strength");
       if (strength !== null) request.strength = strength;
+      Object.assign(request, inpaintRequest());
     }
     const units = [...document.querySelectorAll("#control-units .control-unit")];
     if (units.length) request.controls = units.map(unitRequest);
@@ -147,6 +154,33 @@
       if (number("prior-guidance") !== null) request.prior_guidance_scale = number("prior-guidance");
     }
     return request;
+  }
+
+  // inpainting fields: only with a mask or outpaint, on a model that inpaints (else plain img2img)
+  function inpaintRequest() {
+    if (!state.canInpaint) return {};
+    const mask = maskDataUrl();
+    const outpaint = outpaintSides();
+    if (!mask && !outpaint) return {};
+    const fields = {
+      masked_content: $("masked-content").value,
+      inpaint_area: $("inpaint-area").value,
+      paste_back: $("paste-back").checked,
+    };
+    if (mask) fields.mask_image = mask;
+    if (outpaint) fields.outpaint = outpaint;
+    for (const [field, id] of [["mask_blur", "mask-blur"], ["inpaint_padding", "inpaint-padding"]]) {
+      const value = number(id);
+      if (value !== null) fields[field] = value;
+    }
+    return fields;
+  }
+
+  const OUTPAINT_IDS = ["outpaint-left", "outpaint-top", "outpaint-right", "outpaint-bottom"];
+
+  function outpaintSides() {
+    const sides = OUTPAINT_IDS.map((id) => number(id) ?? 0);
+    return sides.some((side) => side !== 0) ? sides : null;
   }
 
   function unitRequest(node) {
@@ -199,9 +233,22 @@
       $("scheduler").add(new Option(scheduler, scheduler));
     }
     set("scheduler", scheduler);
-    if (typeof fields.init_image === "string" && fields.init_image.startsWith("data:")) setInit(fields.init_image);
-    else setInit(null);
+    const isData = (value) => typeof value === "string" && value.startsWith("data:");
+    await setInit(isData(fields.init_image) ? fields.init_image : null);
     if (fields.strength !== null && fields.strength !== undefined) set("strength", fields.strength);
+    set("mask-blur", fields.mask_blur ?? 4);
+    set("masked-content", fields.masked_content || "original");
+    set("inpaint-area", fields.inpaint_area || "whole");
+    set("inpaint-padding", fields.inpaint_padding ?? 32);
+    $("paste-back").checked = fields.paste_back !== false;
+    const outpaint = Array.isArray(fields.outpaint) && fields.outpaint.length === 4
+      ? fields.outpaint : [0, 0, 0, 0];
+    OUTPAINT_IDS.forEach((id, i) => set(id, outpaint[i]));
+    // the mask as painted: invert_mask is applied to it here (the page sends the inverted mask)
+    if (state.initImage && isData(fields.mask_image)) {
+      await loadMask(fields.mask_image, fields.invert_mask === true);
+    }
+    maskChanged();
     $("control-units").replaceChildren();
     for (const unit of fields.controls || []) addUnit(unit);
     set("refiner", fields.refiner || "");
@@ -244,7 +291,9 @@
     $("prior-fields").hidden = !info.options.includes("prior");
     $("control-add").disabled = !info.controlnet;
     $("control-unavailable").hidden = info.controlnet;
-    $("img2img").disabled = !info.tasks.includes("img2img");
+    state.canInpaint = info.tasks.includes("inpaint");
+    $("img2img").disabled = !info.tasks.includes("img2img") && !state.canInpaint;
+    showInpaintFields();
     $("steps").placeholder = info.defaults.steps;
     $("guidance").placeholder = info.defaults.guidance_scale;
     showEffectiveSteps();
@@ -296,13 +345,236 @@
     return readFile(await response.blob());
   }
 
-  function setInit(dataUrl) {
+  // Sets (or with null removes) the init image; the mask is cleared and sized to the image once
+  // it has loaded (the returned promise). A later call wins over a slower earlier one.
+  async function setInit(dataUrl) {
     state.initImage = dataUrl;
-    $("init-preview").hidden = !dataUrl;
-    $("init-preview").src = dataUrl || "";
+    const load = ++state.initLoads;
+    const preview = $("init-preview");
+    const canvas = $("mask-canvas");
+    canvas.width = 0;
+    canvas.height = 0;
+    state.stroke = null;
     $("init-clear").hidden = !dataUrl;
     $("init-hint").hidden = !!dataUrl;
+    $("mask-editor").hidden = !dataUrl;
+    preview.hidden = !dataUrl;
+    if (dataUrl) preview.src = dataUrl;
+    else preview.removeAttribute("src");
+    maskChanged();
     showEffectiveSteps();
+    if (!dataUrl) return;
+    try {
+      await preview.decode();
+    } catch {
+      return;   // not an image the browser reads: the server will say so
+    }
+    if (load !== state.initLoads) return;
+    const [width, height] = [preview.naturalWidth, preview.naturalHeight];
+    canvas.width = width;
+    canvas.height = height;
+    const editor = $("mask-editor");   // the image's shape, at most MASK_HEIGHT pixels high on screen
+    editor.style.aspectRatio = `${width} / ${height}`;
+    editor.style.width = `min(100%, ${Math.round((MASK_HEIGHT * width) / height)}px)`;
+    maskChanged();
+  }
+
+  // ---- the inpainting mask -------------------------------------------------------------------
+  // The mask is the alpha of #mask-canvas (the init image's pixel size, shown scaled over it,
+  // in MASK_RGB at half opacity): painted = repaint. It is sent as an opaque grey PNG.
+
+  const MASK_RGB = [59, 91, 219];   // --accent
+  const MASK_HEIGHT = 320;
+
+  const maskContext = () => $("mask-canvas").getContext("2d", { willReadFrequently: true });
+
+  function maskPixels() {
+    const canvas = $("mask-canvas");
+    return canvas.width ? maskContext().getImageData(0, 0, canvas.width, canvas.height) : null;
+  }
+
+  function maskChanged() {
+    const pixels = maskPixels();
+    let painted = false;
+    if (pixels) {
+      for (let i = 3; i < pixels.data.length; i += 4) {
+        if (pixels.data[i]) { painted = true; break; }
+      }
+    }
+    state.maskPainted = painted;
+    $("mask-editor").dataset.mask = painted ? "painted" : "empty";
+    $("mask-status").textContent = painted
+      ? "Masked: only the painted area is repainted."
+      : "No mask: plain image to image. Paint over the image where it should change.";
+    $("mask-invert").disabled = !pixels;
+    $("mask-clear").disabled = !painted;
+    showInpaintFields();
+  }
+
+  function showInpaintFields() {
+    const editable = !!state.initImage && state.canInpaint;
+    $("inpaint-fields").hidden = !editable;
+    $("mask-canvas").hidden = !editable;
+    $("inpaint-unavailable").hidden = !state.initImage || state.canInpaint;
+    const outpaint = outpaintSides();
+    $("inpaint-options").hidden = !editable || !(state.maskPainted || outpaint);
+    $("inpaint-padding").disabled = $("inpaint-area").value !== "masked";   // used by "only masked"
+    const size = $("outpaint-size");
+    const canvas = $("mask-canvas");
+    size.hidden = !editable || !outpaint;
+    if (!size.hidden) {
+      const [left, top, right, bottom] = outpaint;
+      const width = number("width");
+      const height = number("height");
+      size.textContent = width !== null && height !== null
+        ? `Width and height (${width} x ${height}) are the size of the extended image.`
+        : canvas.width ? `Extended image: ${Math.max(8, canvas.width - (canvas.width % 8)) + left + right} x `
+          + `${Math.max(8, canvas.height - (canvas.height % 8)) + top + bottom} pixels.` : "";
+    }
+  }
+
+  // an opaque PNG at the init image's size: white where painted, black elsewhere, grey at soft
+  // edges; null when nothing is painted
+  function maskDataUrl() {
+    if (!state.maskPainted) return null;
+    const pixels = maskPixels();
+    if (!pixels) return null;
+    const out = new ImageData(pixels.width, pixels.height);
+    for (let i = 0; i < pixels.data.length; i += 4) {
+      const value = pixels.data[i + 3];
+      out.data[i] = value;
+      out.data[i + 1] = value;
+      out.data[i + 2] = value;
+      out.data[i + 3] = 255;
+    }
+    const offscreen = document.createElement("canvas");
+    offscreen.width = pixels.width;
+    offscreen.height = pixels.height;
+    offscreen.getContext("2d").putImageData(out, 0, 0);
+    return offscreen.toDataURL("image/png");
+  }
+
+  // each pixel's mask value (0-255) -> the overlay's pixels
+  function setMaskValues(values) {
+    const canvas = $("mask-canvas");
+    const pixels = new ImageData(canvas.width, canvas.height);
+    for (let p = 0; p < values.length; p++) {
+      pixels.data.set(MASK_RGB, p * 4);
+      pixels.data[p * 4 + 3] = values[p];
+    }
+    maskContext().putImageData(pixels, 0, 0);
+  }
+
+  function invertMask() {
+    const pixels = maskPixels();
+    if (!pixels) return;
+    const values = new Uint8ClampedArray(pixels.width * pixels.height);
+    for (let p = 0; p < values.length; p++) values[p] = 255 - pixels.data[p * 4 + 3];
+    setMaskValues(values);
+    maskChanged();
+  }
+
+  function clearMask() {
+    const canvas = $("mask-canvas");
+    maskContext().clearRect(0, 0, canvas.width, canvas.height);
+    maskChanged();
+  }
+
+  // a mask image (a data URL) onto the canvas, read as the server reads one: the alpha of a
+  // transparent image, else the luminance; white = repaint
+  async function loadMask(dataUrl, invert = false) {
+    const canvas = $("mask-canvas");
+    if (!canvas.width) return;
+    const image = new Image();
+    image.src = dataUrl;
+    try {
+      await image.decode();
+    } catch {
+      return;
+    }
+    const scratch = document.createElement("canvas");
+    scratch.width = canvas.width;
+    scratch.height = canvas.height;
+    const context = scratch.getContext("2d", { willReadFrequently: true });
+    context.drawImage(image, 0, 0, scratch.width, scratch.height);
+    const { data } = context.getImageData(0, 0, scratch.width, scratch.height);
+    let transparent = false;
+    for (let i = 3; i < data.length; i += 4) {
+      if (data[i] < 255) { transparent = true; break; }
+    }
+    const values = new Uint8ClampedArray(scratch.width * scratch.height);
+    for (let p = 0; p < values.length; p++) {
+      const i = p * 4;
+      const value = transparent ? data[i + 3]
+        : Math.round(0.299 * data[i] + 0.587 * data[i + 1] + 0.114 * data[i + 2]);
+      values[p] = invert ? 255 - value : value;
+    }
+    setMaskValues(values);
+    maskChanged();
+  }
+
+  // pointer position in the canvas's pixels, and how many of them one screen pixel is
+  function maskPoint(event) {
+    const canvas = $("mask-canvas");
+    const box = canvas.getBoundingClientRect();
+    const scale = canvas.width / box.width;
+    const x = (event.clientX - box.left) * scale;
+    return { x, y: (event.clientY - box.top) * (canvas.height / box.height), scale };
+  }
+
+  function paint(from, to) {
+    const context = maskContext();
+    const eraser = document.querySelector("input[name=mask-tool]:checked").value === "eraser";
+    context.globalCompositeOperation = eraser ? "destination-out" : "source-over";
+    context.fillStyle = context.strokeStyle = `rgb(${MASK_RGB.join(" ")})`;
+    context.lineWidth = Number($("mask-size").value) * to.scale;
+    context.lineCap = "round";
+    context.lineJoin = "round";
+    context.beginPath();
+    if (from.x === to.x && from.y === to.y) {
+      context.arc(to.x, to.y, context.lineWidth / 2, 0, 2 * Math.PI);
+      context.fill();
+    } else {
+      context.moveTo(from.x, from.y);
+      context.lineTo(to.x, to.y);
+      context.stroke();
+    }
+    context.globalCompositeOperation = "source-over";
+  }
+
+  function wireMaskEditor() {
+    const canvas = $("mask-canvas");
+    canvas.addEventListener("pointerdown", (event) => {
+      if ($("img2img").disabled || !canvas.width) return;
+      if (event.pointerType === "mouse" && event.button !== 0) return;
+      event.preventDefault();
+      canvas.setPointerCapture(event.pointerId);
+      state.stroke = maskPoint(event);
+      paint(state.stroke, state.stroke);
+    });
+    canvas.addEventListener("pointermove", (event) => {
+      if (!state.stroke) return;
+      const moves = event.getCoalescedEvents ? event.getCoalescedEvents() : [];
+      for (const move of moves.length ? moves : [event]) {
+        const point = maskPoint(move);
+        paint(state.stroke, point);
+        state.stroke = point;
+      }
+    });
+    const end = () => {
+      if (!state.stroke) return;
+      state.stroke = null;
+      maskChanged();
+    };
+    canvas.addEventListener("pointerup", end);
+    canvas.addEventListener("pointercancel", end);
+    $("mask-size").addEventListener("input", () => {
+      $("mask-size-value").textContent = `${$("mask-size").value} px`;
+    });
+    $("mask-invert").addEventListener("click", invertMask);
+    $("mask-clear").addEventListener("click", clearMask);
+    for (const id of [...OUTPAINT_IDS, "width", "height"]) $(id).addEventListener("input", showInpaintFields);
+    $("inpaint-area").addEventListener("change", showInpaintFields);
   }
 
   function dropZone(zoneId, inputId, onFile) {
@@ -327,6 +599,18 @@
       setInit(await urlToDataUrl(url));
       showTab("panel-generate");
       $("img2img").scrollIntoView({ block: "nearest" });
+    } catch (error) {
+      showError(error);
+    }
+  }
+
+  // the image as init image with an empty mask, the mask editor in view to paint on
+  async function sendToInpaint(url) {
+    try {
+      await setInit(await urlToDataUrl(url));
+      showTab("panel-generate");
+      $("mask-editor").scrollIntoView({ block: "center" });
+      $("mask-canvas").focus({ preventScroll: true });
     } catch (error) {
       showError(error);
     }
@@ -570,6 +854,7 @@
         label: image.nsfw ? "flagged by the safety checker" : "",
         actions: [
           ["send-img2img", "Send to img2img", () => sendToImg2img(image.url)],
+          ["send-inpaint", "Send to inpaint", () => sendToInpaint(image.url)],
           ["reuse-settings", "Reuse settings", () => reuse(sent, image.seed)],
           ["new-seed", "Same settings, new seed", async () => {
             await fillForm({ ...sent, seed: null });
@@ -602,6 +887,7 @@
         label: `${entry.created_at.slice(0, 16).replace("T", " ")} · ${entry.prompt}`,
         actions: [
           ["send-img2img", "Send to img2img", () => sendToImg2img(entry.url)],
+          ["send-inpaint", "Send to inpaint", () => sendToInpaint(entry.url)],
           ["reuse-settings", "Reuse settings", () => reuse(entry.request || {}, entry.seed)],
           ["gallery-delete", "Delete", async () => {
             try {
@@ -674,6 +960,8 @@
     $("strength").addEventListener("input", showEffectiveSteps);
     $("init-clear").addEventListener("click", () => setInit(null));
     dropZone("init-drop", "init-file", async (file) => setInit(await readFile(file)));
+    wireMaskEditor();
+    maskChanged();
     dropZone("pnginfo-drop", "pnginfo-file", readPng);
     $("pnginfo-load").addEventListener("click", async () => {
       if (!state.pngFields) return;
