@@ -1,7 +1,8 @@
 """The web UI in a real browser: headless Chromium (Debian's chromium + chromedriver, driven by
 Selenium; nothing is downloaded) against a real `python -m easel serve` with an API key, on a
-free loopback port, with the tiny models. The tests run in order on one page, as a user would:
-generate, img2img from a result, inpainting it, a ControlNet unit, cancel, gallery, PNG info.
+free loopback port, with the tiny models and a tiny LoRA. The tests run in order on one page, as a
+user would: generate, img2img from a result, inpainting it, a ControlNet unit, a LoRA, cancel,
+gallery, PNG info.
 
 On failure each test leaves a screenshot, the page's HTML and the browser console in
 $EASEL_TEST_ARTIFACTS (default: the test's pytest tmp dir) and prints where.
@@ -16,12 +17,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import TINY_CANNY, TINY_SD15, TINY_SDXL
+from conftest import TINY_CANNY, TINY_SD15, TINY_SDXL, TINY_SDXL_REFINER
 from server_support import serve_process
 
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 KEY = "ui-browser-key"
 PROMPT = "a red circle"
+LORA = "tiny-style"
+XL_LORA = "xl-stub"
 
 pytestmark = [
     pytest.mark.slow,
@@ -35,8 +38,21 @@ pytestmark = [
 
 @pytest.fixture(scope="module")
 def base_url(hf_home, controlnet_models, tmp_path_factory):
-    """`easel serve` in a subprocess with an API key; its URL."""
-    with serve_process(tmp_path_factory.mktemp("ui-home"), KEY) as port:
+    """`easel serve` in a subprocess with an API key; its URL. Its LoRA folder has a tiny LoRA for
+    the tiny SD 1.5 model and a stub that reads as made for SDXL (one 2048-wide cross-attention
+    key matrix: listed, never loaded here)."""
+    import torch
+    from diffusers import StableDiffusionPipeline
+    from safetensors.torch import save_file
+
+    from easel.testing.tiny_loras import write_tiny_lora
+
+    home = tmp_path_factory.mktemp("ui-home")
+    pipe = StableDiffusionPipeline.from_pretrained(TINY_SD15)
+    write_tiny_lora(pipe, home / "loras" / f"{LORA}.safetensors", layout="peft", seed=1)
+    key = "unet.down_blocks.1.attentions.0.transformer_blocks.0.attn2.to_k.lora_A.weight"
+    save_file({key: torch.zeros(1, 2048)}, str(home / "loras" / f"{XL_LORA}.safetensors"))
+    with serve_process(home, KEY) as port:
         yield f"http://127.0.0.1:{port}"
 
 
@@ -408,6 +424,109 @@ def call_api(base_url: str, path: str, body: dict[str, Any] | None = None) -> An
         return json.loads(answer.read())
 
 
+def record_sent_jobs(driver: Any) -> None:
+    """From now on window.sentJobs holds each request body the page posts to /api/v1/jobs."""
+    driver.execute_script(
+        "if (window.sentJobs) return; window.sentJobs = []; const original = window.fetch;"
+        "window.fetch = (url, init) => { if (String(url).endsWith('/api/v1/jobs') && init && init.body)"
+        " window.sentJobs.push(JSON.parse(init.body)); return original(url, init); };"
+    )
+
+
+def test_a_lora_from_the_servers_folder(page, base_url):
+    choose(page, "model", TINY_SD15)
+    wait(page, lambda: "sd15" in by_id(page, "model-family").text)
+    assert by_id(page, "loras").is_enabled() and not by_id(page, "lora-unavailable").is_displayed()
+    assert not by_id(page, "lora-empty").is_displayed()
+    option = by_id(page, "lora-select").find_element("css selector", f"option[value='{LORA}']")
+    xl_option = by_id(page, "lora-select").find_element("css selector", f"option[value='{XL_LORA}']")
+    # the tiny model's text width (32) is no known family's: shown, not judged (the server checks)
+    assert option.text == f"{LORA} (cross-attention 32)"
+    # one made for another family is marked, here and in its row
+    assert xl_option.text == f"{XL_LORA} (made for sdxl, not for this sd15 model)"
+    assert "mismatch" in xl_option.get_attribute("class")
+    choose(page, "lora-select", XL_LORA)
+    by_id(page, "lora-add").click()
+    xl_row = page.find_element("css selector", "#lora-rows .lora-row").get_attribute("id")
+    assert "not for this sd15 model" in by_id(page, f"{xl_row}-note").text
+    choose(page, "model", TINY_SDXL)
+    wait(page, lambda: xl_option.text == f"{XL_LORA} (sdxl)")
+    assert by_id(page, f"{xl_row}-note").text == ""
+    choose(page, "model", TINY_SD15)
+    wait(page, lambda: "not for this sd15 model" in xl_option.text)
+    by_id(page, f"{xl_row}-remove").click()
+
+    choose(page, "lora-select", LORA)
+    by_id(page, "lora-add").click()
+    row = page.find_element("css selector", "#lora-rows .lora-row")
+    row_id = row.get_attribute("id")
+    weight = by_id(page, f"{row_id}-weight")
+    assert by_id(page, f"{row_id}-name").text == LORA and weight.get_attribute("value") == "1"
+    assert [weight.get_attribute(a) for a in ("min", "max", "step")] == ["-2", "2", "0.05"]
+    by_id(page, "lora-add").click()  # the same LoRA twice: one row, and a word why
+    assert len(page.find_elements("css selector", "#lora-rows .lora-row")) == 1
+    assert "already" in by_id(page, "lora-message").text
+    fill(page, f"{row_id}-weight", 0.8)
+
+    record_sent_jobs(page)
+    for element_id, value in (("prompt", "a pattern"), ("steps", 3), ("seed", 7), ("num-images", 1),
+                              ("width", 64), ("height", 64)):  # fmt: skip
+        fill(page, element_id, value)
+    with_lora = generate_and_wait(page, 1)[0]
+    image_id = with_lora.get_attribute("data-image-id")
+    assert page.execute_script("return window.sentJobs")[-1]["loras"] == [{"name": LORA, "weight": 0.8}]
+    parameters = with_lora.find_element("css selector", ".metadata pre").get_attribute("textContent")
+    assert f'Lora hashes: "{LORA}: ' in parameters and f"<lora:{LORA}:0.8>" in parameters
+    snapshot(page, "7-lora")
+
+    by_id(page, f"{row_id}-remove").click()
+    assert not page.find_elements("css selector", "#lora-rows .lora-row")
+    without = generate_and_wait(page, 1)[0]
+    assert "loras" not in page.execute_script("return window.sentJobs")[-1]
+    assert "Lora hashes" not in without.find_element("css selector", ".metadata pre").get_attribute(
+        "textContent"
+    )
+    changed = image_pixels(base_url, image_id)
+    plain = image_pixels(base_url, without.get_attribute("data-image-id"))
+    assert changed.shape == plain.shape == (64, 64, 3) and (changed != plain).any()
+
+    # "reuse settings" on the LoRA image (its gallery card: the stored request, with the file's
+    # sha256) brings its row back, weight and all
+    jobs = call_api(base_url, "/api/v1/jobs?limit=5")
+    job = next(j for j in jobs if any(image["id"] == image_id for image in j["images"]))
+    assert len(job["request"]["loras"][0]["sha256"]) == 64
+    by_id(page, "tab-gallery").click()
+    selector = f"#gallery-grid [data-image-id='{image_id}'] .reuse-settings"
+    wait(page, lambda: page.find_elements("css selector", selector))
+    page.find_element("css selector", selector).click()
+    wait(page, lambda: by_id(page, "panel-generate").is_displayed()
+         and len(page.find_elements("css selector", "#lora-rows .lora-row")) == 1)  # fmt: skip
+    restored = page.find_element("css selector", "#lora-rows .lora-row").get_attribute("id")
+    assert by_id(page, f"{restored}-name").text == LORA
+    assert by_id(page, f"{restored}-weight").get_attribute("value") == "0.8"
+    assert by_id(page, "prompt").get_attribute("value") == "a pattern"
+    page.execute_script("arguments[0].scrollIntoView({block: 'center'})", by_id(page, "loras"))
+    snapshot(page, "8-lora-reused")
+
+    # AUTOMATIC1111 syntax: "Insert tag" writes the tag at the cursor
+    assert not by_id(page, "lora-insert").is_displayed()
+    choose(page, "syntax", "a1111")
+    page.execute_script("arguments[0].setSelectionRange(1, 1)", by_id(page, "prompt"))  # after "a"
+    by_id(page, "lora-insert").click()
+    assert by_id(page, "prompt").get_attribute("value") == f"a <lora:{LORA}:1> pattern"
+    choose(page, "syntax", "compel")
+    fill(page, "prompt", "a pattern")
+
+    # a family without LoRAs (the SDXL refiner): the fieldset is off and says so, nothing is sent
+    choose(page, "model", TINY_SDXL_REFINER)
+    wait(page, lambda: by_id(page, "lora-unavailable").is_displayed())
+    assert not by_id(page, "loras").is_enabled() and not by_id(page, "lora-add").is_enabled()
+    choose(page, "model", TINY_SD15)
+    wait(page, lambda: by_id(page, "loras").is_enabled())
+    by_id(page, f"{restored}-remove").click()
+    assert not page.find_elements("css selector", "#lora-rows .lora-row")
+
+
 def test_queue_position_and_cancel_while_queued(page, base_url):
     slow = {"model": TINY_SD15, "prompt": "another client", "steps": 150, "num_images": 8,
             "width": 64, "height": 64}  # fmt: skip
@@ -439,8 +558,8 @@ def test_cancel_while_running(page):
 
 def test_gallery_shows_searches_and_deletes(page):
     by_id(page, "tab-gallery").click()
-    # txt2img 2 + 2 with a new seed, img2img 1, inpaint 1, ControlNet 1
-    wait(page, lambda: len(results(page, "#gallery-grid .gallery-item")) == 7)
+    # txt2img 2 + 2 with a new seed, img2img 1, inpaint 1, ControlNet 1, with and without a LoRA 2
+    wait(page, lambda: len(results(page, "#gallery-grid .gallery-item")) == 9)
     snapshot(page, "3-gallery")
     assert page.find_elements("css selector", "#gallery-grid .gallery-item .send-inpaint")
     fill(page, "gallery-search", "circle")

@@ -55,6 +55,7 @@ class Settings:
     allow_pickle: bool = False  # load .ckpt/.bin/.pt checkpoints (they can run code)
     threads: int | None = None  # torch CPU threads; None: 1 for small models on CPU, else torch's
     max_cached_models: int = 2  # base pipelines kept in memory
+    lora_dir: Path | None = None  # LoRAs found by name; None: EASEL_HOME/loras
     # speed and memory (see PerformanceOptions and docs/performance.md)
     attention: str = "sdpa"  # sdpa | xformers | slicing | default (diffusers' own choice)
     compile: bool = False  # torch.compile the UNet
@@ -77,6 +78,8 @@ class Settings:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "home", Path(self.home).expanduser())  # accept str from callers
+        if self.lora_dir is not None:
+            object.__setattr__(self, "lora_dir", Path(self.lora_dir).expanduser())
         for name, allowed in (
             ("attention", ATTENTION),
             ("offload", OFFLOAD),
@@ -92,6 +95,11 @@ class Settings:
             raise InvalidRequest(
                 f"invalid threads={self.threads!r}: must be >= 1", field="threads", value=self.threads
             )
+
+    @property
+    def loras_folder(self) -> Path:
+        """Where LoRAs named without a path are looked up (EASEL_LORA_DIR)."""
+        return self.lora_dir if self.lora_dir is not None else self.home / "loras"
 
     @property
     def performance(self) -> PerformanceOptions:

@@ -25,6 +25,7 @@ from easel.models.cache import LoadedComponent, LoadedModel, PipelineCache, dete
 from easel.models.control import ControlSource
 from easel.models.optimizations import check_options, prepare_task
 from easel.models.reference import ModelSource, resolve_reference
+from easel.models.vae import VaeSource
 from easel.request import DEFAULT_STRENGTH, GenerationRequest
 from easel.result import GenerationResult, Progress
 from easel.schedulers import a1111_name_for
@@ -119,6 +120,14 @@ class Easel:
         companions = family.companions(request, source, self._identify)
         # control models (ControlNets), checked against the family from their configs
         controls = self._control_sources(request, family)
+        # a VAE override (an AutoencoderKL), checked against the model's own VAE config
+        vae = self._vae_source(request, source)
+        # LoRA files, found and hashed (a recorded sha256 must match)
+        loras = self._lora_files(request, family)
+        if loras:
+            request = request.model_copy(
+                update={"loras": [spec.model_copy(update={"sha256": file.sha256}) for spec, file in loras]}
+            )
         # 2. family defaults; the request validator re-checks steps x strength now
         given = {name for name in ("steps", "prior_steps", "width", "height") if getattr(request, name)}
         request = self._with_family_defaults(request, family)
@@ -165,6 +174,8 @@ class Easel:
             controlnets = [
                 self._lease_control(leases, loaded, index, control) for index, control in enumerate(controls)
             ]
+            vae_component = None if vae is None else self._lease_vae(leases, loaded, vae)
+            self._activate_loras(loaded, loras)
             loaded_at = time.perf_counter()
             if device == "cpu":
                 self._set_cpu_threads(loaded)
@@ -185,7 +196,11 @@ class Easel:
             control_images = process_control_inputs(request, control_inputs)
             # 5. task pipeline sharing the base weights, with its own scheduler
             pipe = self.task_pipeline(
-                loaded, request, companions=leased, controlnets=[c.module for c in controlnets]
+                loaded,
+                request,
+                companions=leased,
+                controlnets=[c.module for c in controlnets],
+                vae=None if vae_component is None else vae_component.module,
             )
             sampler = a1111_name_for(type(pipe.scheduler).__name__, dict(pipe.scheduler.config))
             limits.check_evaluations(request, pipe.scheduler, sampler or type(pipe.scheduler).__name__)
@@ -221,7 +236,10 @@ class Easel:
             nsfw=[bool(flag) for flag in nsfw],
             model_family=family.name,
             model_name=source.display_name,
-            model_hashes=self._model_hashes(loaded, controlnets, leased),
+            model_hashes={
+                **self._model_hashes(loaded, controlnets, leased, vae_component),
+                **{f"lora:{file.name}": file.a1111_hash for _, file in loras},
+            },
             sampler=sampler,
             timings={
                 "load_s": loaded_at - started,  # resolve + (first time only) load weights
@@ -262,10 +280,12 @@ class Easel:
         request: GenerationRequest,
         companions: Mapping[str, LoadedModel] | None = None,
         controlnets: Sequence[Any] = (),
+        vae: Any = None,
     ) -> Any:
         """The pipeline for this request's task, built on the cached base with from_pipe
         (and on the leased companions, for families that combine models; with the leased
-        `controlnets`, the family's ControlNet pipeline)."""
+        `controlnets`, the family's ControlNet pipeline; with a leased `vae`, that VAE in place
+        of the base's own, which stays in the cached base untouched)."""
         from easel.schedulers import build_scheduler
 
         base = loaded.pipeline
@@ -275,6 +295,8 @@ class Easel:
             overrides.update(safety_checker=None, requires_safety_checker=False)
         if controlnets:
             overrides["controlnet"] = list(controlnets)
+        if vae is not None:
+            overrides["vae"] = vae
         pipe = loaded.family.derive(base, task, companions=companions or {}, **overrides)
         pipe.set_progress_bar_config(disable=True)
         prepare_task(pipe, self.settings.performance, self._device_and_dtype()[0])
@@ -295,9 +317,11 @@ class Easel:
         loaded: LoadedModel,
         controlnets: Sequence[LoadedComponent] = (),
         companions: Mapping[str, LoadedModel] | None = None,
+        vae: LoadedComponent | None = None,
     ) -> dict[str, str]:
         """sha256 of each component's weights, computed once per loaded model: "base", the
-        companions by role ("refiner", "prior"), control models as control_0, control_1, ..."""
+        companions by role ("refiner", "prior"), control models as control_0, control_1, ...,
+        a VAE override as "vae"."""
         from easel.models.hashing import sha256_of, weights_file
 
         cache_file = self.settings.home / "hashes.json"
@@ -317,6 +341,8 @@ class Easel:
                 control.hashes = {} if weights is None else {"weights": sha256_of(weights, cache_file)}
             if "weights" in control.hashes:
                 hashes[f"control_{index}"] = control.hashes["weights"]
+        if vae is not None and vae.hashes and "weights" in vae.hashes:  # hashed when leased
+            hashes["vae"] = vae.hashes["weights"]
         return hashes
 
     def _control_sources(self, request: GenerationRequest, family: Family) -> list[ControlSource]:
@@ -331,6 +357,44 @@ class Easel:
             family.check_control(index, unit.model, control.config)
             sources.append(control)
         return sources
+
+    def _lora_files(self, request: GenerationRequest, family: Family) -> list[tuple[Any, Any]]:
+        """(spec, LoraFile) per requested LoRA: found, hashed and checked against a recorded
+        sha256, before any weights load."""
+        if not request.loras:
+            return []
+        from easel.models.lora import lora_file, resolve_lora
+
+        family.check_loras(request)
+        files = []
+        for index, spec in enumerate(request.loras):
+            field = f"loras[{index}].name"
+            folder, allow_pickle = self.settings.loras_folder, self.settings.allow_pickle
+            path = resolve_lora(spec.name, folder=folder, allow_pickle=allow_pickle, field=field)
+            file = lora_file(spec.name, path, self.settings.home / "hashes.json")
+            if spec.sha256 is not None and spec.sha256 != file.sha256:
+                raise InvalidRequest(
+                    f"invalid {field}={spec.name!r}: {path} has sha256 {file.sha256[:12]}..., not the "
+                    f"{spec.sha256[:12]}... this request was made with (the file changed?)",
+                    field=field,
+                    value=spec.name,
+                )
+            files.append((spec, file))
+        return files
+
+    @staticmethod
+    def _activate_loras(loaded: LoadedModel, loras: list[tuple[Any, Any]]) -> None:
+        """This run's LoRAs (and weights) on the cached base, or none: adapters are switched,
+        never fused, so the base weights stay as loaded."""
+        if not loras and not loaded.state.get("lora_adapters"):
+            return
+        from easel.models.lora import activate, check_fits
+
+        unet_config = dict(loaded.pipeline.unet.config)
+        for index, (_, file) in enumerate(loras):
+            check_fits(file, unet_config, loaded.family.name, field=f"loras[{index}].name")
+        chosen = [(file, spec.weight) for spec, file in loras]
+        activate(loaded.pipeline, loaded.state, chosen, loaded.family.name)
 
     def _lease_control(
         self, leases: ExitStack, loaded: LoadedModel, index: int, control: ControlSource
@@ -359,6 +423,69 @@ class Easel:
             loaded.family.check_control(
                 index, control.source.reference, dict(component.module.config), unet_config
             )
+        return component
+
+    def _vae_source(self, request: GenerationRequest, source: ModelSource) -> VaeSource | None:
+        """The request's VAE override, resolved and refused (naming `vae`) when the model takes
+        none or its latent space differs, before any weights load."""
+        if request.vae is None:
+            return None
+        from easel.models.vae import base_vae_config, check_fits, resolve_vae
+
+        base_config = base_vae_config(source)  # refuses models without an AutoencoderKL (Kandinsky)
+        vae = resolve_vae(request.vae, allow_pickle=self.settings.allow_pickle)
+        check_fits(request.vae, vae.config, base_config)
+        return vae
+
+    def _lease_vae(self, leases: ExitStack, loaded: LoadedModel, vae: VaeSource) -> LoadedComponent:
+        """Lease the VAE override from the cache (checked against the loaded base's VAE first;
+        a single file takes that VAE's configuration, so it is cached per configuration) and
+        hash its weights once."""
+        import json
+
+        from easel.models.hashing import sha256_of
+        from easel.models.optimizations import prepare_vae
+        from easel.models.vae import check_fits, load_vae, vae_weights_file
+
+        own = getattr(loaded.pipeline, "vae", None)
+        if own is None:
+            error = UnsupportedFeature(
+                f"vae={vae.source.reference!r}: {loaded.source.display_name} has no VAE to replace"
+            )
+            error.field = "vae"  # type: ignore[attr-defined]
+            raise error
+        base_config = dict(own.config)
+        check_fits(vae.source.reference, vae.config, base_config)
+        device, dtype = self._device_and_dtype()
+        options = self.settings.performance
+        # with CPU offload the task pipeline's hooks move it, like the base's modules
+        placement = device if options.offload == "none" else "cpu"
+
+        def load() -> Any:
+            module = load_vae(
+                vae,
+                dtype=dtype,
+                device=placement,
+                allow_pickle=self.settings.allow_pickle,
+                base_config=base_config,
+            )
+            prepare_vae(module, options)  # slicing, tiling, attention: as the base's VAE has them
+            return module
+
+        variant = repr(options)
+        if vae.source.kind == "single_file":
+            variant += json.dumps(base_config, sort_keys=True, default=str)
+        component = leases.enter_context(
+            self.cache.lease_component(
+                "vae", vae.source, device=device, dtype=dtype, load=load, variant=variant
+            )
+        )
+        if vae.source.kind != "single_file":
+            check_fits(vae.source.reference, dict(component.module.config), base_config)
+        if component.hashes is None:
+            weights = vae_weights_file(vae.source, vae.subfolder)
+            cache_file = self.settings.home / "hashes.json"
+            component.hashes = {} if weights is None else {"weights": sha256_of(weights, cache_file)}
         return component
 
     def _set_cpu_threads(self, loaded: LoadedModel) -> None:

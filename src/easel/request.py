@@ -45,6 +45,7 @@ def effective_steps(steps: int, strength: float | None) -> int:
     return steps if strength is None else int(steps * strength)
 
 
+MAX_CLIP_SKIP = 12  # A1111's slider range; CLIP ViT-L has 12 layers
 MAX_CONTROLS = 8
 MAX_CONTROL_SCALE = 2.0  # A1111's weight slider range; beyond it ControlNets only add artifacts
 
@@ -133,6 +134,43 @@ class ControlUnit(BaseModel):
         return self
 
 
+MAX_LORAS = 16
+MAX_LORA_WEIGHT = 2.0  # A1111's usual slider range; beyond it LoRAs only break images
+
+
+class LoraSpec(BaseModel):
+    """One LoRA applied to the base model for this request (never fused into its weights).
+
+    `name`: a name in the LoRA folder (EASEL_LORA_DIR, file name without .safetensors), a path
+    to a .safetensors file, or a hub file `org/repo/file.safetensors`. `sha256` is filled in by
+    the engine in the concrete request; when given, the file found must have it (replay).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(..., min_length=1, max_length=512, description="LoRA folder name, path or hub file")
+    weight: float = Field(
+        1.0, ge=-MAX_LORA_WEIGHT, le=MAX_LORA_WEIGHT, strict=True, description="Strength (0 = off)"
+    )
+    sha256: str | None = Field(
+        None, pattern=r"^[0-9a-f]{64}$", description="The file's sha256; when given, it must match"
+    )
+
+    def __init__(self, **data: Any) -> None:
+        try:
+            super().__init__(**data)
+        except ValidationError as error:
+            problem = invalid_request_from(error)
+            raise UnitError(str(problem), field=problem.field, value=problem.value) from None
+
+    @field_validator("name")
+    @classmethod
+    def _not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("must not be empty")
+        return value
+
+
 class GenerationRequest(BaseModel):
     """Everything needed to make (and later remake) a set of images.
 
@@ -146,6 +184,11 @@ class GenerationRequest(BaseModel):
     model: str | None = Field(
         None,
         description="Hub repo id, local diffusers folder, or .safetensors file; None = bundled demo model",
+    )
+    vae: str | None = Field(
+        None,
+        description="VAE override (an AutoencoderKL): hub repo id (a VAE repo, or a pipeline repo's vae "
+        "folder), local folder, or .safetensors file; None = the model's own VAE",
     )
     prompt: str = Field(..., max_length=MAX_PROMPT_CHARS, description="What to draw")
     negative_prompt: str = Field("", max_length=MAX_PROMPT_CHARS, description="What to steer away from")
@@ -173,6 +216,14 @@ class GenerationRequest(BaseModel):
     )
     num_images: int = Field(1, ge=1, le=64, strict=True, description="Images in the batch")
     scheduler: str | None = Field(None, description="Diffusers class or A1111 sampler name")
+    clip_skip: int | None = Field(
+        None,
+        ge=1,
+        le=MAX_CLIP_SKIP,
+        strict=True,
+        description="Clip skip as A1111 counts it: 1 = the text encoder layer the model uses (no skip), "
+        "2 = the layer before it ('Clip skip: 2'), ...; None = 1",
+    )
     init_image: str | None = Field(None, description="Path or http(s)/data URL: makes this image-to-image")
     strength: float | None = Field(
         None, ge=0, le=1, strict=True, description="img2img: 1.0 ignores the init image"
@@ -221,6 +272,12 @@ class GenerationRequest(BaseModel):
         default_factory=list,
         max_length=MAX_CONTROLS,
         description="ControlNet units; several = MultiControlNet (families without ControlNet refuse them)",
+    )
+    loras: list[LoraSpec] = Field(
+        default_factory=list,
+        max_length=MAX_LORAS,
+        description="LoRAs on the base model, each with a weight; A1111-syntax prompts may carry them as "
+        "<lora:name:weight> tags instead, which are moved here",
     )
     # Family-only fields (FAMILY_FIELDS): None = not used / the family's default. A family that
     # cannot use one refuses the request (families.base.Family.check_request).
@@ -281,6 +338,53 @@ class GenerationRequest(BaseModel):
         """Validate a mapping (JSON body, replayed metadata); errors are InvalidRequest."""
         return cls(**data)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _lora_tags_into_loras(cls, data: Any) -> Any:
+        """A1111 syntax: `<lora:name:w>` tags leave the prompt and join `loras`, as A1111
+        applies them (its text encoder never sees the tag)."""
+        if not isinstance(data, dict) or data.get("prompt_syntax") != "a1111":
+            return data
+        prompt = data.get("prompt")
+        if not isinstance(prompt, str) or "<" not in prompt:
+            return data
+        from easel.prompts.extra_networks import TagError, extract_lora_tags
+
+        try:
+            text, tags = extract_lora_tags(prompt)
+        except TagError as error:
+            raise InvalidRequest(f"invalid prompt: {error}", field="prompt") from None
+        if not tags:
+            return data
+        given = data.get("loras") or []
+        if not isinstance(given, list):
+            return data  # the field's own validation says what is wrong
+        names = [
+            entry.get("name") if isinstance(entry, dict) else getattr(entry, "name", None) for entry in given
+        ]
+        for tag in tags:
+            if tag.name in names:
+                raise InvalidRequest(
+                    f"invalid prompt: LoRA {tag.name!r} is given twice ({tag.text} and loras)",
+                    field="prompt",
+                )
+            names.append(tag.name)
+        added = [{"name": tag.name, "weight": tag.weight} for tag in tags]
+        return {**data, "prompt": text, "loras": [*given, *added]}
+
+    @field_validator("loras")
+    @classmethod
+    def _each_lora_once(cls, value: list[LoraSpec]) -> list[LoraSpec]:
+        names = [lora.name for lora in value]
+        for index, name in enumerate(names):
+            if name in names[:index]:
+                raise InvalidRequest(
+                    f"invalid loras[{index}].name={name!r}: this LoRA is already in the request",
+                    field=f"loras[{index}].name",
+                    value=name,
+                )
+        return value
+
     @field_validator("width", "height")
     @classmethod
     def _multiple_of_8(cls, value: int | None) -> int | None:
@@ -314,7 +418,7 @@ class GenerationRequest(BaseModel):
             raise ValueError(f"must be (top, left), each between 0 and {4 * MAX_SIDE}")
         return value
 
-    @field_validator("refiner", "prior")
+    @field_validator("refiner", "prior", "vae")
     @classmethod
     def _model_reference(cls, value: str | None) -> str | None:
         if value is not None and not value.strip():

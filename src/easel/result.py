@@ -68,7 +68,12 @@ class GenerationResult:
     def parameters(self, index: int = 0) -> str:
         """The AUTOMATIC1111 `parameters` text of image `index`."""
         from easel.models.hashing import short_hash
-        from easel.storage.metadata import control_parameters, format_parameters, inpaint_parameters
+        from easel.storage.metadata import (
+            control_parameters,
+            format_parameters,
+            inpaint_parameters,
+            lora_parameters,
+        )
 
         return format_parameters(
             self.request,
@@ -76,7 +81,12 @@ class GenerationResult:
             sampler=self.sampler,
             model_name=self.model_name,
             model_hash=short_hash(self.model_hashes.get("base")),
-            extra={**inpaint_parameters(self.request), **control_parameters(self.request, self.model_hashes)},
+            vae_hash=short_hash(self.model_hashes.get("vae")),
+            extra={
+                **inpaint_parameters(self.request),
+                **control_parameters(self.request, self.model_hashes),
+                **lora_parameters(self.request, self.model_hashes),
+            },
         )
 
     def encode(self, index: int = 0, suffix: str = ".png") -> bytes:

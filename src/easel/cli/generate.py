@@ -19,7 +19,7 @@ from easel.cli.app import (
     quiet_libraries,
     run_door,
 )
-from easel.errors import InvalidRequest
+from easel.errors import EaselError, InvalidRequest
 
 
 @app.command()
@@ -40,6 +40,15 @@ def generate(
             "--model",
             "-m",
             help="Hub repo id, local diffusers folder or .safetensors file (default: bundled demo model).",
+        ),
+    ] = None,
+    vae: Annotated[
+        str | None,
+        typer.Option(
+            "--vae",
+            metavar="REF",
+            help="VAE override: hub repo id (e.g. madebyollin/sdxl-vae-fp16-fix), folder or .safetensors "
+            "file (default: the model's own VAE).",
         ),
     ] = None,
     negative: Annotated[str, typer.Option("--negative", "-n", help="Negative prompt.")] = "",
@@ -67,6 +76,13 @@ def generate(
     scheduler: Annotated[
         str | None,
         typer.Option(help="Scheduler: A1111 name ('Euler a', 'DPM++ 2M Karras') or diffusers class name."),
+    ] = None,
+    clip_skip: Annotated[
+        int | None,
+        typer.Option(
+            "--clip-skip",
+            help="Clip skip as A1111 counts it: 1 = the model's own text encoder layer, 2 = one before.",
+        ),
     ] = None,
     image: Annotated[
         str | None, typer.Option("--image", "-i", help="Init image (path or URL): image-to-image.")
@@ -165,6 +181,15 @@ def generate(
     prior_steps: Annotated[int | None, typer.Option(help="Kandinsky 2.2: prior steps (default 25).")] = None,
     prior_guidance: Annotated[
         float | None, typer.Option(help="Kandinsky 2.2: prior guidance scale (default 4.0).")
+    ] = None,
+    lora: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--lora",
+            metavar="NAME[:WEIGHT]",
+            help="LoRA on the base model: a name in the LoRA folder (EASEL_LORA_DIR), a .safetensors path "
+            "or a hub file org/repo/file.safetensors, with a weight in [-2, 2] (default 1). Repeatable.",
+        ),
     ] = None,
     control: Annotated[
         list[str] | None,
@@ -272,6 +297,7 @@ def generate(
         request = GenerationRequest(
             **{name: value for name, value in inpainting.items() if value is not None},
             model=model,
+            vae=vae,
             prompt=prompt,
             negative_prompt=negative,
             prompt_syntax=syntax,
@@ -282,6 +308,7 @@ def generate(
             seed=seed,
             num_images=num_images,
             scheduler=scheduler,
+            clip_skip=clip_skip,
             init_image=image,
             strength=strength,
             safety_checker=not no_safety_checker,
@@ -295,6 +322,7 @@ def generate(
             prior=prior,
             prior_steps=prior_steps,
             prior_guidance_scale=prior_guidance,
+            loras=lora_specs(lora or []),
             controls=control_units(
                 control or [],
                 {
@@ -386,15 +414,43 @@ INPAINT_FLAGS = {
 }
 
 
+# other fields whose errors name their flag (a missing --vae file is a ModelNotFound naming `vae`)
+NAMED_FLAGS = {**INPAINT_FLAGS, "vae": "--vae", "clip_skip": "--clip-skip"}
+
+
 def naming_flags(action: Any) -> Any:
-    """Run `action`; an error about an inpainting field names its flag first."""
+    """Run `action`; an error about an inpainting field (or the VAE) names its flag first."""
     try:
         return action()
-    except InvalidRequest as error:
-        flag = INPAINT_FLAGS.get(error.field or "")
+    except EaselError as error:
+        field = getattr(error, "field", None)
+        flag = NAMED_FLAGS.get(field or "") or ("--lora" if (field or "").startswith("loras[") else None)
         if flag is None or str(error).startswith(f"invalid {flag}"):
             raise
-        raise InvalidRequest(f"{flag}: {error}", field=error.field, value=error.value) from None
+        if isinstance(error, InvalidRequest):
+            raise InvalidRequest(f"{flag}: {error}", field=field, value=error.value) from None
+        renamed = type(error)(f"{flag}: {error}")
+        renamed.field = field  # type: ignore[attr-defined]
+        raise renamed from None
+
+
+def lora_specs(values: list[str]) -> list[dict[str, Any]]:
+    """--lora NAME[:WEIGHT] values -> LoraSpec fields (a last `:number` is the weight, so
+    paths with colons still work)."""
+    specs: list[dict[str, Any]] = []
+    for index, value in enumerate(values):
+        name, separator, weight = value.rpartition(":")
+        try:
+            specs.append({"name": name, "weight": float(weight)} if separator and name else {"name": value})
+        except ValueError:
+            specs.append({"name": value})
+        if not specs[-1]["name"].strip():
+            raise InvalidRequest(
+                f"invalid --lora {value!r}: use NAME or NAME:WEIGHT, e.g. my-style:0.8",
+                field=f"loras[{index}].name",
+                value=value,
+            )
+    return specs
 
 
 def outpaint_sides(value: str) -> tuple[int, ...]:

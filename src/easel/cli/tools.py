@@ -39,6 +39,32 @@ def tokens(
 
 
 @app.command()
+def loras(as_json: JsonOption = False) -> None:
+    """List the LoRAs in the LoRA folder (EASEL_LORA_DIR): name, family, A1111 hash."""
+
+    def run() -> tuple[Any, list[dict[str, Any]]]:
+        from easel.config import Settings
+        from easel.models.lora import list_loras
+
+        settings = Settings.from_env()
+        return settings.loras_folder, list_loras(settings.loras_folder, settings.home / "hashes.json")
+
+    folder, entries = run_door(run, debug=False)
+    if as_json:
+        typer.echo(json.dumps({"folder": str(folder), "loras": entries}))
+        return
+    if not entries:
+        typer.echo(f"no LoRAs in {folder} (put .safetensors files there, or set EASEL_LORA_DIR)")
+        return
+    width = max(len(entry["name"]) for entry in entries)
+    typer.echo(f"{'NAME':<{width}}  {'FAMILY':<18}  HASH")
+    for entry in entries:
+        family = entry["family"] or "unknown"
+        pickle = "  (pickle)" if entry["pickle"] else ""
+        typer.echo(f"{entry['name']:<{width}}  {family:<18}  {entry['hash']}{pickle}")
+
+
+@app.command()
 def schedulers() -> None:
     """List the scheduler names --scheduler accepts."""
     from easel.schedulers import known_scheduler_names

@@ -18,6 +18,12 @@ def demo_model_path() -> Path:
     return Path(__file__).resolve().parent / "model"
 
 
+def demo_inpaint_model_path() -> Path:
+    """Folder of the shipped StableDiffusionInpaintPipeline: the demo model fine-tuned with a
+    9-channel UNet (easel.demo.train_inpaint); `--model easel-demo-inpaint`."""
+    return Path(__file__).resolve().parent / "inpaint"
+
+
 def demo_controlnet_path() -> Path:
     """Folder of the shipped ControlNetModel (conditioned on a white-on-black shape mask)."""
     return Path(__file__).resolve().parent / "controlnet"

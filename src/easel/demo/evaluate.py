@@ -24,6 +24,7 @@ from easel.demo import demo_controlnet_path, demo_model_path, shapes
 
 EVAL_SEED = 20_261_125
 STEPS = 25
+INPAINT_CASES = 48
 
 
 def load_pipeline(model: Path | None = None) -> Any:
@@ -198,7 +199,99 @@ def controlnet_iou(pipe: Any, control: Any, count: int, guidance: float = 7.5) -
     }
 
 
-def evaluate(model: Path | None, controlnet: Path | None, pairs: int) -> dict[str, Any]:
+def _inpaint_case(scene: shapes.Scene, task: str, rng: np.random.Generator) -> tuple[Any, Any, str, Any]:
+    """(init image, mask or None, prompt, outpaint or None) for one inpainting case, and the
+    pixels to read: `repaint` the shape (grown 4 px) in another colour, `remove` it (prompt
+    only the background), `outpaint` 16 px on the left and right."""
+    from PIL import ImageFilter
+
+    init = shapes.draw_scene(scene)
+    grown = shapes.draw_mask(scene).filter(ImageFilter.MaxFilter(9))
+    if task == "repaint":
+        color = [c for c in shapes.COLORS if c not in (scene.color, scene.background)][int(rng.integers(6))]
+        return init, grown, f"a {color} {scene.shape} on a {scene.background} background", color
+    if task == "remove":
+        return init, grown, f"a {scene.background} background", scene.background
+    return init, None, scene.caption(), (16, 0, 16, 0)
+
+
+def inpainting(model: str | None, count: int, guidance: float = 7.5) -> dict[str, float]:
+    """Inpainting through easel itself (Easel.generate: mask blur 4, paste-back), strength 1.
+
+    repaint: share of the shape's pixels drawn in the asked colour; remove: share of the
+    shape's pixels now the background colour; outpaint: share of the 2x16x64 new pixels in
+    the scene's background colour. `unchanged`: share of pixels outside the blurred mask
+    (paste-back overlay 0) equal to the input, over all cases (paste-back promises 1.0).
+    """
+    import tempfile
+
+    from PIL import Image
+
+    from easel import Easel, GenerationRequest
+    from easel.inpaint import blur_mask
+
+    engine = Easel()
+    scenes = held_out_scenes(count, EVAL_SEED + 5)
+    colors = list(shapes.COLORS)
+    results: dict[str, float] = {}
+    kept, outside = 0, 0
+    with tempfile.TemporaryDirectory() as tmp:
+        init_path, mask_path = Path(tmp) / "init.png", Path(tmp) / "mask.png"
+        for task in ("repaint", "remove", "outpaint"):
+            rng = np.random.default_rng(EVAL_SEED + 6)
+            shares = []
+            for index, scene in enumerate(scenes):
+                init, mask, prompt, target = _inpaint_case(scene, task, rng)
+                init.save(init_path)
+                fields: dict[str, Any] = {"mask_image": None, "outpaint": None}
+                if mask is not None:
+                    mask.save(mask_path)
+                    fields["mask_image"] = str(mask_path)
+                    full = mask
+                else:
+                    fields["outpaint"] = target
+                    full = Image.new("L", (shapes.IMAGE_SIZE + 32, shapes.IMAGE_SIZE), 255)
+                    full.paste(0, (16, 0, 16 + shapes.IMAGE_SIZE, shapes.IMAGE_SIZE))
+                result = engine.generate(
+                    GenerationRequest(
+                        model=model, prompt=prompt, init_image=str(init_path), strength=1.0, steps=STEPS,
+                        guidance_scale=guidance, seed=EVAL_SEED + 4000 + index, **fields,
+                    )
+                )  # fmt: skip
+                out = np.asarray(result.images[0].convert("RGB"))
+                labels = shapes.nearest_color_labels(out)
+                keep = np.asarray(blur_mask(full, 4)) == 0  # where paste-back keeps the input
+                original = np.asarray(init)
+                if task == "outpaint":
+                    new = np.ones(labels.shape, bool)
+                    new[:, 16 : 16 + shapes.IMAGE_SIZE] = False
+                    shares.append((labels[new] == colors.index(scene.background)).mean())
+                    out, keep = out[:, 16 : 16 + shapes.IMAGE_SIZE], keep[:, 16 : 16 + shapes.IMAGE_SIZE]
+                else:
+                    shape = np.asarray(shapes.draw_mask(scene)) > 127
+                    shares.append((labels[shape] == colors.index(target)).mean())
+                kept += int((out[keep] == original[keep]).all(axis=-1).sum())
+                outside += int(keep.sum())
+            results[task] = float(np.mean(shares))
+    results["unchanged_outside_mask"] = kept / max(1, outside)
+    return results
+
+
+def inpainting_figures(model: Path | None, inpaint_model: Path | None, count: int) -> dict[str, Any]:
+    """inpainting() for the base model (4-channel route) and the inpainting model (9-channel)."""
+    from easel.models.reference import DEMO_INPAINT
+
+    return {
+        "4-channel (base model)": inpainting(str(model) if model else None, count),
+        "9-channel (inpainting model)": inpainting(
+            str(inpaint_model) if inpaint_model else DEMO_INPAINT, count
+        ),
+    }
+
+
+def evaluate(
+    model: Path | None, controlnet: Path | None, pairs: int, inpaint_model: Path | None = None
+) -> dict[str, Any]:
     """All measurements of the model card, as one JSON-able dict."""
     from diffusers import (
         DDIMScheduler,
@@ -232,6 +325,7 @@ def evaluate(model: Path | None, controlnet: Path | None, pairs: int) -> dict[st
     distances = list(results["img2img_distance_by_strength"].values())
     results["img2img_monotone"] = all(a < b for a, b in itertools.pairwise(distances))
     results["controlnet"] = controlnet_iou(pipe, load_controlnet_pipeline(pipe, controlnet), 64)
+    results["inpainting"] = inpainting_figures(model, inpaint_model, INPAINT_CASES)
     results["seconds"] = round(time.time() - began, 1)
     return results
 
@@ -244,12 +338,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--controlnet", type=Path, default=None, help="ControlNetModel folder (default: shipped)"
     )
+    parser.add_argument(
+        "--inpaint-model", type=Path, default=None, help="inpainting diffusers folder (default: shipped)"
+    )
+    parser.add_argument("--only", choices=["inpainting"], default=None, help="run one section")
     parser.add_argument("--pairs", type=int, default=120, help="held-out (prompt, seed) pairs")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    results = evaluate(args.model, args.controlnet, args.pairs)
+    if args.only == "inpainting":
+        results = {"inpainting": inpainting_figures(args.model, args.inpaint_model, INPAINT_CASES)}
+    else:
+        results = evaluate(args.model, args.controlnet, args.pairs, args.inpaint_model)
     text = json.dumps(results, indent=2)
     print(text)
     if args.json:

@@ -86,6 +86,9 @@ class Family:
     # dedicated inpainting UNets alike
     inpaint_class: str | None = None
     controlnet_inpaint_class: str | None = None
+    # LoRA adapters (easel.models.lora): the base pipeline has diffusers' LoRA loader for its
+    # UNet and text encoders
+    loras: bool = False
 
     # -- detection and checks -------------------------------------------------------------
 
@@ -115,6 +118,14 @@ class Family:
             raise UnsupportedFeature(
                 f"controls: {self.name} models cannot be steered by a ControlNet for {task} "
                 f"(ControlNet works with: {users})"
+            )
+
+    def check_loras(self, request: GenerationRequest) -> None:
+        """Refuse LoRAs for a family whose pipelines cannot take them (never ignore them)."""
+        if request.loras and not self.loras:
+            users = ", ".join(f.name for f in _families() if f.loras)
+            raise UnsupportedFeature(
+                f"loras: {self.name} models take no LoRA here (LoRAs work with: {users})"
             )
 
     def unsupported_task_message(self, task: str) -> str:
@@ -308,6 +319,24 @@ class Family:
         pipeline concatenates them; SD 1.x/2.x: one CLIP text encoder, last hidden state."""
         return [(pipe.tokenizer, pipe.text_encoder, "LAST_HIDDEN_STATES_NORMALIZED", False)]
 
+    def clip_skip_layers(self, request: GenerationRequest, encoders: list[tuple[Any, Any, str, bool]]) -> int:
+        """diffusers' `clip_skip` for the request's (A1111-counted) clip skip: N - 1 layers before
+        the one the model uses (0: none); refused, naming clip_skip, when a text encoder has
+        fewer layers than that."""
+        skip = (request.clip_skip or 1) - 1
+        if not skip:
+            return 0
+        layers = min(int(encoder.config.num_hidden_layers) for _, encoder, _, _ in encoders)
+        used = 1 if any(kind.startswith("PENULTIMATE") for _, _, kind, _ in encoders) else 0
+        if skip + used > layers:  # hidden_states: the embeddings' output, then one per layer
+            raise InvalidRequest(
+                f"invalid clip_skip={request.clip_skip}: this model's text encoder has {layers} layers, "
+                f"so clip skip goes up to {layers + 1 - used}",
+                field="clip_skip",
+                value=request.clip_skip,
+            )
+        return skip
+
     def apply_prompts(
         self, pipe: Any, request: GenerationRequest, arguments: dict[str, Any], state: dict[str, Any]
     ) -> list[str]:
@@ -331,16 +360,24 @@ class Family:
         negative = plan_prompt(request.negative_prompt, request.prompt_syntax, field="negative_prompt")
         warnings = syntax_warnings(request.prompt, request.prompt_syntax)
         encoders = self.prompt_encoders(pipe)
+        skip = self.clip_skip_layers(request, encoders)
         tokenizer = encoders[0][0]
         longest = max(count_tokens(tokenizer, positive) + count_tokens(tokenizer, negative))
         if not positive.weighted and not negative.weighted and longest <= CHUNK_TOKENS:
             arguments["prompt"] = positive.text
             arguments["negative_prompt"] = negative.text or None
+            if skip:
+                arguments["clip_skip"] = skip
             return warnings
-        encoder = state.get("prompt_encoder")
+        # one encoder per clip skip (its layer is part of what the encoder computes)
+        key = "prompt_encoder" if not skip else f"prompt_encoder (clip skip {skip})"
+        encoder = state.get(key)
         if encoder is None:
-            encoder = state["prompt_encoder"] = PromptEncoder(encoders)
-        embeds, negative_embeds, pooled, negative_pooled = encoder.encode(positive, negative)
+            encoder = state[key] = PromptEncoder(encoders, clip_skip=skip)
+        # the active LoRAs change what the text encoders compute: part of the cache key
+        embeds, negative_embeds, pooled, negative_pooled = encoder.encode(
+            positive, negative, context=state.get("active_loras", ())
+        )
         if not request.negative_prompt and getattr(pipe.config, "force_zeros_for_empty_prompt", False):
             import torch  # SDXL's convention for an empty negative prompt, as diffusers applies it
 

@@ -118,6 +118,14 @@ class KandinskyDecoderFamily(Family):
         super().check_request(request)
         from easel.prompts.encoding import plan_prompt
 
+        if request.clip_skip not in (None, 1):  # the prior's CLIP encodes the text its own way
+            error = UnsupportedFeature(
+                f"clip_skip={request.clip_skip}: Kandinsky 2.2 cannot honour clip skip (its prior's text "
+                "encoder makes one CLIP embedding from its last layer); leave clip_skip out or at 1"
+            )
+            error.field = "clip_skip"  # type: ignore[attr-defined]
+            raise error
+
         for field, text in (("prompt", request.prompt), ("negative_prompt", request.negative_prompt)):
             if plan_prompt(text, request.prompt_syntax, field=field).weighted:
                 raise UnsupportedFeature(

@@ -21,4 +21,5 @@ SD15 = Family(
     controlnet_img2img_class="StableDiffusionControlNetImg2ImgPipeline",
     inpaint_class="StableDiffusionInpaintPipeline",
     controlnet_inpaint_class="StableDiffusionControlNetInpaintPipeline",
+    loras=True,
 )

@@ -164,7 +164,12 @@ class SDXLBaseFamily(SDXLFamily):
             output_type="latent",
         ).images
         fresh_scheduler = build_scheduler(request.scheduler, refiner.pipeline.scheduler)
-        refiner_pipe = refiner.family.derive(refiner.pipeline, "img2img", scheduler=fresh_scheduler)
+        # a VAE override decodes the refiner's output too (the base pipe carries it): the
+        # refiner shares the base's latent space, and the image is decoded once, at the end
+        overrides = {"vae": pipe.vae} if request.vae is not None else {}
+        refiner_pipe = refiner.family.derive(
+            refiner.pipeline, "img2img", scheduler=fresh_scheduler, **overrides
+        )
         refiner_pipe.set_progress_bar_config(disable=True)
         refiner_arguments: dict[str, Any] = {
             "prompt": request.prompt,
@@ -300,6 +305,7 @@ SDXL = SDXLBaseFamily(
     control_addition_embed_types=("text_time",),
     inpaint_class="StableDiffusionXLInpaintPipeline",
     controlnet_inpaint_class="StableDiffusionXLControlNetInpaintPipeline",
+    loras=True,
 )
 
 SDXL_REFINER = SDXLRefinerFamily(

@@ -163,11 +163,20 @@ class PipelineCache:
 
     @contextmanager
     def lease_component(
-        self, kind: str, source: ModelSource, *, device: str, dtype: Any, load: Callable[[], Any]
+        self,
+        kind: str,
+        source: ModelSource,
+        *,
+        device: str,
+        dtype: Any,
+        load: Callable[[], Any],
+        variant: str = "",
     ) -> Iterator[LoadedComponent]:
-        """Yield the `kind` component (e.g. "controlnet") loaded from `source`, calling
-        `load()` on first use. Leased like pipelines, so eviction never frees one in use."""
-        key = (kind, f"{source.kind}:{source.location}", device, str(dtype))
+        """Yield the `kind` component (e.g. "controlnet", "vae") loaded from `source`, calling
+        `load()` on first use. Leased like pipelines, so eviction never frees one in use.
+        `variant` keeps apart what one source loads as differently (a single-file VAE takes the
+        configuration of the base it is loaded for)."""
+        key = (kind, f"{source.kind}:{source.location}", device, str(dtype), variant)
 
         def loaded_component() -> LoadedComponent:
             started = time.perf_counter()

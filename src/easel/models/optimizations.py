@@ -80,6 +80,19 @@ def prepare_loaded(pipe: Any, options: PerformanceOptions, device: str) -> None:
             setattr(pipe, name, compiled)
 
 
+def prepare_vae(vae: Any, options: PerformanceOptions) -> None:
+    """The options prepare_loaded gives a base's VAE, for a VAE loaded on its own (a VAE
+    override): slicing, tiling and xformers attention (pipe.enable_xformers_memory_efficient_attention
+    reaches every module, the VAE included). Upcasting needs nothing here: the pipelines read
+    force_upcast from the VAE's own config."""
+    if options.vae_slicing:
+        vae.enable_slicing()
+    if options.vae_tiling:
+        vae.enable_tiling()
+    if options.attention == "xformers":
+        vae.enable_xformers_memory_efficient_attention()
+
+
 def prepare_task(pipe: Any, options: PerformanceOptions, device: str) -> None:
     """Per-request preparation of a derived pipeline: CPU offload hooks."""
     if options.offload == "model":

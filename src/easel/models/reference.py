@@ -19,6 +19,7 @@ from easel.errors import InvalidRequest, ModelNotFound
 SAFE_SUFFIXES = (".safetensors",)
 PICKLE_SUFFIXES = (".ckpt", ".bin", ".pt", ".pth")
 BUNDLED = "bundled demo model"
+DEMO_INPAINT = "easel-demo-inpaint"  # the bundled inpainting model, by name (no path needed)
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
@@ -35,6 +36,8 @@ class ModelSource:
         """The short name image metadata shows as "Model"."""
         if self.reference == BUNDLED:
             return "easel-demo"
+        if self.reference == DEMO_INPAINT:
+            return DEMO_INPAINT
         if self.kind == "hub":
             return self.location.rsplit("/", 1)[-1]
         return Path(self.location).stem if self.kind == "single_file" else Path(self.location).name
@@ -54,6 +57,10 @@ def resolve_reference(reference: str, *, default_folder: Path, allow_pickle: boo
     """Resolve a --model value; `reference` empty means the bundled default folder."""
     if not reference:
         return _folder_source(default_folder, BUNDLED)
+    if reference == DEMO_INPAINT:
+        from easel.demo import demo_inpaint_model_path
+
+        return _folder_source(demo_inpaint_model_path(), DEMO_INPAINT)
     path = Path(reference).expanduser()
     if path.is_dir():
         return _folder_source(path, reference)

@@ -56,7 +56,23 @@ def check_prompt(text: str, syntax: str, *, field: str = "prompt") -> None:
     if syntax == "a1111":
         _check_a1111(text, field)
     elif syntax == "compel":
+        _check_lora_tags(text, field)
         _check_compel(text, field)
+
+
+def _check_lora_tags(text: str, field: str) -> None:
+    """A `<lora:name:w>` tag in a Compel prompt would reach the encoder as text: the LoRA
+    would silently not apply. Say how to ask for it instead."""
+    from easel.prompts.extra_networks import TAG
+
+    if (tag := TAG.search(text)) is not None:
+        raise InvalidRequest(
+            f"invalid {field}: {tag.group(0)!r} is A1111 syntax, which Compel prompts do not read; "
+            "give LoRAs as loras=[{'name': ..., 'weight': ...}] (CLI --lora NAME:WEIGHT), or use "
+            "prompt_syntax='a1111'",
+            field=field,
+            value=tag.group(0),
+        )
 
 
 def check_prompts(request: Any) -> None:

@@ -142,18 +142,24 @@ class PromptEncoder:
     `encoders` lists (tokenizer, text_encoder, returned embeddings type name, pooled?) in the
     order the pipeline concatenates them (SD: one; SDXL: two; the SDXL refiner: the second).
     Cached encodings are keyed by the plan, so a repeated prompt costs a dictionary lookup.
+
+    `clip_skip` is diffusers' count (A1111's "Clip skip: N" is N - 1): the hidden states come
+    from that many layers before the ones the model uses, as the pipelines' own encode_prompt
+    takes them (SD: final layer norm of hidden_states[-(k + 1)]; SDXL: hidden_states[-(k + 2)];
+    pooled embeddings unchanged). It is part of the encoder's identity: one encoder per value.
     """
 
-    def __init__(self, encoders: list[tuple[Any, Any, str, bool]]) -> None:
+    def __init__(self, encoders: list[tuple[Any, Any, str, bool]], clip_skip: int = 0) -> None:
         from compel import Compel, ReturnedEmbeddingsType
 
         from easel.prompts.checks import enable_packrat
 
         enable_packrat()  # Compel parses every prompt it encodes; keep that polynomial
+        self.clip_skip = clip_skip
         self._compels = [
             Compel(
                 tokenizer=tokenizer,
-                text_encoder=text_encoder,
+                text_encoder=text_encoder if not clip_skip else ClipSkipped(text_encoder, clip_skip),
                 returned_embeddings_type=getattr(ReturnedEmbeddingsType, kind),
                 requires_pooled=pooled,
                 truncate_long_prompts=False,
@@ -164,10 +170,13 @@ class PromptEncoder:
         self._pooled = [pooled for *_, pooled in encoders]
         self._cache: OrderedDict[tuple[Any, ...], tuple[Any, Any, Any, Any]] = OrderedDict()
 
-    def encode(self, positive: PromptPlan, negative: PromptPlan) -> tuple[Any, Any, Any, Any]:
+    def encode(
+        self, positive: PromptPlan, negative: PromptPlan, context: tuple[Any, ...] = ()
+    ) -> tuple[Any, Any, Any, Any]:
         """(prompt_embeds, negative_prompt_embeds, pooled, negative_pooled) padded to one length;
-        the pooled ones are None for encoders without a pooled output."""
-        key = (positive, negative)
+        the pooled ones are None for encoders without a pooled output. `context`: whatever
+        else changes the encoders' output (the active LoRAs and weights), for the cache key."""
+        key = (positive, negative, context)
         if key in self._cache:
             self._cache.move_to_end(key)
             return self._cache[key]
@@ -225,6 +234,28 @@ class PromptEncoder:
             ]
             parts.append(torch.cat(per_encoder, dim=-1))
         return torch.cat(parts, dim=1), pooled
+
+
+class ClipSkipped:
+    """A CLIP text encoder whose outputs end `skip` layers early: `hidden_states` loses its last
+    `skip` entries and `last_hidden_state` is the final layer norm of the new last one, so every
+    embeddings type Compel reads (last normalized, penultimate normalized or not) moves down by
+    `skip` layers, exactly as diffusers' `clip_skip` does. The pooled/projected outputs are the
+    encoder's own (diffusers keeps them too). Everything else is the wrapped encoder's."""
+
+    def __init__(self, encoder: Any, skip: int) -> None:
+        self._encoder, self._skip = encoder, skip
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._encoder, name)
+
+    def __call__(self, input_ids: Any, attention_mask: Any = None, **kwargs: Any) -> Any:
+        kwargs["output_hidden_states"] = True
+        output = self._encoder(input_ids, attention_mask, **{**kwargs, "return_dict": True})
+        hidden = tuple(output.hidden_states[: -self._skip])
+        output["hidden_states"] = hidden
+        output["last_hidden_state"] = self._encoder.text_model.final_layer_norm(hidden[-1])
+        return output
 
 
 def _encode_parsed(compel: Any, chunk: str, fragments: Fragments, pooled: bool) -> Any:

@@ -5,15 +5,17 @@ guidance_scale, seed (-1 random), width, height, sampler_name (+ the newer separ
 `scheduler` "Karras") -> scheduler, batch_size x n_iter -> num_images (A1111 also seeds
 image i with seed + i), denoising_strength -> strength (img2img), init_images[0] -> init_image,
 refiner_checkpoint / refiner_switch_at -> refiner / refiner_at, override_settings
-sd_model_checkpoint -> model, and ControlNet units (alwayson_scripts.controlnet.args, the
-sd-webui-controlnet extension's API) -> controls. Prompts are read in A1111's own weighting
-syntax (prompt_syntax="a1111"). Unknown fields are ignored, as A1111 does. Errors name the
-A1111 field, not ours. Inpainting: mask, mask_blur (or _x/_y, equal), inpainting_fill,
-inpaint_full_res (+ _padding) and inpainting_mask_invert, with A1111's API defaults; without a
-mask they cannot change the result and are not used.
+sd_model_checkpoint -> model, override_settings sd_vae -> vae, and ControlNet units
+(alwayson_scripts.controlnet.args, the sd-webui-controlnet extension's API) -> controls.
+Prompts are read in A1111's own weighting syntax (prompt_syntax="a1111"). Unknown fields
+are ignored, as A1111 does. Errors name the A1111 field, not ours. Inpainting: mask,
+mask_blur (or _x/_y, equal), inpainting_fill, inpaint_full_res (+ _padding) and
+inpainting_mask_invert, with A1111's API defaults; without a mask they cannot change the
+result and are not used.
 
 The model A1111 clients switch with POST /options {"sd_model_checkpoint": title} is state of
-this app (ServerState.current_model), checked when set, loaded on the next generation.
+this app (ServerState.current_model), checked when set, loaded on the next generation; so is
+the VAE, {"sd_vae": name} (ServerState.current_vae; "Automatic" or "None": the model's own).
 """
 
 from __future__ import annotations
@@ -45,9 +47,11 @@ A1111_FIELD = {
     "strength": "denoising_strength", "init_image": "init_images", "refiner": "refiner_checkpoint",
     "refiner_at": "refiner_switch_at", "model": "sd_model_checkpoint", "mask_image": "mask",
     "masked_content": "inpainting_fill", "inpaint_area": "inpaint_full_res",
-    "inpaint_padding": "inpaint_full_res_padding", "invert_mask": "inpainting_mask_invert",
+    "inpaint_padding": "inpaint_full_res_padding", "invert_mask": "inpainting_mask_invert", "vae": "sd_vae",
 }  # fmt: skip
 OVERRIDE_MODEL = "override_settings.sd_model_checkpoint"
+OVERRIDE_VAE = "override_settings.sd_vae"
+AUTOMATIC_VAE = ("", "automatic", "none")  # A1111's sd_vae values for "the model's own VAE"
 SCHEDULE_TYPES = ("automatic", "karras")
 # ControlUnit field -> the sd-webui-controlnet unit field
 UNIT_FIELD = {"conditioning_scale": "weight", "preprocessor": "module", "canny_low": "threshold_a",
@@ -104,6 +108,7 @@ class OptionsUpdate(BaseModel):
     model_config = ConfigDict(extra="allow", strict=True)
 
     sd_model_checkpoint: str | None = None
+    sd_vae: str | None = None
 
 
 class PngInfoRequest(BaseModel):
@@ -134,6 +139,12 @@ def to_generation_request(body: Txt2ImgRequest, state: ServerState) -> Generatio
     fields["model"] = (
         state.policy.model_reference(model, field=OVERRIDE_MODEL) if model else state.current_model
     )
+    overrides = body.override_settings or {}
+    fields["vae"] = (
+        vae_setting(overrides["sd_vae"], state, field=OVERRIDE_VAE)
+        if "sd_vae" in overrides
+        else state.current_vae
+    )
     if body.refiner_checkpoint and body.refiner_checkpoint.lower() not in ("none", ""):
         fields["refiner"] = body.refiner_checkpoint
         fields["refiner_at"] = body.refiner_switch_at
@@ -150,6 +161,18 @@ def to_generation_request(body: Txt2ImgRequest, state: ServerState) -> Generatio
         return state.policy.check(GenerationRequest.from_fields(fields))
     except InvalidRequest as error:
         raise _renamed(error, unit_index, model_field=_model_field(body)) from None
+
+
+def vae_setting(value: Any, state: ServerState, *, field: str) -> str | None:
+    """A1111's sd_vae -> the request's vae: "Automatic"/"None" -> None (the model's own), else a
+    VAE the server lists (/sd-vae); anything else is a 422 naming `field`."""
+    if not isinstance(value, str):
+        raise InvalidRequest(
+            f"invalid {field}={value!r}: expected a VAE name (a string)", field=field, value=value
+        )
+    if value.strip().lower() in AUTOMATIC_VAE:
+        return None
+    return state.policy.vae_reference(value, field=field, listed_only=True)
 
 
 def _inpaint_fields(body: Img2ImgRequest, state: ServerState) -> dict[str, Any]:
@@ -311,6 +334,8 @@ async def _run(state: ServerState, request: GenerationRequest, body: Txt2ImgRequ
         raise _renamed(error, positions, model_field=model_field)
     if isinstance(error, ModelNotFound) and request.model and repr(request.model) in str(error):
         error.field = model_field  # type: ignore[attr-defined]  # the 404 names what the client sent
+    if getattr(error, "field", None) == "vae":  # a VAE that failed to load: the option that named it
+        error.field = OVERRIDE_VAE if "sd_vae" in (body.override_settings or {}) else "sd_vae"  # type: ignore[union-attr]
     if error is not None:
         raise error
     return job
@@ -319,6 +344,7 @@ async def _run(state: ServerState, request: GenerationRequest, body: Txt2ImgRequ
 def _response(state: ServerState, job: Job, body: BaseModel) -> dict[str, Any]:
     """{"images", "parameters", "info"} as A1111 answers; info is a JSON string."""
     from easel.models.hashing import short_hash
+    from easel.models.vae import vae_display_name
 
     summary = job.summary or {}
     request = summary.get("request", {})
@@ -348,8 +374,8 @@ def _response(state: ServerState, job: Job, body: BaseModel) -> dict[str, Any]:
         "face_restoration_model": None,
         "sd_model_name": summary.get("model", ""),
         "sd_model_hash": short_hash((summary.get("model_hashes") or {}).get("base")),
-        "sd_vae_name": None,
-        "sd_vae_hash": None,
+        "sd_vae_name": None if request.get("vae") is None else vae_display_name(request["vae"]),
+        "sd_vae_hash": short_hash((summary.get("model_hashes") or {}).get("vae")),
         "seed_resize_from_w": -1,
         "seed_resize_from_h": -1,
         "denoising_strength": request.get("strength"),
@@ -397,6 +423,23 @@ def build_router() -> APIRouter:
             for m in state.models()
         ]  # fmt: skip
 
+    @router.get("/loras", **documented(A1111, list[api.A1111Lora]))
+    async def loras(state: State) -> list[dict[str, Any]]:
+        """A1111's LoRA list; `name` is what <lora:name:weight> takes."""
+        from starlette.concurrency import run_in_threadpool
+
+        from easel.server.app import public_loras
+
+        entries = await run_in_threadpool(public_loras, state)
+        return [
+            {"name": e["name"], "alias": e["name"], "path": f"{e['name']}.safetensors", "metadata": {}}
+            for e in entries
+        ]
+
+    @router.post("/refresh-loras", **documented(A1111, api.NULL))
+    async def refresh_loras() -> None:
+        """The LoRA folder is read on every request; nothing to refresh."""
+
     @router.post("/refresh-checkpoints", **documented(A1111, api.NULL))
     async def refresh_checkpoints() -> None:
         """Models are listed fresh on every request; nothing to refresh."""
@@ -406,13 +449,17 @@ def build_router() -> APIRouter:
         return {
             "sd_model_checkpoint": state.current_model or DEMO_TITLE,
             "sd_checkpoint_hash": None,
+            "sd_vae": state.current_vae or "Automatic",
             "samples_format": "png",
         }
 
     @router.post("/options", **documented(A1111, api.NULL, 404, *api.BODY))
     async def set_options(body: OptionsUpdate, state: State) -> None:
-        """Only sd_model_checkpoint means something here; it must name a model easel can find."""
+        """sd_model_checkpoint (it must name a model easel can find) and sd_vae (a listed VAE, or
+        Automatic/None) mean something here; other options are accepted and ignored."""
+        vae = state.current_vae if body.sd_vae is None else vae_setting(body.sd_vae, state, field="sd_vae")
         if body.sd_model_checkpoint is None:
+            state.current_vae = vae
             return
         reference = state.policy.model_reference(body.sd_model_checkpoint, field="sd_model_checkpoint")
         if reference is not None:
@@ -426,7 +473,19 @@ def build_router() -> APIRouter:
             except ModelNotFound as error:
                 error.field = "sd_model_checkpoint"  # type: ignore[attr-defined]
                 raise
-        state.current_model = reference
+        state.current_model, state.current_vae = reference, vae
+
+    @router.get("/sd-vae", **documented(A1111, list[api.A1111Vae]))
+    async def sd_vae() -> list[dict[str, Any]]:
+        """The VAEs sd_vae may name: AutoencoderKL repos in the HF cache (by repo id; no paths)."""
+        from easel.server.policy import list_vaes
+
+        names = await asyncio.to_thread(list_vaes)
+        return [{"model_name": repo_id, "filename": repo_id} for repo_id in names]
+
+    @router.post("/refresh-vae", **documented(A1111, api.NULL))
+    async def refresh_vae() -> None:
+        """VAEs are listed fresh on every request; nothing to refresh."""
 
     @router.get("/samplers", **documented(A1111, list[api.A1111Sampler]))
     async def samplers() -> list[dict[str, Any]]:

@@ -36,6 +36,7 @@ class ServerState:
     queue: JobQueue
     policy: DoorPolicy
     current_model: str | None = None  # A1111's sd_model_checkpoint (None: the bundled model)
+    current_vae: str | None = None  # A1111's sd_vae (None: "Automatic", the model's own VAE)
 
     def models(self) -> list[ModelEntry]:
         from easel.server.policy import list_models
@@ -122,3 +123,14 @@ def _version() -> str:
 
 def public_models(state: ServerState) -> list[dict[str, Any]]:
     return [entry.public() for entry in state.models()]
+
+
+def public_loras(state: ServerState) -> list[dict[str, Any]]:
+    """The LoRA folder's files as the native API lists them (no server paths)."""
+    from easel.models.lora import list_loras
+
+    settings = state.settings
+    return [
+        {key: entry[key] for key in ("name", "family", "hash", "sha256")}
+        for entry in list_loras(settings.loras_folder, settings.home / "hashes.json")
+    ]

@@ -9,17 +9,19 @@ POST /api/v1/generate              submit and wait (for simple scripts)
 GET  /api/v1/images/{id}           an image file, metadata embedded (PNG)
 GET  /api/v1/images/{id}/metadata  its A1111 parameters and easel recipe as JSON
 GET  /api/v1/models                models the server can name
+GET  /api/v1/loras                 LoRAs in the server's LoRA folder (names for `loras`)
 GET  /api/v1/gallery               gallery entries (search, model, dates)
 DELETE /api/v1/images/{id}         remove an image from the gallery
 GET  /api/v1/models/info?model=    a model's family: its tasks, family-only fields, defaults
 GET  /api/v1/schedulers            scheduler names the requests accept
 GET  /api/v1/control               ControlNet models the server can name, and preprocessors
+GET  /api/v1/vaes                  VAE overrides the server can name (AutoencoderKL repos cached)
 POST /api/v1/control/preview       a control image after its preprocessor (none, canny)
 POST /api/v1/tokens                CLIP tokens and 75-token chunks of a prompt ("83/150, 2 chunks")
 POST /api/v1/png-info              the parameters any PNG carries, as request fields too
 GET  /health                       liveness (the one route open without the key)
 
-The last six serve forms (the web UI): each answers from files or pixels it is sent, never
+The last seven serve forms (the web UI): each answers from files or pixels it is sent, never
 from a loaded pipeline, so they need not wait in the job queue; model files are only read
 (model_index.json, tokenizer files), and model references pass the same door policy as jobs.
 """
@@ -41,7 +43,7 @@ from easel.errors import InvalidRequest, UnsupportedFeature
 from easel.prompts.checks import MAX_PROMPT_CHARS
 from easel.request import GenerationRequest
 from easel.server import openapi as api
-from easel.server.app import ServerState, public_models, state_of
+from easel.server.app import ServerState, public_loras, public_models, state_of
 from easel.server.errors import ImageNotFound
 from easel.server.jobs import Job, public_request
 from easel.server.openapi import NATIVE, documented
@@ -82,7 +84,7 @@ class ControlPreviewRequest(ImageBody):
 # A1111 settings-line keys -> GenerationRequest fields (PNG-info of other tools' images)
 A1111_FIELDS = {
     "Steps": ("steps", int), "CFG scale": ("guidance_scale", float), "Seed": ("seed", int),
-    "Denoising strength": ("strength", float),
+    "Denoising strength": ("strength", float), "Clip skip": ("clip_skip", int),
 }  # fmt: skip
 
 
@@ -235,6 +237,13 @@ def build_router() -> APIRouter:
     async def list_models(state: State) -> list[dict[str, Any]]:
         return public_models(state)
 
+    @router.get("/api/v1/loras", tags=["native"], **documented(NATIVE, list[api.LoraEntry]))
+    async def list_loras(state: State) -> list[dict[str, Any]]:
+        """The LoRAs a request may name in `loras` (read fresh: drop a file in and it is there)."""
+        from starlette.concurrency import run_in_threadpool
+
+        return await run_in_threadpool(public_loras, state)
+
     @router.get("/api/v1/gallery", tags=["native"], **documented(NATIVE, list[api.GalleryItem], 422))
     async def gallery(
         state: State,
@@ -292,6 +301,13 @@ def build_router() -> APIRouter:
         from easel.server.policy import list_control_models
 
         return {"models": list_control_models(), "preprocessors": list(PREPROCESSORS)}
+
+    @router.get("/api/v1/vaes", tags=["native"], **documented(NATIVE, list[str]))
+    async def vaes() -> list[str]:
+        """VAE overrides for `vae`: the AutoencoderKL repos in the HF cache (any hub id is accepted too)."""
+        from easel.server.policy import list_vaes
+
+        return await asyncio.to_thread(list_vaes)
 
     @router.post(
         "/api/v1/control/preview", tags=["native"], **documented(NATIVE, api.ControlPreview, *api.BODY)
@@ -395,5 +411,12 @@ def _fields_from_parameters(parsed: dict[str, Any] | None) -> dict[str, Any]:
         fields["scheduler"] = sampler
     if settings.get("Model"):
         fields["model"] = settings["Model"]
+    if settings.get("VAE"):  # only a VAE this server can name (A1111's are file names of its own folder)
+        from easel.server.policy import list_vaes
+
+        name = settings["VAE"]
+        listed = next((repo for repo in list_vaes() if name in (repo, repo.rsplit("/", 1)[-1])), None)
+        if listed is not None:
+            fields["vae"] = listed
     fields["prompt_syntax"] = "a1111"  # A1111 parameters are written in A1111 weighting syntax
     return fields

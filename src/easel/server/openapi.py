@@ -255,6 +255,15 @@ class ModelEntry(BaseModel):
     pipeline: str | None
 
 
+class LoraEntry(BaseModel):
+    """A LoRA in the server's LoRA folder (EASEL_LORA_DIR): send its `name` in `loras`."""
+
+    name: str
+    family: str | None = Field(description="sd15 | sdxl | sd2, from the file's layer widths; null: unknown")
+    hash: str = Field(description="A1111's short hash (12 hex), as in `Lora hashes`")
+    sha256: str
+
+
 class GalleryItem(BaseModel):
     model_config = Open
 
@@ -327,6 +336,13 @@ class A1111Images(BaseModel):
     info: str = Field(description="JSON text, as A1111 answers")
 
 
+class A1111Lora(BaseModel):
+    name: str
+    alias: str
+    path: str = Field(description="The file name within the server's LoRA folder (never a server path)")
+    metadata: dict[str, Any]
+
+
 class A1111Model(BaseModel):
     title: str
     model_name: str
@@ -341,7 +357,13 @@ class A1111Options(BaseModel):
 
     sd_model_checkpoint: str
     sd_checkpoint_hash: str | None
+    sd_vae: str
     samples_format: str
+
+
+class A1111Vae(BaseModel):
+    model_name: str
+    filename: str
 
 
 class A1111Sampler(BaseModel):

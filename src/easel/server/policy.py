@@ -37,8 +37,13 @@ class ModelEntry:
 
 
 def list_models() -> list[ModelEntry]:
-    """The bundled model plus every diffusers pipeline (model_index.json) in the HF cache."""
-    entries = [ModelEntry(DEMO_TITLE, DEMO_TITLE, "StableDiffusionPipeline", None)]
+    """The bundled models plus every diffusers pipeline (model_index.json) in the HF cache."""
+    from easel.models.reference import DEMO_INPAINT
+
+    entries = [
+        ModelEntry(DEMO_TITLE, DEMO_TITLE, "StableDiffusionPipeline", None),
+        ModelEntry(DEMO_INPAINT, DEMO_INPAINT, "StableDiffusionInpaintPipeline", DEMO_INPAINT),
+    ]
     for repo_id, class_name in _cached_repos("model_index.json"):
         entries.append(ModelEntry(repo_id, repo_id.rsplit("/", 1)[-1], class_name, repo_id))
     return entries
@@ -47,6 +52,14 @@ def list_models() -> list[ModelEntry]:
 def list_control_models() -> list[str]:
     """`demo` (the bundled ControlNet) plus every ControlNetModel in the HF cache."""
     return ["demo", *(repo_id for repo_id, name in _cached_repos("config.json") if name == "ControlNetModel")]
+
+
+def list_vaes() -> list[str]:
+    """Every AutoencoderKL repo (config.json at its root, such as madebyollin/sdxl-vae-fp16-fix)
+    in the HF cache: the VAE overrides the server can name."""
+    from easel.models.vae import VAE_CLASSES
+
+    return [repo_id for repo_id, name in _cached_repos("config.json") if name in VAE_CLASSES]
 
 
 def _cached_repos(config: str) -> list[tuple[str, str | None]]:
@@ -94,6 +107,10 @@ class DoorPolicy:
             value = getattr(request, name, None)
             if value is not None:
                 updates[name] = self.model_reference(value, field=name)
+        if getattr(request, "vae", None) is not None:
+            updates["vae"] = self.vae_reference(request.vae, field="vae")
+        for index, lora in enumerate(getattr(request, "loras", None) or ()):
+            self.lora_reference(lora.name, field=f"loras[{index}].name")
         sizes = []  # input image sizes, in the order the engine takes the output size from them
         if request.init_image is not None:
             sizes.append(self.image_reference(request.init_image, field="init_image"))
@@ -115,17 +132,55 @@ class DoorPolicy:
             limits.check(sized, defaulted=frozenset({"width", "height"}))
         return request.model_copy(update=updates) if updates else request
 
+    def lora_reference(self, value: str, *, field: str) -> None:
+        """A LoRA in the server's LoRA folder, or a hub file org/repo/file.safetensors; never a
+        path elsewhere on the server (nor a probe of which paths exist)."""
+        from easel.models.lora import HUB_FILE, lora_names
+
+        names = lora_names(self.settings.loras_folder)
+        if value in names or Path(value).with_suffix("").as_posix() in names:
+            return
+        if HUB_FILE.match(value) and ".." not in value and not value.startswith(("/", "~", ".")):
+            return
+        raise InvalidRequest(
+            f"invalid {field}={value!r}: not a LoRA in the server's LoRA folder (GET /api/v1/loras lists "
+            "them) and not a hub file org/repo/file.safetensors; local paths are not accepted over HTTP",
+            field=field,
+            value=value,
+        )
+
     def control_model_reference(self, value: str, *, field: str) -> str:
         """A ControlNet: `demo` (the bundled one) or a hub repo id; never a path on the server."""
         from easel.models.control import DEMO
 
         return value if value == DEMO else self._hub_id(value.split(" [", 1)[0].strip(), value, field=field)
 
+    def vae_reference(self, value: str, *, field: str, listed_only: bool = False) -> str:
+        """A VAE: a listed one (by repo id or its short name, as /sdapi/v1/sd-vae lists them) or,
+        unless `listed_only`, a hub repo id; never a path on the server."""
+        name = value.split(" [", 1)[0].strip()  # A1111 names may carry " [hash]"
+        vaes = list_vaes()
+        listed = next((repo for repo in vaes if name in (repo, repo.rsplit("/", 1)[-1])), None)
+        if listed is not None:
+            return listed
+        if listed_only:
+            known = ", ".join(vaes) or "none are in the Hugging Face cache"
+            raise InvalidRequest(
+                f"invalid {field}={value!r}: not a VAE this server has (known: Automatic, None, {known})",
+                field=field,
+                value=value,
+            )
+        return self._hub_id(name, value, field=field)
+
     def model_reference(self, value: str, *, field: str) -> str | None:
         """A listed title or a hub repo id; never a path on the server."""
         title = value.split(" [", 1)[0].strip()  # A1111 titles carry " [hash]"
         if title == DEMO_TITLE:
             return None
+        from easel.models.reference import DEMO_INPAINT
+
+        if title == DEMO_INPAINT:
+            return DEMO_INPAINT
         return self._hub_id(title, value, field=field)
 
     @staticmethod

@@ -73,9 +73,13 @@ def format_parameters(
     model_name: str,
     model_hash: str | None,
     extra: dict[str, object] | None = None,
+    vae_hash: str | None = None,
 ) -> str:
-    """The A1111 layout for one image of a concrete request."""
-    lines = [request.prompt]
+    """The A1111 layout for one image of a concrete request (its LoRAs as <lora:...> tags at
+    the end of the prompt, where A1111 reads them)."""
+    from easel.prompts.extra_networks import lora_tag
+
+    lines = ["".join([request.prompt, *(f" {lora_tag(lora.name, lora.weight)}" for lora in request.loras)])]
     if request.negative_prompt:
         lines.append(f"Negative prompt: {request.negative_prompt}")
     settings: dict[str, object] = {
@@ -88,8 +92,16 @@ def format_parameters(
     if model_hash:
         settings["Model hash"] = model_hash
     settings["Model"] = model_name
+    if request.vae is not None:  # A1111's order and names: "VAE hash: 63aeecb90f, VAE: sdxl_vae.safetensors"
+        from easel.models.vae import vae_display_name
+
+        if vae_hash:
+            settings["VAE hash"] = vae_hash
+        settings["VAE"] = vae_display_name(request.vae)
     if request.is_img2img and request.strength is not None:
         settings["Denoising strength"] = _number(request.strength)
+    if request.clip_skip is not None and request.clip_skip > 1:  # A1111 writes it only then
+        settings["Clip skip"] = request.clip_skip
     settings.update(extra or {})
     settings["Version"] = f"easel {_easel_version()}"
     lines.append(", ".join(f"{key}: {_quote(value)}" for key, value in settings.items()))
@@ -120,6 +132,16 @@ def control_parameters(request: GenerationRequest, hashes: dict[str, str]) -> di
         ]
         entries[f"ControlNet {index}"] = ", ".join(parts)
     return entries
+
+
+def lora_parameters(request: GenerationRequest, hashes: dict[str, str]) -> dict[str, object]:
+    """`Lora hashes: "name: 0123456789ab, ..."` as A1111 writes it (12 hex of the addnet hash)."""
+    entries = [
+        f"{lora.name.replace(':', '').replace(',', '')}: {hashes[f'lora:{lora.name}'][:12]}"
+        for lora in request.loras
+        if f"lora:{lora.name}" in hashes
+    ]
+    return {"Lora hashes": ", ".join(entries)} if entries else {}
 
 
 def inpaint_parameters(request: GenerationRequest) -> dict[str, object]:

@@ -31,6 +31,8 @@
     maskPainted: false,  // the mask canvas holds something to repaint
     stroke: null,        // the mask stroke being painted: its last point
     units: 0,            // counter for control unit ids
+    loras: [],           // /api/v1/loras: the server's LoRA folder
+    loraRows: 0,         // counter for LoRA row ids
     pngFields: null,     // request fields read by PNG info
   };
 
@@ -69,11 +71,12 @@
   const FIELD_IDS = {
     model: "model", prompt: "prompt", negative_prompt: "negative", prompt_syntax: "syntax",
     width: "width", height: "height", steps: "steps", guidance_scale: "guidance", seed: "seed",
-    num_images: "num-images", scheduler: "scheduler", init_image: "init-drop", strength: "strength",
+    num_images: "num-images", scheduler: "scheduler", vae: "vae", init_image: "init-drop", strength: "strength",
     refiner: "refiner", refiner_at: "refiner-at", prior: "prior", prior_steps: "prior-steps",
     prior_guidance_scale: "prior-guidance", mask_image: "mask-editor", mask_blur: "mask-blur",
     invert_mask: "mask-invert", inpaint_area: "inpaint-area", inpaint_padding: "inpaint-padding",
     masked_content: "masked-content", outpaint: "outpaint-fields", paste_back: "paste-back",
+    loras: "loras",
   };
   const UNIT_FIELDS = {
     model: "model", image: "file", preprocessor: "preprocessor", conditioning_scale: "scale",
@@ -102,6 +105,8 @@
       const suffix = UNIT_FIELDS[unit[2]];
       element = node && suffix ? $(`${node.id}-${suffix}`) : node;
       if (element && element.type === "file") element = element.closest("label");
+    } else if (/^loras\[\d+\]/.test(field)) {
+      element = loraElement(field);
     } else if (FIELD_IDS[field]) {
       element = $(FIELD_IDS[field]);
     }
@@ -136,6 +141,7 @@
     const seed = number("seed");
     if (seed !== null && seed !== -1) request.seed = seed;
     if ($("scheduler").value) request.scheduler = $("scheduler").value;
+    if ($("vae").value) request.vae = $("vae").value;
     if (state.initImage) {
       request.init_image = state.initImage;
       const strength = number("strength");
@@ -144,6 +150,8 @@
     }
     const units = [...document.querySelectorAll("#control-units .control-unit")];
     if (units.length) request.controls = units.map(unitRequest);
+    const loras = loraRequest();
+    if (loras.length) request.loras = loras;
     if (!$("refiner-fields").hidden && $("refiner").value) {
       request.refiner = $("refiner").value;
       if (number("refiner-at") !== null) request.refiner_at = number("refiner-at");
@@ -222,6 +230,7 @@
     set("prompt", fields.prompt ?? "");
     set("negative", fields.negative_prompt ?? "");
     if (fields.prompt_syntax) set("syntax", fields.prompt_syntax);
+    showLoraInsert();
     set("width", fields.width);
     set("height", fields.height);
     set("steps", fields.steps);
@@ -233,6 +242,9 @@
       $("scheduler").add(new Option(scheduler, scheduler));
     }
     set("scheduler", scheduler);
+    const vae = fields.vae || "";
+    if (vae && ![...$("vae").options].some((o) => o.value === vae)) $("vae").add(new Option(vae, vae));
+    set("vae", vae);
     const isData = (value) => typeof value === "string" && value.startsWith("data:");
     await setInit(isData(fields.init_image) ? fields.init_image : null);
     if (fields.strength !== null && fields.strength !== undefined) set("strength", fields.strength);
@@ -251,6 +263,11 @@
     maskChanged();
     $("control-units").replaceChildren();
     for (const unit of fields.controls || []) addUnit(unit);
+    $("lora-rows").replaceChildren();
+    for (const lora of fields.loras || []) {
+      if (lora && typeof lora === "object") addLora(lora.name, lora.weight);
+      else if (typeof lora === "string" && lora) addLora(lora);
+    }
     set("refiner", fields.refiner || "");
     set("refiner-at", fields.refiner_at);
     set("prior", fields.prior || "");
@@ -262,8 +279,8 @@
   // ---- models, family fields, token counts ---------------------------------------------------
 
   async function loadOptions() {
-    const [models, schedulers, control] = await Promise.all([
-      api("/api/v1/models"), api("/api/v1/schedulers"), api("/api/v1/control"),
+    const [models, schedulers, control, vaes] = await Promise.all([
+      api("/api/v1/models"), api("/api/v1/schedulers"), api("/api/v1/control"), api("/api/v1/vaes"),
     ]);
     state.models = models;
     state.control = control;
@@ -273,6 +290,7 @@
     const preferred = models.find((m) => m.title !== "easel-demo");
     $("model").value = preferred ? preferred.title : "easel-demo";
     for (const name of schedulers) $("scheduler").add(new Option(name, name));
+    for (const name of vaes) $("vae").add(new Option(name, name));
     $("connection").textContent = `${models.length} models`;
   }
 
@@ -291,6 +309,7 @@
     $("prior-fields").hidden = !info.options.includes("prior");
     $("control-add").disabled = !info.controlnet;
     $("control-unavailable").hidden = info.controlnet;
+    showLoraFields();
     state.canInpaint = info.tasks.includes("inpaint");
     $("img2img").disabled = !info.tasks.includes("img2img") && !state.canInpaint;
     showInpaintFields();
@@ -691,6 +710,153 @@
     }
   }
 
+  // ---- LoRAs ---------------------------------------------------------------------------------
+
+  const MAX_LORAS = 16;   // the server's limit per request
+  const LORA_FAMILIES = ["sd15", "sdxl"];   // model families that take LoRAs (when /models/info does not say)
+  const loraRowNodes = () => [...document.querySelectorAll("#lora-rows .lora-row")];
+
+  // whether the selected model's family takes LoRAs (unknown model: let the server decide)
+  function lorasAvailable() {
+    const info = state.info;
+    if (!info) return true;
+    if (typeof info.loras === "boolean") return info.loras;
+    return LORA_FAMILIES.includes(info.family);
+  }
+
+  // why a LoRA does not fit the selected model ("" when it fits or the page cannot tell: the server
+  // checks). A LoRA's family comes from the width of its cross-attention layers: "sd15", "sd2",
+  // "sdxl", or "cross-attention N" for other widths, which only the model's UNet can judge.
+  // SD 2 models are of the sd15 family here, so sd2 LoRAs are not marked for sd15 models.
+  function loraMismatch(name) {
+    const entry = state.loras.find((lora) => lora.name === name);
+    const model = state.info && state.info.family;
+    if (!entry || !["sd15", "sd2", "sdxl"].includes(entry.family) || !LORA_FAMILIES.includes(model)) return "";
+    const fits = model === "sd15" ? ["sd15", "sd2"] : [model];
+    return fits.includes(entry.family) ? "" : `made for ${entry.family}, not for this ${model} model`;
+  }
+
+  async function loadLoras() {
+    showMessage("lora-message", "", "notice");
+    let loras;
+    try {
+      loras = await api("/api/v1/loras");
+    } catch (error) {
+      showMessage("lora-message", `Could not list the server's LoRAs: ${error.message}`, "error");
+      return;
+    }
+    state.loras = loras;
+    const select = $("lora-select");
+    const chosen = select.value;
+    select.replaceChildren(...loras.map((lora) => {
+      const option = new Option(lora.name, lora.name);
+      if (lora.sha256) option.title = `sha256 ${lora.sha256}`;
+      return option;
+    }));
+    if (loras.some((lora) => lora.name === chosen)) select.value = chosen;
+    $("lora-pick").hidden = !loras.length;
+    $("lora-empty").hidden = loras.length > 0;
+    showLoraFit();
+  }
+
+  // option labels and row notes for the selected model (marks LoRAs made for another family)
+  function showLoraFit() {
+    for (const option of $("lora-select").options) {
+      const entry = state.loras.find((lora) => lora.name === option.value) || {};
+      const mismatch = loraMismatch(option.value);
+      option.textContent = `${option.value} (${mismatch || entry.family || "family unknown"})`;
+      option.classList.toggle("mismatch", Boolean(mismatch));
+    }
+    for (const row of loraRowNodes()) {
+      const mismatch = loraMismatch(row.dataset.name);
+      const note = $(`${row.id}-note`);
+      note.textContent = mismatch ? `(${mismatch})` : "";
+      row.classList.toggle("mismatch", Boolean(mismatch));
+    }
+  }
+
+  function showLoraFields() {
+    const available = lorasAvailable();
+    $("loras").disabled = !available;
+    $("loras").classList.toggle("unavailable", !available);
+    $("lora-unavailable").hidden = available;
+    showLoraFit();
+  }
+
+  // a row for LoRA `name` (once per request: a second Add of the same name selects its weight)
+  function addLora(name, weight) {
+    name = String(name || "").trim();
+    if (!name) return null;
+    showMessage("lora-message", "", "notice");
+    const existing = loraRowNodes().find((row) => row.dataset.name === name);
+    if (existing) {
+      showMessage("lora-message", `${name} is already added: change its weight instead.`, "notice");
+      $(`${existing.id}-weight`).focus();
+      return existing;
+    }
+    if (loraRowNodes().length >= MAX_LORAS) {
+      showMessage("lora-message", `At most ${MAX_LORAS} LoRAs per image.`, "notice");
+      return null;
+    }
+    const n = state.loraRows++;
+    const row = $("lora-template").content.firstElementChild.cloneNode(true);
+    row.id = `lora-${n}`;
+    row.dataset.name = name;
+    for (const suffix of ["name", "weight", "remove"]) row.querySelector(`.lora-${suffix}`).id = `lora-${n}-${suffix}`;
+    $("lora-rows").append(row);
+    const label = $(`lora-${n}-name`);
+    label.textContent = name;
+    const note = document.createElement("span");
+    note.id = `lora-${n}-note`;
+    note.className = "muted lora-note";
+    label.after(note);
+    const input = $(`lora-${n}-weight`);
+    input.setAttribute("aria-label", `Weight of ${name}`);
+    if (weight !== undefined && weight !== null && weight !== "") input.value = weight;
+    $(`lora-${n}-remove`).addEventListener("click", () => {
+      row.remove();
+      showMessage("lora-message", "", "notice");
+    });
+    showLoraFit();
+    return row;
+  }
+
+  function loraRequest() {
+    if (!lorasAvailable()) return [];   // the fieldset says this family takes none
+    return loraRowNodes().map((row) => {
+      const value = $(`${row.id}-weight`).value.trim();
+      return { name: row.dataset.name, weight: value === "" ? 1 : Number(value) };
+    });
+  }
+
+  // `loras[i].name` / `loras[i].weight`: that row's part; a LoRA from a <lora:...> tag has no row
+  function loraElement(field) {
+    const match = /^loras\[(\d+)\]\.?(\w*)/.exec(field);
+    const row = loraRowNodes()[Number(match[1])];
+    if (!row) return $("syntax").value === "a1111" && $("prompt").value.includes("<lora:") ? $("prompt") : $("loras");
+    if (match[2] === "weight") return $(`${row.id}-weight`);
+    if (match[2] === "name") return $(`${row.id}-name`);
+    return row;
+  }
+
+  // A1111 syntax: <lora:name:1> written into the prompt at the cursor (the server reads it)
+  function insertLoraTag() {
+    const name = $("lora-select").value;
+    if (!name) return;
+    const prompt = $("prompt");
+    const start = prompt.selectionStart ?? prompt.value.length;
+    const end = prompt.selectionEnd ?? start;
+    const before = prompt.value.slice(0, start);
+    const tag = `${before && !/\s$/.test(before) ? " " : ""}<lora:${name}:1>`;
+    prompt.focus();
+    prompt.setRangeText(tag, start, end, "end");
+    prompt.dispatchEvent(new Event("input", { bubbles: true }));
+  }
+
+  function showLoraInsert() {
+    $("lora-insert").hidden = $("syntax").value !== "a1111";
+  }
+
   // ---- generating ----------------------------------------------------------------------------
 
   function setBusy(busy) {
@@ -951,6 +1117,7 @@
     });
     $("model").addEventListener("change", modelChanged);
     $("syntax").addEventListener("change", () => {
+      showLoraInsert();
       countTokens("prompt", "prompt-tokens");
       countTokens("negative", "negative-tokens");
     });
@@ -969,10 +1136,15 @@
       showTab("panel-generate");
     });
     $("control-add").addEventListener("click", () => addUnit());
+    $("lora-add").addEventListener("click", () => addLora($("lora-select").value));
+    $("lora-insert").addEventListener("click", insertLoraTag);
+    $("lora-refresh").addEventListener("click", loadLoras);
+    $("lora-empty-refresh").addEventListener("click", loadLoras);
     $("gallery-refresh").addEventListener("click", loadGallery);
     $("gallery-search").addEventListener("input", () => debounce("gallery", loadGallery, 300));
     try {
       await loadOptions();
+      await loadLoras();
       await modelChanged();
       document.body.dataset.ready = "true";   // tests wait for this
     } catch (error) {
