@@ -118,6 +118,7 @@ def test_equals_plain_diffusers_and_paste_back_keeps_the_original(
         np.testing.assert_array_equal(pixels(pasted)[overlay == 255], pixels(theirs)[overlay == 255])
         assert not np.array_equal(pixels(raw)[overlay == 0], original[overlay == 0])  # the VAE round trip
     assert on.request.task == "inpaint" and on.effective_steps == 2
+    assert on.inpainting_conditioning == (model in (TINY_SD15_INPAINT, TINY_SDXL_INPAINT))  # 9 channels
 
 
 def test_controlnet_inpaint_equals_plain_diffusers(engine, controlnet_models, picture, mask_png):

@@ -248,6 +248,9 @@ class Easel:
             },
             init_image=init_image,
             mask_image=None if inpaint is None else inpaint.user_mask,
+            # a dedicated inpainting UNet saw the mask and masked image (A1111's flag of that name)
+            inpainting_conditioning=inpaint is not None
+            and getattr(getattr(pipe, "unet", None), "config", {}).get("in_channels") == 9,
             warnings=list(output.warnings),
             control_inputs=control_inputs,
             control_images=control_images,

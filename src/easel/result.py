@@ -39,6 +39,7 @@ class GenerationResult:
     timings: dict[str, float] = field(default_factory=dict)
     init_image: Image | None = None
     mask_image: Image | None = None  # inpainting: the mask as read, fitted to init_image (L)
+    inpainting_conditioning: bool = False  # a 9-channel (dedicated inpainting) UNet saw the mask
     warnings: list[str] = field(default_factory=list)  # e.g. "much smaller than SDXL's 1024x1024"
     # ControlNet units: each image fitted to the output size (what the gallery keeps for
     # replay) and the conditioning image its preprocessor made from it (what steered)
@@ -114,4 +115,5 @@ class GenerationResult:
             "request": self.request.model_dump(mode="json"),
             "timings": {k: round(v, 4) for k, v in self.timings.items()},
             "warnings": list(self.warnings),
+            "inpainting_conditioning": self.inpainting_conditioning,
         }

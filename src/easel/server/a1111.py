@@ -31,7 +31,7 @@ from fastapi import APIRouter, Depends
 from pydantic import BaseModel, ConfigDict, Field
 
 from easel.errors import InvalidRequest, ModelNotFound, UnsupportedFeature
-from easel.request import MAX_SEED, SIDE_SCHEMA, GenerationRequest
+from easel.request import MAX_CLIP_SKIP, MAX_SEED, SIDE_SCHEMA, GenerationRequest
 from easel.server import openapi as api
 from easel.server.app import ServerState, state_of
 from easel.server.jobs import Job
@@ -51,6 +51,8 @@ A1111_FIELD = {
 }  # fmt: skip
 OVERRIDE_MODEL = "override_settings.sd_model_checkpoint"
 OVERRIDE_VAE = "override_settings.sd_vae"
+CLIP_OPTION = "CLIP_stop_at_last_layers"  # A1111's clip skip setting (1 = none)
+OVERRIDE_CLIP = f"override_settings.{CLIP_OPTION}"
 AUTOMATIC_VAE = ("", "automatic", "none")  # A1111's sd_vae values for "the model's own VAE"
 SCHEDULE_TYPES = ("automatic", "karras")
 # ControlUnit field -> the sd-webui-controlnet unit field
@@ -66,11 +68,14 @@ A1111_MODULES = {
 
 
 class Txt2ImgRequest(BaseModel):
-    """The A1111 txt2img fields easel uses; every other field is accepted and ignored."""
+    """A1111's txt2img fields. Each is honoured, or accepted only at a value that leaves the
+    image as A1111 would make it (its default, or a value that cannot change the result);
+    anything else, and any field A1111 does not have, is a 422 naming it (check_fields)."""
 
     # strict: JSON types as documented (steps=true or cfg_scale="7" are refused, not converted);
-    # no NaN/Infinity: the answer echoes these fields, and JSON cannot carry them (was a 500)
-    model_config = ConfigDict(extra="ignore", strict=True, allow_inf_nan=False)
+    # no NaN/Infinity: the answer echoes these fields, and JSON cannot carry them (was a 500);
+    # extra="allow" so that fields A1111 does not have can be refused by name (check_fields)
+    model_config = ConfigDict(extra="allow", strict=True, allow_inf_nan=False)
 
     prompt: str = ""
     negative_prompt: str = ""
@@ -87,12 +92,61 @@ class Txt2ImgRequest(BaseModel):
     refiner_checkpoint: str | None = None
     refiner_switch_at: float | None = None
     override_settings: dict[str, Any] | None = None
+    override_settings_restore_afterwards: bool = Field(
+        True, description="false: the override_settings easel applies stay set after this request"
+    )
     alwayson_scripts: dict[str, Any] | None = None
+    send_images: bool = Field(True, description="false: the answer carries no images")
+    save_images: bool = Field(False, description="Whether the gallery keeps the images (A1111: save them)")
+    # accepted at A1111's defaults only (or where they cannot change the image): see check_fields
+    styles: list[str] | None = None
+    subseed: int = -1
+    subseed_strength: float = 0
+    seed_resize_from_h: int = -1
+    seed_resize_from_w: int = -1
+    restore_faces: bool | None = None
+    tiling: bool | None = None
+    do_not_save_samples: bool = False
+    do_not_save_grid: bool = False
+    eta: float | None = None
+    denoising_strength: float | None = Field(None, ge=0, le=1)
+    s_min_uncond: float | None = None
+    s_churn: float | None = None
+    s_tmax: float | None = None
+    s_tmin: float | None = None
+    s_noise: float | None = None
+    disable_extra_networks: bool = False
+    comments: dict[str, Any] | None = None
+    script_name: str | None = None
+    script_args: list[Any] = Field(default_factory=list)
+    force_task_id: str | None = None
+    infotext: str | None = None
+    # hires fix (not built yet: enable_hr=true is refused; the rest cannot matter without it)
+    enable_hr: bool = False
+    firstphase_width: int = 0
+    firstphase_height: int = 0
+    hr_scale: float = 2.0
+    hr_upscaler: str | None = None
+    hr_second_pass_steps: int = 0
+    hr_resize_x: int = 0
+    hr_resize_y: int = 0
+    hr_checkpoint_name: str | None = None
+    hr_sampler_name: str | None = None
+    hr_scheduler: str | None = None
+    hr_prompt: str = ""
+    hr_negative_prompt: str = ""
+    firstpass_image: str | None = None
 
 
 class Img2ImgRequest(Txt2ImgRequest):
     init_images: list[str] = Field(default_factory=list, json_schema_extra={"minItems": 1})
     denoising_strength: float | None = Field(None, ge=0, le=1)
+    resize_mode: int = Field(0, description="0 (just resize) only")
+    image_cfg_scale: float | None = Field(None, description="instruct-pix2pix models only: no effect here")
+    initial_noise_multiplier: float | None = None
+    latent_mask: str | None = None
+    mask_round: bool = True
+    include_init_images: bool = Field(False, description="Echo init_images and mask in `parameters`")
     # inpainting, with A1111's API defaults (used only with a mask; webuiapi sends them always)
     mask: str | None = Field(None, description="Inpainting mask (base64): white = repaint, black = keep")
     mask_blur: int | None = Field(None, ge=0, le=64, description="Sets mask_blur_x and mask_blur_y")
@@ -109,6 +163,7 @@ class OptionsUpdate(BaseModel):
 
     sd_model_checkpoint: str | None = None
     sd_vae: str | None = None
+    CLIP_stop_at_last_layers: int | None = Field(None, ge=1, le=MAX_CLIP_SKIP, description="Clip skip")
 
 
 class PngInfoRequest(BaseModel):
@@ -119,6 +174,7 @@ class PngInfoRequest(BaseModel):
 
 def to_generation_request(body: Txt2ImgRequest, state: ServerState) -> GenerationRequest:
     """The A1111 request as a GenerationRequest, with errors naming A1111's fields."""
+    check_fields(body)
     controls, unit_index = _control_units(body.alwayson_scripts or {}, state)
     fields: dict[str, Any] = {
         "prompt": body.prompt,
@@ -131,6 +187,7 @@ def to_generation_request(body: Txt2ImgRequest, state: ServerState) -> Generatio
         "height": body.height,
         "scheduler": _sampler(body),
         "num_images": body.batch_size * body.n_iter,
+        "clip_skip": _clip_skip(body, state),
     }
     model = (body.override_settings or {}).get("sd_model_checkpoint")
     if model is not None and not isinstance(model, str):
@@ -153,6 +210,12 @@ def to_generation_request(body: Txt2ImgRequest, state: ServerState) -> Generatio
             fields.update(_inpaint_fields(body, state))
         if not body.init_images:
             raise InvalidRequest("init_images is required for img2img", field="init_images")
+        if len(body.init_images) > 1:  # A1111 makes a batch of them; easel edits one picture
+            raise InvalidRequest(
+                f"invalid init_images: {len(body.init_images)} images; easel edits one init image per "
+                "request (send one request per image)",
+                field="init_images",
+            )
         fields["init_image"] = state.policy.data_url(body.init_images[0], field="init_images")
         fields["strength"] = 0.75 if body.denoising_strength is None else body.denoising_strength
     if controls:
@@ -160,7 +223,7 @@ def to_generation_request(body: Txt2ImgRequest, state: ServerState) -> Generatio
     try:
         return state.policy.check(GenerationRequest.from_fields(fields))
     except InvalidRequest as error:
-        raise _renamed(error, unit_index, model_field=_model_field(body)) from None
+        raise _renamed(error, unit_index, names=_sent_names(body)) from None
 
 
 def vae_setting(value: Any, state: ServerState, *, field: str) -> str | None:
@@ -206,10 +269,20 @@ def _model_field(body: Txt2ImgRequest) -> str:
     return OVERRIDE_MODEL if named else "sd_model_checkpoint"
 
 
+def _sent_names(body: Txt2ImgRequest) -> dict[str, str]:
+    """Our fields -> the A1111 field this request set them with, where that depends on the
+    request: the model and clip skip (override_settings or /options), the sampler (sampler_name
+    or, when that is empty, sampler_index)."""
+    clip = OVERRIDE_CLIP if "CLIP_stop_at_last_layers" in (body.override_settings or {}) else CLIP_OPTION
+    sampler = "sampler_index" if not body.sampler_name and body.sampler_index else "sampler_name"
+    return {"model": _model_field(body), "clip_skip": clip, "scheduler": sampler}
+
+
 def _renamed(
-    error: InvalidRequest, unit_index: list[int] | None = None, *, model_field: str = "sd_model_checkpoint"
+    error: InvalidRequest, unit_index: list[int] | None = None, *, names: dict[str, str] | None = None
 ) -> InvalidRequest:
-    """The error with the A1111 name of its field (controls[i].x -> the ControlNet unit's)."""
+    """The error with the A1111 name of its field (controls[i].x -> the ControlNet unit's;
+    `names`: what this request used, see _sent_names)."""
     unit = re.fullmatch(r"controls\[(\d+)\]\.(\w+)", error.field or "")
     if unit is not None and unit_index:
         position = unit_index[int(unit.group(1))] if int(unit.group(1)) < len(unit_index) else unit.group(1)
@@ -217,7 +290,7 @@ def _renamed(
         theirs = f"alwayson_scripts.controlnet.args[{position}].{name}"
         message = str(error).replace(error.field or "", theirs, 1)
         return InvalidRequest(message, field=theirs, value=error.value)
-    theirs = model_field if error.field == "model" else A1111_FIELD.get(error.field or "")
+    theirs = {**A1111_FIELD, "model": "sd_model_checkpoint", **(names or {})}.get(error.field or "")
     if theirs is None:
         return error
     message = str(error).replace(f"invalid {error.field}=", f"invalid {theirs}=", 1)
@@ -328,14 +401,17 @@ async def _run(state: ServerState, request: GenerationRequest, body: Txt2ImgRequ
     """Queue and wait; the job's errors name the A1111 fields `body` sent."""
     job = await state.queue.wait(await submit(state, request, "a1111"))
     error = job.exception()
-    model_field = _model_field(body)
+    names = _sent_names(body)
+    model_field = names["model"]
     if isinstance(error, InvalidRequest):
         positions = [position for position, _ in _enabled_units(body.alwayson_scripts or {})]
-        raise _renamed(error, positions, model_field=model_field)
+        raise _renamed(error, positions, names=names)
     if isinstance(error, ModelNotFound) and request.model and repr(request.model) in str(error):
         error.field = model_field  # type: ignore[attr-defined]  # the 404 names what the client sent
     if getattr(error, "field", None) == "vae":  # a VAE that failed to load: the option that named it
         error.field = OVERRIDE_VAE if "sd_vae" in (body.override_settings or {}) else "sd_vae"  # type: ignore[union-attr]
+    if getattr(error, "field", None) == "clip_skip":  # a model that cannot skip (Kandinsky)
+        error.field = names["clip_skip"]  # type: ignore[union-attr]
     if error is not None:
         raise error
     return job
@@ -385,7 +461,7 @@ def _response(state: ServerState, job: Job, body: BaseModel) -> dict[str, Any]:
         "styles": [],
         "job_timestamp": time.strftime("%Y%m%d%H%M%S"),
         "clip_skip": 1,
-        "is_using_inpainting_conditioning": False,
+        "is_using_inpainting_conditioning": bool(summary.get("inpainting_conditioning", False)),
         "version": f"easel-{_easel_version()}",
     }
     parameters = body.model_dump()
