@@ -79,7 +79,8 @@ def test_model_info_names_family_fields(client):
     assert refiner["tasks"] == ["img2img", "inpaint"]
     kandinsky = client.get("/api/v1/models/info", params={"model": TINY_KANDINSKY}).json()
     assert "prior" in kandinsky["options"] and "refiner" not in kandinsky["options"]
-    assert kandinsky["controlnet"] is False
+    assert kandinsky["controlnet"] is False and kandinsky["loras"] is False
+    assert sd15["loras"] is sdxl["loras"] is True and refiner["loras"] is False
     demo = client.get("/api/v1/models/info", params={"model": "easel-demo"}).json()
     assert demo["family"] == "sd15"
     missing = client.get("/api/v1/models/info", params={"model": "nobody/nothing"})

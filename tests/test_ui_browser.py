@@ -466,12 +466,17 @@ def test_a_lora_from_the_servers_folder(page, base_url):
     by_id(page, "lora-add").click()  # the same LoRA twice: one row, and a word why
     assert len(page.find_elements("css selector", "#lora-rows .lora-row")) == 1
     assert "already" in by_id(page, "lora-message").text
-    fill(page, f"{row_id}-weight", 0.8)
 
     record_sent_jobs(page)
     for element_id, value in (("prompt", "a pattern"), ("steps", 3), ("seed", 7), ("num-images", 1),
                               ("width", 64), ("height", 64)):  # fmt: skip
         fill(page, element_id, value)
+    # the server's error on loras[0].weight is shown on that row's weight
+    fill(page, f"{row_id}-weight", 3)
+    by_id(page, "generate").click()
+    wait(page, lambda: "loras[0].weight" in by_id(page, "error").text)
+    assert "invalid" in weight.get_attribute("class")
+    fill(page, f"{row_id}-weight", 0.8)
     with_lora = generate_and_wait(page, 1)[0]
     image_id = with_lora.get_attribute("data-image-id")
     assert page.execute_script("return window.sentJobs")[-1]["loras"] == [{"name": LORA, "weight": 0.8}]
@@ -492,9 +497,8 @@ def test_a_lora_from_the_servers_folder(page, base_url):
 
     # "reuse settings" on the LoRA image (its gallery card: the stored request, with the file's
     # sha256) brings its row back, weight and all
-    jobs = call_api(base_url, "/api/v1/jobs?limit=5")
-    job = next(j for j in jobs if any(image["id"] == image_id for image in j["images"]))
-    assert len(job["request"]["loras"][0]["sha256"]) == 64
+    entry = next(e for e in call_api(base_url, "/api/v1/gallery?limit=5") if e["id"] == image_id)
+    assert entry["request"]["loras"][0]["weight"] == 0.8 and len(entry["request"]["loras"][0]["sha256"]) == 64
     by_id(page, "tab-gallery").click()
     selector = f"#gallery-grid [data-image-id='{image_id}'] .reuse-settings"
     wait(page, lambda: page.find_elements("css selector", selector))
@@ -517,12 +521,15 @@ def test_a_lora_from_the_servers_folder(page, base_url):
     choose(page, "syntax", "compel")
     fill(page, "prompt", "a pattern")
 
-    # a family without LoRAs (the SDXL refiner): the fieldset is off and says so, nothing is sent
+    # a family without LoRAs (the SDXL refiner): the fieldset is off and says so (its rows stay,
+    # greyed out, and are not sent)
     choose(page, "model", TINY_SDXL_REFINER)
     wait(page, lambda: by_id(page, "lora-unavailable").is_displayed())
-    assert not by_id(page, "loras").is_enabled() and not by_id(page, "lora-add").is_enabled()
+    assert by_id(page, "loras").get_property("disabled") is True
+    assert not by_id(page, "lora-add").is_enabled() and not by_id(page, f"{restored}-weight").is_enabled()
     choose(page, "model", TINY_SD15)
-    wait(page, lambda: by_id(page, "loras").is_enabled())
+    wait(page, lambda: by_id(page, "lora-add").is_enabled())
+    assert not by_id(page, "lora-unavailable").is_displayed()
     by_id(page, f"{restored}-remove").click()
     assert not page.find_elements("css selector", "#lora-rows .lora-row")
 

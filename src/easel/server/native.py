@@ -285,6 +285,7 @@ def build_router() -> APIRouter:
             "tasks": list(family.tasks),
             "options": list(family.options),
             "controlnet": family.controlnet_text2img_class is not None,
+            "loras": family.loras,
             "defaults": {"steps": family.default_steps, "guidance_scale": family.default_guidance},
         }
 

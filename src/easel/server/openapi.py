@@ -299,6 +299,7 @@ class ModelInfo(BaseModel):
     tasks: list[str]
     options: list[str] = Field(description="The family-only request fields this model takes")
     controlnet: bool
+    loras: bool = Field(description="Whether this model takes LoRAs")
     defaults: FamilyDefaults
 
 
