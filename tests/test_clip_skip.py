@@ -16,6 +16,18 @@ def pixels(image) -> np.ndarray:
     return np.asarray(image.convert("RGB"))
 
 
+def with_text_model(text_encoder) -> None:
+    """diffusers' SD encode_prompt reads `text_encoder.text_model.final_layer_norm` after a clip
+    skip; transformers 5's CLIPTextModel keeps the layer norm at the top. An alias (not a
+    registered submodule) lets the plain pipeline run its own clip-skip code unchanged."""
+    from types import SimpleNamespace
+
+    if not hasattr(text_encoder, "text_model"):
+        object.__setattr__(
+            text_encoder, "text_model", SimpleNamespace(final_layer_norm=text_encoder.final_layer_norm)
+        )
+
+
 @pytest.fixture(scope="module")
 def sd15(engine):
     engine.generate(GenerationRequest(model=TINY_SD15, prompt="warm up", steps=1, seed=0))
@@ -24,18 +36,22 @@ def sd15(engine):
 
 
 def test_clip_skip_2_equals_plain_diffusers_clip_skip_1_and_changes_the_image(engine):
-    from diffusers import AutoPipelineForText2Image
+    """A1111's "Clip skip: 2" is diffusers' clip_skip=1, for the prompt and (as A1111 does, and
+    diffusers' call does not) the negative prompt: each encoded by diffusers' own encode_prompt."""
+    from diffusers import StableDiffusionPipeline
 
     request = GenerationRequest(model=TINY_SD15, prompt="a red circle", negative_prompt="blue", steps=3,
                                 seed=11, clip_skip=2)  # fmt: skip
     skipped = engine.generate(request)
-    plain = AutoPipelineForText2Image.from_pretrained(TINY_SD15)
+    plain = StableDiffusionPipeline.from_pretrained(TINY_SD15)
     plain.set_progress_bar_config(disable=True)
+    with_text_model(plain.text_encoder)
+    positive, _ = plain.encode_prompt("a red circle", "cpu", 1, False, clip_skip=1)
+    negative, _ = plain.encode_prompt("blue", "cpu", 1, False, clip_skip=1)
     expected = plain(
-        "a red circle",
-        negative_prompt="blue",
+        prompt_embeds=positive,
+        negative_prompt_embeds=negative,
         num_inference_steps=3,
-        clip_skip=1,  # diffusers counts layers skipped: A1111's "Clip skip: 2"
         generator=[torch.Generator("cpu").manual_seed(11)],
     ).images[0]
     np.testing.assert_array_equal(pixels(skipped.images[0]), pixels(expected))
@@ -47,36 +63,25 @@ def test_clip_skip_2_equals_plain_diffusers_clip_skip_1_and_changes_the_image(en
 
 
 def test_compel_path_uses_the_same_layer_as_the_pipeline(sd15):
-    """A prompt Compel encodes (weights of 1, so the same text) gives the pipeline's own
-    clip-skipped embeddings; a real weight still changes only its token."""
-    pipe = sd15.pipeline
-    for skip in (1, 2):
-        encoder = PromptEncoder(sd15.family.prompt_encoders(pipe), clip_skip=skip)
-        compel, *_ = encoder.encode(plan_prompt("a (red)1.0 circle", "compel"), plan_prompt("", "compel"))
-        theirs, _ = pipe.encode_prompt("a red circle", "cpu", 1, False, clip_skip=skip)
-        torch.testing.assert_close(compel, theirs, rtol=0, atol=0)
-        unskipped, _ = pipe.encode_prompt("a red circle", "cpu", 1, False)
-        assert not torch.equal(compel, unskipped)
-    # Compel's own "penultimate, normalized" type is A1111's clip skip 2 on SD 1.5
-    from compel import Compel, ReturnedEmbeddingsType
+    """A prompt Compel encodes (weights of 1, so the same text) gives diffusers' own
+    clip-skipped embeddings, for each depth the tiny encoder has."""
+    from diffusers import StableDiffusionPipeline
 
-    penultimate = Compel(
-        tokenizer=pipe.tokenizer,
-        text_encoder=pipe.text_encoder,
-        returned_embeddings_type=ReturnedEmbeddingsType.PENULTIMATE_HIDDEN_STATES_NORMALIZED,
-        truncate_long_prompts=False,
-    )("a (red)1.3 circle")
-    ours, *_ = PromptEncoder(sd15.family.prompt_encoders(pipe), clip_skip=1).encode(
-        plan_prompt("a (red)1.3 circle", "compel"), plan_prompt("", "compel")
-    )
-    torch.testing.assert_close(ours, penultimate, rtol=0, atol=0)
+    plain = StableDiffusionPipeline.from_pretrained(TINY_SD15)
+    with_text_model(plain.text_encoder)
+    for skip in (1, 2):
+        encoder = PromptEncoder(sd15.family.prompt_encoders(sd15.pipeline), clip_skip=skip)
+        compel, *_ = encoder.encode(plan_prompt("a (red)1.0 circle", "compel"), plan_prompt("", "compel"))
+        theirs, _ = plain.encode_prompt("a red circle", "cpu", 1, False, clip_skip=skip)
+        torch.testing.assert_close(compel, theirs, rtol=0, atol=0)
+        unskipped, _ = plain.encode_prompt("a red circle", "cpu", 1, False)
+        assert not torch.equal(compel, unskipped)
 
 
 def test_weighted_prompt_with_clip_skip_runs_on_its_own_encoder(engine, sd15):
-    weighted = GenerationRequest(model=TINY_SD15, prompt="a (red:1.0) circle", prompt_syntax="a1111",
-                                 steps=2, seed=4, clip_skip=2)  # fmt: skip
+    weighted = GenerationRequest(model=TINY_SD15, prompt="a (red)1.0 circle", steps=2, seed=4, clip_skip=2)
     plain = weighted.model_copy(update={"prompt": "a red circle"})
-    # weight 1 is the plain text: the Compel path equals the pipeline's clip_skip path
+    # weight 1 parsed by Compel equals the plain text read by easel, both at the skipped layer
     np.testing.assert_array_equal(
         pixels(engine.generate(weighted).images[0]), pixels(engine.generate(plain).images[0])
     )
@@ -89,22 +94,28 @@ def test_weighted_prompt_with_clip_skip_runs_on_its_own_encoder(engine, sd15):
 def test_sdxl_clip_skip_matches_diffusers_for_both_encoders(engine, sdxl_models):
     from diffusers import StableDiffusionXLPipeline
 
-    request = GenerationRequest(model=TINY_SDXL, prompt="a red circle", steps=2, seed=3, clip_skip=2)
+    request = GenerationRequest(model=TINY_SDXL, prompt="a red circle", negative_prompt="blue", steps=2,
+                                seed=3, clip_skip=2)  # fmt: skip
     ours = engine.generate(request)
     plain = StableDiffusionXLPipeline.from_pretrained(sdxl_models[TINY_SDXL])
     plain.set_progress_bar_config(disable=True)
+
+    def encode(text: str):
+        return plain.encode_prompt(text, device="cpu", do_classifier_free_guidance=False, clip_skip=1)
+
+    positive, _, pooled, _ = encode("a red circle")
+    negative, _, negative_pooled, _ = encode("blue")
     expected = plain(
-        "a red circle", num_inference_steps=2, clip_skip=1, generator=[torch.Generator("cpu").manual_seed(3)]
+        prompt_embeds=positive,
+        negative_prompt_embeds=negative,
+        pooled_prompt_embeds=pooled,
+        negative_pooled_prompt_embeds=negative_pooled,
+        num_inference_steps=2,
+        generator=[torch.Generator("cpu").manual_seed(3)],
     ).images[0]
     np.testing.assert_array_equal(pixels(ours.images[0]), pixels(expected))
-    # the Compel path (a long prompt is chunked) uses the same layers
-    (loaded,) = [e for e in engine.cache.loaded() if e.source.location == TINY_SDXL]
-    encoder = PromptEncoder(loaded.family.prompt_encoders(loaded.pipeline), clip_skip=1)
-    compel, _, pooled, _ = encoder.encode(plan_prompt("a (red)1.0 circle", "compel"), plan_prompt("", "compel"))
-    theirs, _, their_pooled, _ = loaded.pipeline.encode_prompt("a red circle", device="cpu",
-                                                               do_classifier_free_guidance=False, clip_skip=1)  # fmt: skip
-    torch.testing.assert_close(compel, theirs, rtol=0, atol=0)
-    torch.testing.assert_close(pooled, their_pooled, rtol=0, atol=0)
+    unskipped = engine.generate(request.model_copy(update={"clip_skip": None}))
+    assert not np.array_equal(pixels(unskipped.images[0]), pixels(ours.images[0]))
 
 
 def test_too_deep_a_clip_skip_and_kandinsky_are_refused_by_name(engine, kandinsky_models):

@@ -56,6 +56,7 @@ class Settings:
     threads: int | None = None  # torch CPU threads; None: 1 for small models on CPU, else torch's
     max_cached_models: int = 2  # base pipelines kept in memory
     lora_dir: Path | None = None  # LoRAs found by name; None: EASEL_HOME/loras
+    embeddings_dir: Path | None = None  # textual-inversion embeddings; None: EASEL_HOME/embeddings
     # speed and memory (see PerformanceOptions and docs/performance.md)
     attention: str = "sdpa"  # sdpa | xformers | slicing | default (diffusers' own choice)
     compile: bool = False  # torch.compile the UNet
@@ -80,6 +81,8 @@ class Settings:
         object.__setattr__(self, "home", Path(self.home).expanduser())  # accept str from callers
         if self.lora_dir is not None:
             object.__setattr__(self, "lora_dir", Path(self.lora_dir).expanduser())
+        if self.embeddings_dir is not None:
+            object.__setattr__(self, "embeddings_dir", Path(self.embeddings_dir).expanduser())
         for name, allowed in (
             ("attention", ATTENTION),
             ("offload", OFFLOAD),
@@ -100,6 +103,11 @@ class Settings:
     def loras_folder(self) -> Path:
         """Where LoRAs named without a path are looked up (EASEL_LORA_DIR)."""
         return self.lora_dir if self.lora_dir is not None else self.home / "loras"
+
+    @property
+    def embeddings_folder(self) -> Path:
+        """Where textual-inversion embeddings are found by name (EASEL_EMBEDDINGS_DIR)."""
+        return self.embeddings_dir if self.embeddings_dir is not None else self.home / "embeddings"
 
     @property
     def performance(self) -> PerformanceOptions:

@@ -73,8 +73,10 @@ class Easel:
 
         Uses a tokenizer of its own (loaded once per model, files only, no weights), so a
         prompt box can count while a generation runs: fast tokenizers must not be shared
-        between threads.
+        between threads. An embedding named in the prompt counts its vectors (read from its
+        file), as A1111 counts them.
         """
+        from easel.models.embeddings import counted_embeddings, for_counting
         from easel.prompts.encoding import SYNTAXES, plan_prompt, token_count
 
         if syntax not in SYNTAXES:
@@ -83,7 +85,10 @@ class Easel:
                 field="prompt_syntax",
                 value=syntax,
             )
-        plan = plan_prompt(prompt, syntax)
+        plan = plan_prompt(prompt, syntax)  # malformed syntax: refused at its position in the prompt
+        embeddings = counted_embeddings(prompt, self.settings.embeddings_folder)
+        if embeddings:
+            plan = plan_prompt(for_counting(prompt, embeddings, tokens=False), syntax)
         source = self.resolve_model(model)
         with self._tokenizer_lock:
             tokenizer = self._tokenizers.get(source.location)
@@ -128,6 +133,8 @@ class Easel:
             request = request.model_copy(
                 update={"loras": [spec.model_copy(update={"sha256": file.sha256}) for spec, file in loras]}
             )
+        # textual-inversion embeddings the prompts name (A1111: their names as words), read and hashed
+        embeddings = self._embedding_files(request, family)
         # 2. family defaults; the request validator re-checks steps x strength now
         given = {name for name in ("steps", "prior_steps", "width", "height") if getattr(request, name)}
         request = self._with_family_defaults(request, family)
@@ -176,6 +183,7 @@ class Easel:
             ]
             vae_component = None if vae is None else self._lease_vae(leases, loaded, vae)
             self._activate_loras(loaded, loras)
+            self._load_embeddings([loaded, *leased.values()], embeddings)
             loaded_at = time.perf_counter()
             if device == "cpu":
                 self._set_cpu_threads(loaded)
@@ -239,6 +247,7 @@ class Easel:
             model_hashes={
                 **self._model_hashes(loaded, controlnets, leased, vae_component),
                 **{f"lora:{file.name}": file.a1111_hash for _, file in loras},
+                **{f"ti:{file.name}": file.sha256 for file in embeddings},
             },
             sampler=sampler,
             timings={
@@ -275,7 +284,36 @@ class Easel:
                 value=str(image_path),
             )
         request, index = request_from_document(metadata.document, overrides)
+        hashes = (metadata.document.get("model") or {}).get("hashes") or {}
+        self._check_recorded_embeddings(request, {k[3:]: v for k, v in hashes.items() if k.startswith("ti:")})
         return self.generate(request, on_progress=on_progress), index
+
+    def _check_recorded_embeddings(self, request: GenerationRequest, recorded: dict[str, str]) -> None:
+        """Refuse to replay with an embedding whose file changed (or went) since the image was
+        made, naming it, rather than make a different image."""
+        from easel.models.embeddings import names_in
+
+        used = names_in([("prompt", request.prompt), ("negative_prompt", request.negative_prompt)], recorded)
+        if not used:
+            return
+        found = {
+            file.name: file
+            for file in self._embedding_files(request, detect_family(self.resolve_model(request.model)))
+        }
+        for name, field in used:
+            file = found.get(name)
+            if file is None or file.sha256 != recorded[name]:
+                now = (
+                    "is no longer in the embeddings folder"
+                    if file is None
+                    else f"has sha256 {file.sha256[:12]}..."
+                )
+                raise InvalidRequest(
+                    f"invalid {field}: the embedding {name!r} {now}, not the {recorded[name][:12]}... this "
+                    "image was made with (the file changed?)",
+                    field=field,
+                    value=name,
+                )
 
     def task_pipeline(
         self,
@@ -398,6 +436,45 @@ class Easel:
             check_fits(file, unet_config, loaded.family.name, field=f"loras[{index}].name")
         chosen = [(file, spec.weight) for spec, file in loras]
         activate(loaded.pipeline, loaded.state, chosen, loaded.family.name)
+
+    def _embedding_files(self, request: GenerationRequest, family: Family) -> list[Any]:
+        """The embeddings (EmbeddingFile) whose names the prompt or negative prompt use as words,
+        read (vector count, widths) and hashed before any weights load; a family without
+        textual inversion refuses them, naming the field, rather than drawing the name as text."""
+        from easel.models.embeddings import EmbeddingError, EmbeddingFile, describe, embedding_files, names_in
+        from easel.models.embeddings import refusal as embedding_refusal
+        from easel.models.hashing import sha256_of
+
+        files = embedding_files(self.settings.embeddings_folder)
+        texts = [("prompt", request.prompt), ("negative_prompt", request.negative_prompt)]
+        used = names_in(texts, files) if files else []
+        family.check_embeddings(used)
+        found = []
+        for name, field in used:
+            path = files[name]
+            try:
+                info = describe(path)
+            except EmbeddingError as error:
+                raise embedding_refusal(name, path, field, str(error)) from None
+            sha256 = sha256_of(path, self.settings.home / "hashes.json")
+            found.append(EmbeddingFile(name, path, sha256, info, field))
+        return found
+
+    @staticmethod
+    def _load_embeddings(models: Sequence[LoadedModel], files: list[Any]) -> None:
+        """Load this run's embeddings into every leased model whose family takes them (once per
+        model: a token already in a tokenizer is not loaded again) and tell the prompt encoding
+        which names this run replaces by which token (none: nothing is replaced)."""
+        from easel.models.embeddings import ACTIVE_KEY, LOADED_KEY, load
+
+        for model in models:
+            if not model.family.embeddings:
+                continue
+            if files:
+                pipe = model.pipeline
+                load(pipe, model.family.embedding_targets(pipe), files, model.family.name)
+                model.state.setdefault(LOADED_KEY, {}).update({file.token: file for file in files})
+            model.state[ACTIVE_KEY] = {file.name.lower(): (file.token, file.info.vectors) for file in files}
 
     def _lease_control(
         self, leases: ExitStack, loaded: LoadedModel, index: int, control: ControlSource

@@ -71,6 +71,7 @@ class GenerationResult:
         from easel.models.hashing import short_hash
         from easel.storage.metadata import (
             control_parameters,
+            embedding_parameters,
             format_parameters,
             inpaint_parameters,
             lora_parameters,
@@ -87,6 +88,7 @@ class GenerationResult:
                 **inpaint_parameters(self.request),
                 **control_parameters(self.request, self.model_hashes),
                 **lora_parameters(self.request, self.model_hashes),
+                **embedding_parameters(self.model_hashes),
             },
         )
 

@@ -10,10 +10,12 @@ The hooks, in the order the engine calls them:
 
     check_request(request)                  refuse tasks/fields this family cannot serve
     companions(request, source, identify)   other models the request needs, by role
+    check_embeddings(used)                  refuse embeddings a prompt names (no textual inversion)
     field_defaults(request)                 family-only defaults recorded in the concrete request
     load_pipeline(source, ...)              the cached base pipeline (companions may share parts
     shared_components(source, base)           of the base they are loaded beside)
     default_size(pipe)                      native size when the request gives none
+    embedding_targets(pipe)                 (vectors key, tokenizer, text encoder) embeddings load into
     check_control(index, ref, config, unet) refuse a ControlNet made for another base (before
                                               its weights load, and again against the loaded UNet)
     derive(base, task, companions, ...)     the task pipeline, sharing the base's weights (with
@@ -89,6 +91,9 @@ class Family:
     # LoRA adapters (easel.models.lora): the base pipeline has diffusers' LoRA loader for its
     # UNet and text encoders
     loras: bool = False
+    # textual-inversion embeddings (easel.models.embeddings): the base pipeline has diffusers'
+    # textual-inversion loader; embedding_targets names the text encoders it loads into
+    embeddings: bool = False
 
     # -- detection and checks -------------------------------------------------------------
 
@@ -126,6 +131,17 @@ class Family:
             users = ", ".join(f.name for f in _families() if f.loras)
             raise UnsupportedFeature(
                 f"loras: {self.name} models take no LoRA here (LoRAs work with: {users})"
+            )
+
+    def check_embeddings(self, used: list[tuple[str, str]]) -> None:
+        """Refuse textual-inversion embeddings named in a prompt ((name, field) pairs) for a
+        family whose text encoders cannot take them, rather than reading the name as text."""
+        if used and not self.embeddings:
+            name, field = used[0]
+            users = ", ".join(f.name for f in _families() if f.embeddings)
+            raise UnsupportedFeature(
+                f"{field}: {name!r} is a textual-inversion embedding, which {self.name} models cannot use "
+                f"(embeddings work with: {users}); rename the word or the file"
             )
 
     def unsupported_task_message(self, task: str) -> str:
@@ -319,6 +335,13 @@ class Family:
         pipeline concatenates them; SD 1.x/2.x: one CLIP text encoder, last hidden state."""
         return [(pipe.tokenizer, pipe.text_encoder, "LAST_HIDDEN_STATES_NORMALIZED", False)]
 
+    def embedding_targets(self, pipe: Any) -> list[tuple[str, Any, Any]]:
+        """(key of the embedding's vectors, tokenizer, text encoder) for each text encoder a
+        textual-inversion embedding loads into; SD 1.x/2.x: the one, with the file's one set."""
+        from easel.models.embeddings import SD_KEY
+
+        return [(SD_KEY, pipe.tokenizer, pipe.text_encoder)]
+
     def clip_skip_layers(self, request: GenerationRequest, encoders: list[tuple[Any, Any, str, bool]]) -> int:
         """diffusers' `clip_skip` for the request's (A1111-counted) clip skip: N - 1 layers before
         the one the model uses (0: none); refused, naming clip_skip, when a text encoder has
@@ -342,12 +365,16 @@ class Family:
     ) -> list[str]:
         """Put the encoded prompts into `arguments` (in place); returns warnings.
 
-        Unweighted prompts within one 75-token window keep the pipeline's own encode_prompt
-        (identical embeddings, no extra cost); anything else is encoded with Compel, chunked
+        Unweighted prompts within one 75-token window and without clip skip keep the pipeline's
+        own encode_prompt (identical embeddings, no extra cost); anything else is encoded with
+        Compel (at the clip-skipped layer, for both prompts, as A1111 does), chunked
         instead of truncated, into prompt_embeds (and pooled embeds where the family has
         them). `state` is the loaded model's scratch space: the encoder and its cache live
-        there, so they go when the model is evicted.
+        there, so they go when the model is evicted. Textual-inversion embeddings the engine
+        loaded for this run (state["active_embeddings"]) reach both paths as their tokens, and
+        count every vector towards the 75 tokens.
         """
+        from easel.models.embeddings import ACTIVE_KEY, for_counting, for_encoding
         from easel.prompts.encoding import (
             CHUNK_TOKENS,
             PromptEncoder,
@@ -356,27 +383,39 @@ class Family:
             syntax_warnings,
         )
 
-        positive = plan_prompt(request.prompt, request.prompt_syntax)
-        negative = plan_prompt(request.negative_prompt, request.prompt_syntax, field="negative_prompt")
+        embeddings = state.get(ACTIVE_KEY, {})  # lower-case name -> (token, vectors)
+        texts = ((request.prompt, "prompt"), (request.negative_prompt, "negative_prompt"))
+        positive, negative = (
+            plan_prompt(for_encoding(text, embeddings), request.prompt_syntax, field=field)
+            for text, field in texts
+        )
+        counted = (positive, negative)
+        if embeddings:  # `tok` stands for all its vectors (`tok tok_1 ...`, which the tokenizer has)
+            counted = tuple(
+                plan_prompt(for_counting(text, embeddings), request.prompt_syntax, field=field)
+                for text, field in texts
+            )
         warnings = syntax_warnings(request.prompt, request.prompt_syntax)
         encoders = self.prompt_encoders(pipe)
         skip = self.clip_skip_layers(request, encoders)
         tokenizer = encoders[0][0]
-        longest = max(count_tokens(tokenizer, positive) + count_tokens(tokenizer, negative))
-        if not positive.weighted and not negative.weighted and longest <= CHUNK_TOKENS:
+        longest = max(count_tokens(tokenizer, counted[0]) + count_tokens(tokenizer, counted[1]))
+        # with clip skip, easel encodes too: diffusers' own `clip_skip` skips layers for the prompt
+        # only (its negative prompt keeps the model's layer), A1111 for both, as easel does
+        plain = not positive.weighted and not negative.weighted and longest <= CHUNK_TOKENS
+        if plain and not skip:
             arguments["prompt"] = positive.text
             arguments["negative_prompt"] = negative.text or None
-            if skip:
-                arguments["clip_skip"] = skip
             return warnings
         # one encoder per clip skip (its layer is part of what the encoder computes)
         key = "prompt_encoder" if not skip else f"prompt_encoder (clip skip {skip})"
         encoder = state.get(key)
         if encoder is None:
             encoder = state[key] = PromptEncoder(encoders, clip_skip=skip)
-        # the active LoRAs change what the text encoders compute: part of the cache key
+        # the active LoRAs change what the text encoders compute: part of the cache key; so do
+        # the embeddings (their tokens, named by file content, are in the plans too)
         embeds, negative_embeds, pooled, negative_pooled = encoder.encode(
-            positive, negative, context=state.get("active_loras", ())
+            positive, negative, context=(*state.get("active_loras", ()), *sorted(embeddings.values()))
         )
         if not request.negative_prompt and getattr(pipe.config, "force_zeros_for_empty_prompt", False):
             import torch  # SDXL's convention for an empty negative prompt, as diffusers applies it

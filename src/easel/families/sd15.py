@@ -22,4 +22,5 @@ SD15 = Family(
     inpaint_class="StableDiffusionInpaintPipeline",
     controlnet_inpaint_class="StableDiffusionControlNetInpaintPipeline",
     loras=True,
+    embeddings=True,
 )

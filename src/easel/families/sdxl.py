@@ -56,6 +56,15 @@ class SDXLFamily(Family):
         encoders.append((pipe.tokenizer_2, pipe.text_encoder_2, kind, True))
         return encoders
 
+    def embedding_targets(self, pipe: Any) -> list[tuple[str, Any, Any]]:
+        """An SDXL embedding's clip_l vectors go to the first text encoder (the refiner has
+        none), its clip_g vectors to the second."""
+        targets = []
+        if getattr(pipe, "text_encoder", None) is not None:
+            targets.append(("clip_l", pipe.tokenizer, pipe.text_encoder))
+        targets.append(("clip_g", pipe.tokenizer_2, pipe.text_encoder_2))
+        return targets
+
     def call_arguments(
         self, pipe: Any, request: GenerationRequest, init_image: Image | None
     ) -> dict[str, Any]:
@@ -306,6 +315,7 @@ SDXL = SDXLBaseFamily(
     inpaint_class="StableDiffusionXLInpaintPipeline",
     controlnet_inpaint_class="StableDiffusionXLControlNetInpaintPipeline",
     loras=True,
+    embeddings=True,
 )
 
 SDXL_REFINER = SDXLRefinerFamily(
@@ -319,5 +329,6 @@ SDXL_REFINER = SDXLRefinerFamily(
     tasks=("img2img", "inpaint"),  # inpainting: StableDiffusionXLInpaintPipeline with its aesthetic scores
     options=(*AESTHETIC, *CONDITIONING),
     inpaint_class="StableDiffusionXLInpaintPipeline",
+    embeddings=True,  # its one text encoder (OpenCLIP bigG) takes an SDXL embedding's clip_g
     refiner=True,
 )

@@ -10,7 +10,9 @@ Nothing is truncated silently: prompts longer than one CLIP window (75 tokens) a
 chunks by Compel (truncate_long_prompts=False) and positive and negative conditioning are
 padded to the same length. A prompt with no weighting and no more than 75 tokens takes the
 cheapest path that gives identical embeddings: the pipeline's own encode_prompt (the test
-suite checks the equality), so ordinary prompts cost nothing extra.
+suite checks the equality), so ordinary prompts cost nothing extra. With clip skip, easel
+encodes every prompt (ClipSkipped): diffusers' own `clip_skip` leaves the negative prompt at the
+model's layer, A1111 skips both.
 """
 
 from __future__ import annotations
@@ -152,6 +154,7 @@ class PromptEncoder:
     def __init__(self, encoders: list[tuple[Any, Any, str, bool]], clip_skip: int = 0) -> None:
         from compel import Compel, ReturnedEmbeddingsType
 
+        from easel.models.embeddings import MultiVectorTokens
         from easel.prompts.checks import enable_packrat
 
         enable_packrat()  # Compel parses every prompt it encodes; keep that polynomial
@@ -164,6 +167,9 @@ class PromptEncoder:
                 requires_pooled=pooled,
                 truncate_long_prompts=False,
                 device=str(text_encoder.device),
+                # a multi-vector textual-inversion token -> all its vectors' ids, as the pipelines'
+                # own maybe_convert_prompt does in text
+                textual_inversion_manager=MultiVectorTokens(tokenizer),
             )
             for tokenizer, text_encoder, kind, pooled in encoders
         ]
@@ -254,8 +260,14 @@ class ClipSkipped:
         output = self._encoder(input_ids, attention_mask, **{**kwargs, "return_dict": True})
         hidden = tuple(output.hidden_states[: -self._skip])
         output["hidden_states"] = hidden
-        output["last_hidden_state"] = self._encoder.text_model.final_layer_norm(hidden[-1])
+        output["last_hidden_state"] = final_layer_norm(self._encoder)(hidden[-1])
         return output
+
+
+def final_layer_norm(text_encoder: Any) -> Any:
+    """A CLIP text encoder's final layer norm: under `text_model` (transformers 4, and 5's
+    CLIPTextModelWithProjection) or at the top (transformers 5's CLIPTextModel)."""
+    return getattr(text_encoder, "text_model", text_encoder).final_layer_norm
 
 
 def _encode_parsed(compel: Any, chunk: str, fragments: Fragments, pooled: bool) -> Any:

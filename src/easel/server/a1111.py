@@ -7,15 +7,21 @@ image i with seed + i), denoising_strength -> strength (img2img), init_images[0]
 refiner_checkpoint / refiner_switch_at -> refiner / refiner_at, override_settings
 sd_model_checkpoint -> model, override_settings sd_vae -> vae, and ControlNet units
 (alwayson_scripts.controlnet.args, the sd-webui-controlnet extension's API) -> controls.
-Prompts are read in A1111's own weighting syntax (prompt_syntax="a1111"). Unknown fields
-are ignored, as A1111 does. Errors name the A1111 field, not ours. Inpainting: mask,
+Prompts are read in A1111's own weighting syntax (prompt_syntax="a1111").
+override_settings CLIP_stop_at_last_layers -> clip_skip. Nothing is accepted and ignored:
+a field is honoured, or accepted only at a value that cannot change the image (A1111's
+default, or unused as sent), or refused with a 422 naming it (check_fields), fields A1111
+does not have included (A1111 ignores those). Errors name the A1111 field, not ours. send_images
+and save_images (the gallery keeps the images only when true, as A1111 saves them only then)
+are honoured after the run. Inpainting: mask,
 mask_blur (or _x/_y, equal), inpainting_fill, inpaint_full_res (+ _padding) and
 inpainting_mask_invert, with A1111's API defaults; without a mask they cannot change the
 result and are not used.
 
 The model A1111 clients switch with POST /options {"sd_model_checkpoint": title} is state of
 this app (ServerState.current_model), checked when set, loaded on the next generation; so is
-the VAE, {"sd_vae": name} (ServerState.current_vae; "Automatic" or "None": the model's own).
+the VAE, {"sd_vae": name} (ServerState.current_vae; "Automatic" or "None": the model's own),
+and clip skip, {"CLIP_stop_at_last_layers": n} (ServerState.current_clip_skip).
 """
 
 from __future__ import annotations
@@ -31,7 +37,7 @@ from fastapi import APIRouter, Depends
 from pydantic import BaseModel, ConfigDict, Field
 
 from easel.errors import InvalidRequest, ModelNotFound, UnsupportedFeature
-from easel.request import MAX_CLIP_SKIP, MAX_SEED, SIDE_SCHEMA, GenerationRequest
+from easel.request import MAX_CLIP_SKIP, MAX_SEED, SIDE_SCHEMA, GenerationRequest, shown_value
 from easel.server import openapi as api
 from easel.server.app import ServerState, state_of
 from easel.server.jobs import Job
@@ -75,7 +81,9 @@ class Txt2ImgRequest(BaseModel):
     # strict: JSON types as documented (steps=true or cfg_scale="7" are refused, not converted);
     # no NaN/Infinity: the answer echoes these fields, and JSON cannot carry them (was a 500);
     # extra="allow" so that fields A1111 does not have can be refused by name (check_fields)
-    model_config = ConfigDict(extra="allow", strict=True, allow_inf_nan=False)
+    model_config = ConfigDict(
+        extra="allow", strict=True, allow_inf_nan=False, json_schema_extra={"additionalProperties": False}
+    )
 
     prompt: str = ""
     negative_prompt: str = ""
@@ -202,7 +210,7 @@ def to_generation_request(body: Txt2ImgRequest, state: ServerState) -> Generatio
         if "sd_vae" in overrides
         else state.current_vae
     )
-    if body.refiner_checkpoint and body.refiner_checkpoint.lower() not in ("none", ""):
+    if _refiner(body):
         fields["refiner"] = body.refiner_checkpoint
         fields["refiner_at"] = body.refiner_switch_at
     if isinstance(body, Img2ImgRequest):
@@ -224,6 +232,150 @@ def to_generation_request(body: Txt2ImgRequest, state: ServerState) -> Generatio
         return state.policy.check(GenerationRequest.from_fields(fields))
     except InvalidRequest as error:
         raise _renamed(error, unit_index, names=_sent_names(body)) from None
+
+
+# A1111 settings easel applies from override_settings (and POST /options)
+APPLIED_OPTIONS = ("sd_model_checkpoint", "sd_vae", CLIP_OPTION)
+# A1111 settings override_settings may carry at their default value, where the image is what A1111
+# makes (eta_ancestral 1: easel's ancestral samplers; eta_ddim 0: diffusers' DDIM; ...); any other
+# value, and any other setting, is refused naming override_settings.<key>
+OPTION_DEFAULTS: dict[str, Any] = {
+    "samples_format": "png", "enable_pnginfo": True, "eta_noise_seed_delta": 0, "eta_ancestral": 1.0,
+    "eta_ddim": 0.0, "s_churn": 0.0, "s_tmin": 0.0, "s_noise": 1.0, "s_min_uncond": 0.0,
+    "token_merging_ratio": 0.0, "img2img_fix_steps": False,
+}  # fmt: skip
+# A1111 fields easel does not build: (values at which they leave the image as A1111 makes it, why)
+NOT_BUILT: dict[str, tuple[tuple[Any, ...], str]] = {
+    "enable_hr": ((False,), "hires fix is not built in easel yet; generate at the size you want"),
+    "firstphase_width": ((0,), "hires fix is not built in easel yet"),
+    "firstphase_height": ((0,), "hires fix is not built in easel yet"),
+    "firstpass_image": ((None, ""), "hires fix is not built in easel yet"),
+    "tiling": ((False, None), "seamless tiling is not built in easel yet"),
+    "restore_faces": ((False, None), "easel has no face restoration"),
+    "styles": (([], None), "prompt styles are not built in easel yet; put the style's text in the prompt"),
+    "script_name": ((None, "", "None"), "easel runs no A1111 scripts (GET /sdapi/v1/scripts lists none)"),
+    "subseed_strength": ((0,), "variation seeds (subseed) are not built in easel yet"),
+    "s_churn": ((0, None), "easel's samplers run without churn (A1111's default 0)"),
+    "s_noise": ((1, None), "easel's samplers add noise at scale 1 (A1111's default)"),
+    "s_min_uncond": ((0, None), "easel applies the negative prompt at every step (A1111's default 0)"),
+    "disable_extra_networks": ((False,), "easel always applies the prompt's <lora:...> tags; remove them"),
+    "infotext": ((None, ""), "easel reads no request fields from infotext; send them as fields"),
+    "resize_mode": ((0,), "easel resizes the init image to width x height (0, just resize) only"),
+    "initial_noise_multiplier": ((1, None), "easel adds the init image's noise at scale 1 (the default)"),
+    "latent_mask": ((None, ""), "a separate latent mask is not built in easel"),
+}  # fmt: skip
+# diffusers scheduler classes whose noise A1111's eta scales, and the eta they run with here
+ANCESTRAL = (
+    "EulerAncestralDiscreteScheduler",
+    "KDPM2AncestralDiscreteScheduler",
+    "DPMSolverSinglestepScheduler",  # A1111's "DPM++ SDE"
+)
+
+
+def check_fields(body: Txt2ImgRequest) -> None:
+    """Refuse (422 naming the field) what easel would otherwise accept and ignore: fields A1111
+    does not have, features easel does not build set to anything but a value that leaves the
+    image as A1111 makes it, override_settings easel cannot apply, other always-on scripts."""
+    for name, value in (body.model_extra or {}).items():
+        raise InvalidRequest(
+            f"unknown field {name!r}: AUTOMATIC1111's API has no such field, and easel refuses what it "
+            "would otherwise ignore",
+            field=name,
+            value=value,
+        )
+    for name, (accepted, why) in NOT_BUILT.items():
+        value = getattr(body, name, None)
+        if name in type(body).model_fields and not any(_same(value, ok) for ok in accepted):
+            raise InvalidRequest(f"invalid {name}={shown_value(value)}: {why}", field=name, value=value)
+    for name in ("seed_resize_from_h", "seed_resize_from_w"):
+        size = getattr(body, name)
+        if size > 0:
+            why = "seed resize is not built in easel yet (0 or -1: off)"
+            raise InvalidRequest(f"invalid {name}={size}: {why}", field=name, value=size)
+    if body.refiner_switch_at is not None and not _refiner(body):
+        raise InvalidRequest(
+            f"invalid refiner_switch_at={body.refiner_switch_at!r}: it says where the refiner takes over; "
+            "give refiner_checkpoint too",
+            field="refiner_switch_at",
+            value=body.refiner_switch_at,
+        )
+    _check_eta(body)
+    if isinstance(body, Img2ImgRequest) and body.mask and not body.mask_round:
+        raise InvalidRequest("invalid mask_round=False: easel's inpainting works with A1111's default (true)",
+                             field="mask_round", value=False)  # fmt: skip
+    for key, value in (body.override_settings or {}).items():
+        if key not in APPLIED_OPTIONS and not (key in OPTION_DEFAULTS and _same(value, OPTION_DEFAULTS[key])):
+            field = f"override_settings.{key}"
+            default = OPTION_DEFAULTS.get(key)
+            known = f" (accepted only at A1111's default, {default!r})" if key in OPTION_DEFAULTS else ""
+            raise InvalidRequest(
+                f"invalid {field}={shown_value(value)}: easel cannot apply this setting{known}; it applies "
+                + ", ".join(APPLIED_OPTIONS),
+                field=field,
+                value=value,
+            )
+    for name, script in (body.alwayson_scripts or {}).items():
+        args = script.get("args") if isinstance(script, dict) else None
+        if name.lower() != "controlnet" and not (isinstance(args, list) and (not args or args[0] is False)):
+            raise InvalidRequest(
+                f"invalid alwayson_scripts.{name}: easel runs no always-on script but ControlNet "
+                '(a disabled one, {"args": []} or {"args": [false, ...]}, is accepted)',
+                field=f"alwayson_scripts.{name}",
+            )
+
+
+def _same(value: Any, accepted: Any) -> bool:
+    """`value` equals an accepted value as JSON means it (1 == 1.0, but true is not 1)."""
+    if isinstance(value, bool) or isinstance(accepted, bool):
+        return isinstance(value, bool) and isinstance(accepted, bool) and value == accepted
+    return value == accepted
+
+
+def _refiner(body: Txt2ImgRequest) -> bool:
+    return bool(body.refiner_checkpoint) and body.refiner_checkpoint.lower() not in ("none", "")
+
+
+def _check_eta(body: Txt2ImgRequest) -> None:
+    """eta is accepted where it leaves the sampler as easel runs it: 1 for the ancestral and SDE
+    samplers (A1111's eta_ancestral default), 0 for DDIM (diffusers' and A1111's), any value for
+    samplers it does not touch; without a sampler named, easel cannot tell, so only null."""
+    from easel.schedulers import scheduler_spec
+
+    if body.eta is None:
+        return
+    sampler = _sampler(body)
+    spec = scheduler_spec(sampler) if sampler else None
+    if sampler and spec is None:
+        return  # the unknown sampler is refused, naming its field
+    if spec is None:
+        raise InvalidRequest(f"invalid eta={body.eta!r}: name the sampler (sampler_name) it applies to",
+                             field="eta", value=body.eta)  # fmt: skip
+    kind, config = spec
+    sde = str(config.get("algorithm_type", "")).startswith("sde-")
+    runs_with = 0.0 if kind == "DDIMScheduler" else 1.0 if kind in ANCESTRAL or sde else None
+    if runs_with is not None and body.eta != runs_with:
+        raise InvalidRequest(
+            f"invalid eta={body.eta!r}: easel's {sampler} runs with eta {runs_with:g} (A1111's default "
+            "for it)",
+            field="eta",
+            value=body.eta,
+        )
+
+
+def _clip_skip(body: Txt2ImgRequest, state: ServerState) -> int | None:
+    """override_settings.CLIP_stop_at_last_layers, else the /options setting; 1 (no skip) -> None."""
+    overrides = body.override_settings or {}
+    value = overrides.get(CLIP_OPTION, state.current_clip_skip)
+    if CLIP_OPTION in overrides and (
+        not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= MAX_CLIP_SKIP
+    ):
+        raise InvalidRequest(
+            f"invalid {OVERRIDE_CLIP}={shown_value(value)}: expected a whole number from 1 (no skip) to "
+            f"{MAX_CLIP_SKIP}",
+            field=OVERRIDE_CLIP,
+            value=value,
+        )
+    return None if value in (None, 1) else value
 
 
 def vae_setting(value: Any, state: ServerState, *, field: str) -> str | None:
@@ -410,8 +562,9 @@ async def _run(state: ServerState, request: GenerationRequest, body: Txt2ImgRequ
         error.field = model_field  # type: ignore[attr-defined]  # the 404 names what the client sent
     if getattr(error, "field", None) == "vae":  # a VAE that failed to load: the option that named it
         error.field = OVERRIDE_VAE if "sd_vae" in (body.override_settings or {}) else "sd_vae"  # type: ignore[union-attr]
-    if getattr(error, "field", None) == "clip_skip":  # a model that cannot skip (Kandinsky)
-        error.field = names["clip_skip"]  # type: ignore[union-attr]
+    if error is not None and getattr(error, "field", None) == "clip_skip":  # a model that cannot skip
+        error = type(error)(str(error).replace("clip_skip", names["clip_skip"], 1))
+        error.field = names["clip_skip"]  # type: ignore[attr-defined]
     if error is not None:
         raise error
     return job
@@ -429,6 +582,7 @@ def _response(state: ServerState, job: Job, body: BaseModel) -> dict[str, Any]:
     images = [
         base64.b64encode(gallery_entry(state, image["id"]).path.read_bytes()).decode("ascii")
         for image in job.images
+        if getattr(body, "send_images", True)  # false: A1111 answers without images
     ]
     info = {
         "prompt": request.get("prompt", ""),
@@ -460,15 +614,33 @@ def _response(state: ServerState, job: Job, body: BaseModel) -> dict[str, Any]:
         "infotexts": [image["parameters"] for image in job.images],
         "styles": [],
         "job_timestamp": time.strftime("%Y%m%d%H%M%S"),
-        "clip_skip": 1,
+        "clip_skip": request.get("clip_skip") or 1,
         "is_using_inpainting_conditioning": bool(summary.get("inpainting_conditioning", False)),
         "version": f"easel-{_easel_version()}",
     }
     parameters = body.model_dump()
-    for uploaded in ("init_images", "mask"):  # A1111 does not echo uploaded images either
-        if uploaded in parameters:
+    for uploaded in ("init_images", "mask"):  # A1111 echoes uploaded images only when asked to
+        if uploaded in parameters and not getattr(body, "include_init_images", False):
             parameters[uploaded] = None
     return {"images": images, "parameters": parameters, "info": json.dumps(info, ensure_ascii=False)}
+
+
+def _after(state: ServerState, job: Job, body: Txt2ImgRequest) -> None:
+    """What A1111 does after answering: without save_images it keeps no file, so the gallery lets
+    the images go (the answer already holds them); with override_settings_restore_afterwards
+    false, the settings easel applied stay set (as POST /options would set them)."""
+    if not body.save_images:
+        for image in job.images:
+            state.gallery.delete(image["id"])
+    overrides = body.override_settings or {}
+    if not body.override_settings_restore_afterwards and overrides:
+        request = job.request
+        if "sd_model_checkpoint" in overrides:
+            state.current_model = request.model
+        if "sd_vae" in overrides:
+            state.current_vae = request.vae
+        if CLIP_OPTION in overrides:
+            state.current_clip_skip = request.clip_skip
 
 
 def _easel_version() -> str:
@@ -484,12 +656,16 @@ def build_router() -> APIRouter:
     @router.post("/txt2img", **documented(A1111, api.A1111Images, *api.GENERATION))
     async def txt2img(body: Txt2ImgRequest, state: State) -> dict[str, Any]:
         job = await _run(state, to_generation_request(body, state), body)
-        return _response(state, job, body)
+        answer = _response(state, job, body)
+        _after(state, job, body)
+        return answer
 
     @router.post("/img2img", **documented(A1111, api.A1111Images, *api.GENERATION))
     async def img2img(body: Img2ImgRequest, state: State) -> dict[str, Any]:
         job = await _run(state, to_generation_request(body, state), body)
-        return _response(state, job, body)
+        answer = _response(state, job, body)
+        _after(state, job, body)
+        return answer
 
     @router.get("/sd-models", **documented(A1111, list[api.A1111Model]))
     async def sd_models(state: State) -> list[dict[str, Any]]:
@@ -516,6 +692,30 @@ def build_router() -> APIRouter:
     async def refresh_loras() -> None:
         """The LoRA folder is read on every request; nothing to refresh."""
 
+    @router.get("/embeddings", **documented(A1111, api.A1111Embeddings))
+    async def embeddings(state: State) -> dict[str, Any]:
+        """A1111's embedding list: every readable file in the embeddings folder under `loaded`
+        (easel loads one when a prompt first names it, into whichever model runs), unreadable
+        ones under `skipped` with easel's `reason`."""
+        from starlette.concurrency import run_in_threadpool
+
+        from easel.server.app import public_embeddings
+
+        entries = await run_in_threadpool(public_embeddings, state)
+        listed: dict[str, dict[str, Any]] = {"loaded": {}, "skipped": {}}
+        for e in entries:
+            record = {"step": None, "sd_checkpoint": None, "sd_checkpoint_name": None,
+                      "shape": e["width"], "vectors": e["vectors"]}  # fmt: skip
+            if e["error"] is None:
+                listed["loaded"][e["name"]] = record
+            else:
+                listed["skipped"][e["name"]] = {**record, "reason": e["error"]}
+        return listed
+
+    @router.post("/refresh-embeddings", **documented(A1111, api.NULL))
+    async def refresh_embeddings() -> None:
+        """The embeddings folder is read on every request; nothing to refresh."""
+
     @router.post("/refresh-checkpoints", **documented(A1111, api.NULL))
     async def refresh_checkpoints() -> None:
         """Models are listed fresh on every request; nothing to refresh."""
@@ -527,15 +727,19 @@ def build_router() -> APIRouter:
             "sd_checkpoint_hash": None,
             "sd_vae": state.current_vae or "Automatic",
             "samples_format": "png",
+            CLIP_OPTION: state.current_clip_skip or 1,
         }
 
     @router.post("/options", **documented(A1111, api.NULL, 404, *api.BODY))
     async def set_options(body: OptionsUpdate, state: State) -> None:
-        """sd_model_checkpoint (it must name a model easel can find) and sd_vae (a listed VAE, or
-        Automatic/None) mean something here; other options are accepted and ignored."""
+        """sd_model_checkpoint (it must name a model easel can find), sd_vae (a listed VAE, or
+        Automatic/None) and CLIP_stop_at_last_layers (clip skip, 1-12) mean something here; other
+        options are accepted and ignored."""
         vae = state.current_vae if body.sd_vae is None else vae_setting(body.sd_vae, state, field="sd_vae")
+        clip = body.CLIP_stop_at_last_layers or state.current_clip_skip
+        clip = None if clip == 1 else clip
         if body.sd_model_checkpoint is None:
-            state.current_vae = vae
+            state.current_vae, state.current_clip_skip = vae, clip
             return
         reference = state.policy.model_reference(body.sd_model_checkpoint, field="sd_model_checkpoint")
         if reference is not None:
@@ -549,7 +753,7 @@ def build_router() -> APIRouter:
             except ModelNotFound as error:
                 error.field = "sd_model_checkpoint"  # type: ignore[attr-defined]
                 raise
-        state.current_model, state.current_vae = reference, vae
+        state.current_model, state.current_vae, state.current_clip_skip = reference, vae, clip
 
     @router.get("/sd-vae", **documented(A1111, list[api.A1111Vae]))
     async def sd_vae() -> list[dict[str, Any]]:

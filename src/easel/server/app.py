@@ -37,6 +37,7 @@ class ServerState:
     policy: DoorPolicy
     current_model: str | None = None  # A1111's sd_model_checkpoint (None: the bundled model)
     current_vae: str | None = None  # A1111's sd_vae (None: "Automatic", the model's own VAE)
+    current_clip_skip: int | None = None  # A1111's CLIP_stop_at_last_layers (None: 1, no skip)
 
     def models(self) -> list[ModelEntry]:
         from easel.server.policy import list_models
@@ -123,6 +124,18 @@ def _version() -> str:
 
 def public_models(state: ServerState) -> list[dict[str, Any]]:
     return [entry.public() for entry in state.models()]
+
+
+def public_embeddings(state: ServerState) -> list[dict[str, Any]]:
+    """The embeddings folder's files (read fresh), readable or not, without server paths:
+    name, vectors, width, family, sha256 and `error` (None when readable)."""
+    from easel.models.embeddings import list_embeddings
+
+    settings = state.settings
+    return [
+        {key: entry[key] for key in ("name", "vectors", "width", "family", "sha256", "error")}
+        for entry in list_embeddings(settings.embeddings_folder, settings.home / "hashes.json")
+    ]
 
 
 def public_loras(state: ServerState) -> list[dict[str, Any]]:

@@ -100,7 +100,10 @@ class Job:
         kind = kinds.get(self.error.get("type", ""), GenerationFailed)
         if kind is InvalidRequest:
             return InvalidRequest(self.error["message"], field=self.error.get("field"))
-        return kind(self.error["message"])
+        error = kind(self.error["message"])
+        if self.error.get("field") is not None:  # an UnsupportedFeature may name its field too
+            error.field = self.error["field"]  # type: ignore[attr-defined]
+        return error
 
     def describe(self) -> dict[str, Any]:
         """The public record (no pixels, no uploaded image data, no server paths)."""

@@ -10,6 +10,7 @@ GET  /api/v1/images/{id}           an image file, metadata embedded (PNG)
 GET  /api/v1/images/{id}/metadata  its A1111 parameters and easel recipe as JSON
 GET  /api/v1/models                models the server can name
 GET  /api/v1/loras                 LoRAs in the server's LoRA folder (names for `loras`)
+GET  /api/v1/embeddings            textual-inversion embeddings (names to write in prompts)
 GET  /api/v1/gallery               gallery entries (search, model, dates)
 DELETE /api/v1/images/{id}         remove an image from the gallery
 GET  /api/v1/models/info?model=    a model's family: its tasks, family-only fields, defaults
@@ -43,7 +44,7 @@ from easel.errors import InvalidRequest, UnsupportedFeature
 from easel.prompts.checks import MAX_PROMPT_CHARS
 from easel.request import GenerationRequest
 from easel.server import openapi as api
-from easel.server.app import ServerState, public_loras, public_models, state_of
+from easel.server.app import ServerState, public_embeddings, public_loras, public_models, state_of
 from easel.server.errors import ImageNotFound
 from easel.server.jobs import Job, public_request
 from easel.server.openapi import NATIVE, documented
@@ -243,6 +244,19 @@ def build_router() -> APIRouter:
         from starlette.concurrency import run_in_threadpool
 
         return await run_in_threadpool(public_loras, state)
+
+    @router.get("/api/v1/embeddings", tags=["native"], **documented(NATIVE, list[api.EmbeddingEntry]))
+    async def list_embeddings(state: State) -> list[dict[str, Any]]:
+        """The textual-inversion embeddings a prompt may name (read fresh); unreadable files are
+        left out (`GET /sdapi/v1/embeddings` lists them under `skipped`, with the reason)."""
+        from starlette.concurrency import run_in_threadpool
+
+        entries = await run_in_threadpool(public_embeddings, state)
+        return [
+            {key: e[key] for key in ("name", "vectors", "width", "family", "sha256")}
+            for e in entries
+            if not e["error"]
+        ]
 
     @router.get("/api/v1/gallery", tags=["native"], **documented(NATIVE, list[api.GalleryItem], 422))
     async def gallery(

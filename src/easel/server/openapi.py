@@ -264,6 +264,17 @@ class LoraEntry(BaseModel):
     sha256: str
 
 
+class EmbeddingEntry(BaseModel):
+    """A textual-inversion embedding in the server's embeddings folder (EASEL_EMBEDDINGS_DIR):
+    write its `name` as a word in a prompt or negative prompt to use it."""
+
+    name: str
+    vectors: int = Field(description="Tokens it takes in a prompt (one per vector)")
+    width: int = Field(description="Text width of its vectors (SDXL: clip_l + clip_g, as A1111's shape)")
+    family: str = Field(description="sd15 | sd2 | sdxl, from its vectors")
+    sha256: str = Field(description="Of the file; A1111's `TI hashes` write its first 12 hex")
+
+
 class GalleryItem(BaseModel):
     model_config = Open
 
@@ -344,6 +355,20 @@ class A1111Lora(BaseModel):
     metadata: dict[str, Any]
 
 
+class A1111Embedding(BaseModel):
+    step: int | None
+    sd_checkpoint: str | None
+    sd_checkpoint_name: str | None
+    shape: int | None = Field(description="Text width of its vectors (SDXL: clip_l + clip_g)")
+    vectors: int | None
+    reason: str | None = Field(None, description="easel: why a skipped file cannot be used")
+
+
+class A1111Embeddings(BaseModel):
+    loaded: dict[str, A1111Embedding] = Field(description="Readable embedding files, by name")
+    skipped: dict[str, A1111Embedding] = Field(description="Files that cannot be used, with the reason")
+
+
 class A1111Model(BaseModel):
     title: str
     model_name: str
@@ -360,6 +385,7 @@ class A1111Options(BaseModel):
     sd_checkpoint_hash: str | None
     sd_vae: str
     samples_format: str
+    CLIP_stop_at_last_layers: int = Field(description="Clip skip (1: none)")
 
 
 class A1111Vae(BaseModel):

@@ -144,6 +144,17 @@ def lora_parameters(request: GenerationRequest, hashes: dict[str, str]) -> dict[
     return {"Lora hashes": ", ".join(entries)} if entries else {}
 
 
+def embedding_parameters(hashes: dict[str, str]) -> dict[str, object]:
+    """`TI hashes: "name: 0123456789ab, ..."` as A1111 writes it (12 hex of the embedding file's
+    sha256), from the `ti:<name>` entries of the model hashes (in the order the prompts name them)."""
+    entries = [
+        f"{key[3:].replace(':', '').replace(',', '')}: {digest[:12]}"
+        for key, digest in hashes.items()
+        if key.startswith("ti:")
+    ]
+    return {"TI hashes": ", ".join(entries)} if entries else {}
+
+
 def inpaint_parameters(request: GenerationRequest) -> dict[str, object]:
     """The inpainting entries as AUTOMATIC1111 writes them, in its order, each only when not
     its default: "Mask mode: Inpaint not masked" (inverted), "Mask blur" (when blurred),
