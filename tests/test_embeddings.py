@@ -278,3 +278,31 @@ def test_listings(ti_engine, embedding_dir, tmp_path):
     assert entries["emb-two"]["sha256"] == sha256(embedding_dir / "emb-two.safetensors")
     assert set(entries["bare"]) == {"name", "vectors", "width", "family", "sha256"}
     assert counted.status_code == 200 and counted.json()["tokens"] == 3, counted.text
+
+
+@pytest.mark.slow  # three CLI processes
+def test_cli_listing(embedding_dir, tmp_path):
+    import json
+
+    from test_cli import run_easel
+
+    home = tmp_path / "home"
+    shutil.copytree(embedding_dir, home / "embeddings")
+    listing = run_easel("embeddings", home=home)
+    assert listing.returncode == 0, listing.stderr
+    lines = listing.stdout.splitlines()
+    assert lines[0].split() == ["NAME", "VECTORS", "FAMILY", "HASH"]
+    rows = {line.split()[0]: line.split() for line in lines[1:]}
+    digest = sha256(embedding_dir / "emb-two.safetensors")
+    assert rows["emb-two"][1] == "2" and rows["emb-two"][-1] == digest[:12]
+    assert rows["xl_style"][2] == "sdxl" and rows["classic"][1] == "3"
+    assert "unusable:" in rows["coded"] and "weights-only" in " ".join(rows["coded"])
+    as_json = run_easel("embeddings", "--json", home=home)
+    assert as_json.returncode == 0, as_json.stderr
+    listed = json.loads(as_json.stdout)
+    assert listed["folder"] == str(home / "embeddings")
+    entries = {entry["name"]: entry for entry in listed["embeddings"]}
+    assert set(entries) == {"emb-two", "classic", "bare", "xl_style", "coded", "broken"}
+    assert entries["emb-two"]["sha256"] == digest and entries["broken"]["error"]
+    empty = run_easel("embeddings", home=tmp_path / "empty")
+    assert empty.returncode == 0 and empty.stdout.startswith("no embeddings in ")

@@ -34,7 +34,8 @@ def test_page_and_assets_are_served_with_stable_ids(client):
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
     ids = ("prompt", "generate", "cancel", "results", "gallery-grid", "pnginfo-drop", "control-add",
            "refiner-fields", "prior-fields", "mask-canvas", "inpaint-options", "outpaint-fields",
-           "loras", "lora-rows", "lora-select", "lora-add", "lora-insert", "lora-empty")  # fmt: skip
+           "loras", "lora-rows", "lora-select", "lora-add", "lora-insert", "lora-empty",
+           "clip-skip")  # fmt: skip
     for element_id in ids:
         assert f'id="{element_id}"' in page.text
     assert "default-src 'self'" in page.headers["content-security-policy"]

@@ -192,6 +192,8 @@ def test_generate_shows_images_and_token_counts(page, base_url):
     for element_id, value in (("width", 64), ("height", 64), ("steps", 2), ("seed", 42), ("num-images", 2)):
         fill(page, element_id, value)
     choose(page, "scheduler", "Euler a")
+    fill(page, "clip-skip", 2)
+    record_sent_jobs(page)
 
     cards = generate_and_wait(page, 2)
     assert by_id(page, "status").text.startswith("Done: 2 images")
@@ -202,6 +204,8 @@ def test_generate_shows_images_and_token_counts(page, base_url):
     parameters = [c.find_element("css selector", ".metadata pre").get_attribute("textContent") for c in cards]
     assert "Seed: 42," in parameters[0] and "Seed: 43," in parameters[1]
     assert "Sampler: Euler a" in parameters[0]
+    assert page.execute_script("return window.sentJobs")[-1]["clip_skip"] == 2
+    assert "Clip skip: 2" in parameters[0]
     assert cards[0].find_element("css selector", "a.download").get_attribute("download").endswith(".png")
 
     # seed buttons and "reuse settings"
@@ -213,6 +217,7 @@ def test_generate_shows_images_and_token_counts(page, base_url):
     cards[1].find_element("css selector", ".reuse-settings").click()
     wait(page, lambda: by_id(page, "prompt").get_attribute("value") == PROMPT)
     assert by_id(page, "seed").get_attribute("value") == "43"
+    assert by_id(page, "clip-skip").get_attribute("value") == "2"
 
     # "same settings, new seed": the same request (2 images) again with a random seed
     cards[0].find_element("css selector", ".new-seed").click()
@@ -220,6 +225,7 @@ def test_generate_shows_images_and_token_counts(page, base_url):
          and "Seed: 42," not in results(page)[0].find_element("css selector", ".metadata pre")
          .get_attribute("textContent"))  # fmt: skip
     assert by_id(page, "prompt").get_attribute("value") == PROMPT and len(results(page)) == 2
+    by_id(page, "clip-skip").clear()  # later tests: no clip skip
 
     # family-only fields appear for the families that take them
     choose(page, "model", TINY_SDXL)

@@ -65,6 +65,38 @@ def loras(as_json: JsonOption = False) -> None:
 
 
 @app.command()
+def embeddings(as_json: JsonOption = False) -> None:
+    """List the textual-inversion embeddings in the embeddings folder (EASEL_EMBEDDINGS_DIR):
+    name, vectors, family, A1111 hash, or why a file cannot be used."""
+
+    def run() -> tuple[Any, list[dict[str, Any]]]:
+        from easel.config import Settings
+        from easel.models.embeddings import list_embeddings
+
+        settings = Settings.from_env()
+        folder = settings.embeddings_folder
+        return folder, list_embeddings(folder, settings.home / "hashes.json")
+
+    folder, entries = run_door(run, debug=False)
+    if as_json:
+        typer.echo(json.dumps({"folder": str(folder), "embeddings": entries}))
+        return
+    if not entries:
+        typer.echo(
+            f"no embeddings in {folder} (put .safetensors/.pt files there, or set EASEL_EMBEDDINGS_DIR)"
+        )
+        return
+    width = max(len(entry["name"]) for entry in entries)
+    typer.echo(f"{'NAME':<{width}}  {'VECTORS':<7}  {'FAMILY':<18}  HASH")
+    for entry in entries:
+        if entry["error"] is not None:
+            typer.echo(f"{entry['name']:<{width}}  {'-':<7}  {'-':<18}  unusable: {entry['error']}")
+            continue
+        a1111_hash = entry["sha256"][:12]
+        typer.echo(f"{entry['name']:<{width}}  {entry['vectors']:<7}  {entry['family']:<18}  {a1111_hash}")
+
+
+@app.command()
 def schedulers() -> None:
     """List the scheduler names --scheduler accepts."""
     from easel.schedulers import known_scheduler_names

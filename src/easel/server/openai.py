@@ -7,10 +7,17 @@
 
 Fields OpenAI's API does not have but easel does are honoured when sent (the client's
 extra_body puts them at the top level): seed, negative_prompt, steps, guidance_scale,
-scheduler, strength, prompt_syntax (default "plain": OpenAI prompts are natural language, so
-"+", "-" and parentheses are text, not weights). `model` names an easel model; OpenAI's own
-model names (dall-e-*, gpt-image-*) mean the server's current model. Responses are
-{"created", "data": [{"b64_json"}]} (or "url", pointing at the native image route).
+scheduler, strength (edits), prompt_syntax (default "plain": OpenAI prompts are natural
+language, so "+", "-" and parentheses are text, not weights). `model` names an easel model;
+OpenAI's own model names (dall-e-*, gpt-image-*, chatgpt-image-*) mean the server's current
+model. Responses are {"created", "data": [{"b64_json"}]} (or "url", pointing at the native
+image route).
+
+Nothing is accepted and ignored: OpenAI's fields that cannot change an image (user,
+safety_identifier, moderation: easel has no moderation) are accepted; the ones easel does not
+build (NOT_BUILT: quality, style, background, output_format, stream, ...) are accepted only at
+a value that leaves the image as easel makes it, and refused (422 naming the field) otherwise;
+fields neither OpenAI's API nor easel has are refused by name.
 """
 
 from __future__ import annotations
@@ -32,18 +39,64 @@ from easel.server.native import gallery_entry, submit
 from easel.server.openapi import OPENAI, documented
 
 State = Annotated[ServerState, Depends(state_of)]
-OPENAI_MODELS = ("dall-e-", "gpt-image-")
+OPENAI_MODELS = ("dall-e-", "gpt-image-", "chatgpt-image-")
 OUR_FIELDS = {"guidance_scale", "negative_prompt", "seed", "steps", "scheduler", "strength", "prompt_syntax"}
 THEIR_FIELD = {"num_images": "n", "width": "size", "height": "size", "init_image": "image"}
 SIZE_PATTERN = r"^(auto|[0-9]+[xX][0-9]+)$"  # what _size reads (GenerationRequest checks the numbers)
 RESPONSE_FORMATS = ("b64_json", "url")
+# OpenAI's fields that cannot change an image here (easel has no moderation): accepted
+HARMLESS = ("user", "safety_identifier", "moderation")
+# OpenAI's fields easel does not build: the values that leave the image as easel makes it
+# (None: not sent), and why any other is refused
+NOT_BUILT: dict[str, tuple[tuple[Any, ...], str]] = {
+    "quality": ((None, "auto", "standard"), "easel has no quality levels; steps set the effort"),
+    "style": ((None,), "easel has no style presets; describe the style in the prompt"),
+    "background": ((None, "auto", "opaque"), "easel makes opaque images only"),
+    "output_format": ((None, "png"), "easel returns PNG images only"),
+    "output_compression": ((None, 100), "easel returns lossless PNG images only (100)"),
+    "stream": ((None, False), "easel does not stream images; leave stream out or false"),
+    "partial_images": ((None, 0), "easel does not stream partial images"),
+    "complexity": ((None,), "easel has no planning effort setting; steps set the effort"),
+    "frame_count": ((None,), "easel makes no GIFs"),
+    "frame_duration_ms": ((None,), "easel makes no GIFs"),
+    "svg": ((None,), "easel makes no SVGs"),
+    "input_fidelity": ((None, "low"), "easel has no input fidelity setting; strength sets how far an "
+                       "edit may move from the image"),
+    "markup": ((None,), "easel does not read markup images; send a mask"),
+}  # fmt: skip
+EDIT_ONLY = {"input_fidelity", "markup"}
+GENERATION_ONLY = {"style", "moderation"}
+
+
+def _same(value: Any, accepted: Any) -> bool:
+    return (
+        value is accepted
+        if accepted is None or isinstance(accepted, bool)
+        else (type(value) is type(accepted) and value == accepted)
+    )
+
+
+def _not_built(name: str, value: Any) -> InvalidRequest:
+    accepted, why = NOT_BUILT[name]
+    shown = ", ".join(repr(ok) for ok in accepted if ok is not None) or "leave it out"
+    return InvalidRequest(f"invalid {name}={value!r}: {why} (accepted: {shown})", field=name, value=value)
+
+
+def _unknown(name: str, value: Any, route: str) -> InvalidRequest:
+    return InvalidRequest(
+        f"unknown field {name!r}: neither OpenAI's Images API ({route}) nor easel's extras have it, and "
+        "easel refuses what it would otherwise ignore",
+        field=name,
+        value=value,
+    )
 
 
 class GenerationsRequest(BaseModel):
-    """OpenAI's fields plus easel's extras; unknown fields (quality, style, user) are ignored."""
+    """OpenAI's fields plus easel's extras; fields neither has are refused by name (check_fields)."""
 
-    # strict: JSON types as documented (guidance_scale=false is refused, not taken as 0)
-    model_config = ConfigDict(extra="ignore", strict=True)
+    # strict: JSON types as documented (guidance_scale=false is refused, not taken as 0);
+    # extra="allow" so that unknown fields can be refused by name
+    model_config = ConfigDict(extra="allow", strict=True, json_schema_extra={"additionalProperties": False})
 
     prompt: str
     n: int = Field(1, ge=1, le=64)
@@ -57,6 +110,30 @@ class GenerationsRequest(BaseModel):
     scheduler: str | None = None
     # OpenAI prompts are natural language: no weighting syntax
     prompt_syntax: Literal["compel", "a1111", "plain"] = "plain"
+    # OpenAI's, accepted (HARMLESS) or accepted at the values that change nothing (NOT_BUILT)
+    user: str | None = None
+    safety_identifier: str | None = None
+    moderation: Literal["low", "auto"] | None = None
+    quality: str | None = None
+    style: str | None = None
+    background: str | None = None
+    output_format: str | None = None
+    output_compression: int | None = None
+    stream: bool | None = None
+    partial_images: int | None = None
+    complexity: str | None = None
+    frame_count: int | None = None
+    frame_duration_ms: int | None = None
+    svg: dict[str, Any] | None = None
+
+    def check_fields(self) -> None:
+        """Refuse (422 naming the field) what easel would otherwise accept and ignore."""
+        for name, value in (self.model_extra or {}).items():
+            raise _unknown(name, value, "/v1/images/generations")
+        for name, (accepted, _) in NOT_BUILT.items():
+            value = getattr(self, name, None)
+            if name not in EDIT_ONLY and not any(_same(value, ok) for ok in accepted):
+                raise _not_built(name, value)
 
 
 def _size(size: str | None) -> tuple[int | None, int | None]:
@@ -165,6 +242,26 @@ EDITS_SCHEMA = {
 }
 
 
+EDIT_FIELDS = {"image", "image[]", "mask", "prompt", "n", "size", "response_format", "model", *OUR_FIELDS}
+
+
+def _check_form(form: Any) -> None:
+    """The edits form's fields as GenerationsRequest.check_fields checks JSON: unknown ones and
+    NOT_BUILT ones at a value that would change the image are refused by name ("" = not sent)."""
+    from starlette.datastructures import UploadFile
+
+    for key, value in form.multi_items():
+        name = "svg" if key.startswith("svg[") else key  # the client sends svg={...} as svg[model]...
+        if name in NOT_BUILT and name not in GENERATION_ONLY:
+            if isinstance(value, UploadFile):
+                raise _not_built(name, f"<file {value.filename}>")
+            accepted = NOT_BUILT[name][0]
+            if value != "" and not any(str(ok).lower() == value.lower() for ok in accepted if ok is not None):
+                raise _not_built(name, value)
+        elif name not in EDIT_FIELDS and (name not in HARMLESS or name in GENERATION_ONLY):
+            raise _unknown(key, value if isinstance(value, str) else "<file>", "/v1/images/edits")
+
+
 def _transparent_mask(state: ServerState, data: bytes) -> str:
     """An OpenAI mask: a PNG whose fully transparent pixels mark where to edit. easel reads a
     mask with transparency by its alpha (opaque = repaint), so the door sends it with
@@ -189,8 +286,9 @@ def build_router() -> APIRouter:
 
     @router.post("/generations", **documented(OPENAI, api.OpenAIImages, *api.GENERATION))
     async def generations(body: GenerationsRequest, request: Request, state: State) -> dict[str, Any]:
+        body.check_fields()
         response_format = _response_format(body.response_format)
-        fields = body.model_dump(exclude={"response_format"})
+        fields = body.model_dump(exclude={"response_format", *HARMLESS, *NOT_BUILT})
         generation = _request(state, fields)
         return await _respond(state, request, await submit(state, generation, "openai"), response_format)
 
@@ -216,6 +314,12 @@ def build_router() -> APIRouter:
             ]
             if not uploads:
                 raise InvalidRequest("image is required (a multipart file field)", field="image")
+            if len(uploads) > 1:
+                raise InvalidRequest(
+                    f"invalid image: {len(uploads)} images sent; easel edits one image (send one)",
+                    field="image",
+                )
+            _check_form(form)
             mask = form.get("mask")
             if mask is not None and not isinstance(mask, UploadFile):
                 raise InvalidRequest("invalid mask: send a PNG file (a multipart file field)", field="mask")

@@ -71,7 +71,8 @@
   const FIELD_IDS = {
     model: "model", prompt: "prompt", negative_prompt: "negative", prompt_syntax: "syntax",
     width: "width", height: "height", steps: "steps", guidance_scale: "guidance", seed: "seed",
-    num_images: "num-images", scheduler: "scheduler", vae: "vae", init_image: "init-drop", strength: "strength",
+    num_images: "num-images", scheduler: "scheduler", vae: "vae", clip_skip: "clip-skip", init_image: "init-drop",
+    strength: "strength",
     refiner: "refiner", refiner_at: "refiner-at", prior: "prior", prior_steps: "prior-steps",
     prior_guidance_scale: "prior-guidance", mask_image: "mask-editor", mask_blur: "mask-blur",
     invert_mask: "mask-invert", inpaint_area: "inpaint-area", inpaint_padding: "inpaint-padding",
@@ -142,6 +143,8 @@
     if (seed !== null && seed !== -1) request.seed = seed;
     if ($("scheduler").value) request.scheduler = $("scheduler").value;
     if ($("vae").value) request.vae = $("vae").value;
+    const clipSkip = number("clip-skip");
+    if (clipSkip !== null && !$("clip-skip").disabled) request.clip_skip = clipSkip;
     if (state.initImage) {
       request.init_image = state.initImage;
       const strength = number("strength");
@@ -245,6 +248,7 @@
     const vae = fields.vae || "";
     if (vae && ![...$("vae").options].some((o) => o.value === vae)) $("vae").add(new Option(vae, vae));
     set("vae", vae);
+    set("clip-skip", fields.clip_skip);
     const isData = (value) => typeof value === "string" && value.startsWith("data:");
     await setInit(isData(fields.init_image) ? fields.init_image : null);
     if (fields.strength !== null && fields.strength !== undefined) set("strength", fields.strength);
@@ -309,6 +313,8 @@
     $("prior-fields").hidden = !info.options.includes("prior");
     $("control-add").disabled = !info.controlnet;
     $("control-unavailable").hidden = info.controlnet;
+    // Kandinsky's prior makes one CLIP embedding from the last layer: no clip skip there
+    $("clip-skip").disabled = info.family.startsWith("kandinsky");
     showLoraFields();
     state.canInpaint = info.tasks.includes("inpaint");
     $("img2img").disabled = !info.tasks.includes("img2img") && !state.canInpaint;
