@@ -38,6 +38,12 @@ def test_shipped_folders_are_small_safetensors() -> None:
     weights = [p.name for p in files if p.suffix in {".safetensors", ".bin", ".ckpt", ".pt"}]
     assert weights and all(name.endswith(".safetensors") for name in weights)
     assert (demo_model_path() / "README.md").is_file()
+    from easel.demo import demo_inpaint_model_path, demo_lora_path
+
+    inpaint = [p for p in demo_inpaint_model_path().rglob("*") if p.is_file()]
+    assert sum(p.stat().st_size for p in inpaint) <= 15_000_000
+    (lora,) = demo_lora_path().glob("*.safetensors")
+    assert lora.stat().st_size <= 2_000_000  # the issue's bound for the demo LoRA
 
 
 def test_default_size_is_64(pipe: Any) -> None:
@@ -174,3 +180,89 @@ def test_training_script_smoke(tmp_path: Path, capsys: pytest.CaptureFixture[str
     assert len(weights) == 4
     for path in weights:
         assert (tmp_path / "a" / path).read_bytes() == (tmp_path / "b" / path).read_bytes(), path
+
+
+def test_outline_lora_hollows_the_shapes_by_weight() -> None:
+    """The bundled LoRA (easel-demo-outline) through easel: weight 0 draws filled shapes, 1
+    outlines (the model card's figures come from `python -m easel.demo.evaluate --only lora`)."""
+    from easel import Easel, GenerationRequest
+    from easel.demo.train_lora import hollowness
+
+    engine = Easel()
+    scenes = [shapes.Scene(**fields) for fields in _scenes(4)]
+
+    def mean_hollowness(weight: float) -> float:
+        values = []
+        for seed, scene in enumerate(scenes):
+            result = engine.generate(
+                GenerationRequest(
+                    prompt=scene.caption(), seed=seed, steps=20,
+                    loras=[{"name": "easel-demo-outline", "weight": weight}],
+                )
+            )  # fmt: skip
+            values.append(hollowness(np.asarray(result.images[0])) or 0.0)
+        return float(np.mean(values))
+
+    assert mean_hollowness(0.0) < 0.02  # the base never draws outlines
+    assert mean_hollowness(1.0) > 0.1  # 0.17 on these four scenes (0.30 over the evaluation's 48)
+
+
+def test_bundled_inpainting_model_repaints_only_the_mask() -> None:
+    """easel-demo-inpaint (9-channel fine-tune) repaints a shape in the asked colour, and the
+    paste-back keeps every pixel outside the blurred mask."""
+    import tempfile
+
+    from PIL import ImageFilter
+
+    from easel import Easel, GenerationRequest
+    from easel.inpaint import blur_mask
+
+    engine = Easel()
+    colors = list(shapes.COLORS)
+    hits = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for seed, fields in enumerate(_scenes(4)):
+            scene = shapes.Scene(**fields)
+            init, mask = shapes.draw_scene(scene), shapes.draw_mask(scene).filter(ImageFilter.MaxFilter(9))
+            init.save(f"{tmp}/init.png")
+            mask.save(f"{tmp}/mask.png")
+            target = next(
+                c for c in ("green", "magenta", "yellow", "cyan") if c not in (scene.color, scene.background)
+            )
+            result = engine.generate(
+                GenerationRequest(
+                    model="easel-demo-inpaint", init_image=f"{tmp}/init.png", mask_image=f"{tmp}/mask.png",
+                    prompt=f"a {target} {scene.shape} on a {scene.background} background",
+                    strength=1.0, steps=20, seed=seed,
+                )
+            )  # fmt: skip
+            out = np.asarray(result.images[0])
+            keep = np.asarray(blur_mask(mask, 4)) == 0
+            np.testing.assert_array_equal(out[keep], np.asarray(init)[keep])
+            labels = shapes.nearest_color_labels(out)[np.asarray(mask) > 127]
+            drawn = labels[labels != colors.index(scene.background)]
+            hits.append(drawn.size > 0 and np.bincount(drawn).argmax() == colors.index(target))
+    assert sum(hits) >= 2
+
+
+def _scenes(count: int) -> list[dict[str, Any]]:
+    """Held-out scenes as dicts (seeded apart from training and the evaluation)."""
+    from dataclasses import asdict
+
+    rng = np.random.default_rng(777)
+    return [asdict(shapes.random_scene(rng)) for _ in range(count)]
+
+
+@pytest.mark.slow  # two more training scripts, a few steps each
+def test_inpainting_and_lora_training_scripts_smoke(tmp_path: Path) -> None:
+    from diffusers import StableDiffusionInpaintPipeline
+
+    from easel.demo.train_inpaint import main as train_inpaint
+    from easel.demo.train_lora import main as train_lora
+
+    train_inpaint(["--out", str(tmp_path / "inpaint"), "--smoke"])
+    inpaint = StableDiffusionInpaintPipeline.from_pretrained(tmp_path / "inpaint" / "inpaint")
+    assert inpaint.unet.config.in_channels == 9
+    train_lora(["--out", str(tmp_path / "lora"), "--smoke"])
+    lora = tmp_path / "lora" / "lora" / "easel-demo-outline.safetensors"
+    assert lora.is_file() and lora.stat().st_size < 2_000_000

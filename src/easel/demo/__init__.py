@@ -24,6 +24,12 @@ def demo_inpaint_model_path() -> Path:
     return Path(__file__).resolve().parent / "inpaint"
 
 
+def demo_lora_path() -> Path:
+    """Folder of the shipped LoRAs: easel-demo-outline (every shape drawn as an outline),
+    trained by easel.demo.train_lora; `--lora easel-demo-outline:0.8`."""
+    return Path(__file__).resolve().parent / "lora"
+
+
 def demo_controlnet_path() -> Path:
     """Folder of the shipped ControlNetModel (conditioned on a white-on-black shape mask)."""
     return Path(__file__).resolve().parent / "controlnet"

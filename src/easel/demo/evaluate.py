@@ -25,6 +25,8 @@ from easel.demo import demo_controlnet_path, demo_model_path, shapes
 EVAL_SEED = 20_261_125
 STEPS = 25
 INPAINT_CASES = 48
+LORA_CASES = 48
+DEMO_LORA = "easel-demo-outline"
 
 
 def load_pipeline(model: Path | None = None) -> Any:
@@ -218,8 +220,10 @@ def _inpaint_case(scene: shapes.Scene, task: str, rng: np.random.Generator) -> t
 def inpainting(model: str | None, count: int, guidance: float = 7.5) -> dict[str, float]:
     """Inpainting through easel itself (Easel.generate: mask blur 4, paste-back), strength 1.
 
-    repaint: share of the shape's pixels drawn in the asked colour; remove: share of the
-    shape's pixels now the background colour; outpaint: share of the 2x16x64 new pixels in
+    repaint: share of the shape's pixels drawn in the asked colour (repaint_images: share of
+    images whose main colour inside the mask, besides the background, is the asked one);
+    remove: share of the shape's pixels now the background colour (remove_images: images
+    with under 10% of the mask in another colour); outpaint: share of the 2x16x64 new pixels in
     the scene's background colour. `unchanged`: share of pixels outside the blurred mask
     (paste-back overlay 0) equal to the input, over all cases (paste-back promises 1.0).
     """
@@ -239,7 +243,7 @@ def inpainting(model: str | None, count: int, guidance: float = 7.5) -> dict[str
         init_path, mask_path = Path(tmp) / "init.png", Path(tmp) / "mask.png"
         for task in ("repaint", "remove", "outpaint"):
             rng = np.random.default_rng(EVAL_SEED + 6)
-            shares = []
+            shares, hits = [], []
             for index, scene in enumerate(scenes):
                 init, mask, prompt, target = _inpaint_case(scene, task, rng)
                 init.save(init_path)
@@ -270,10 +274,59 @@ def inpainting(model: str | None, count: int, guidance: float = 7.5) -> dict[str
                 else:
                     shape = np.asarray(shapes.draw_mask(scene)) > 127
                     shares.append((labels[shape] == colors.index(target)).mean())
+                    # per image: the most common colour drawn inside the mask, other than the
+                    # background, is the asked one (repaint) / no other colour is left (remove)
+                    inside = labels[np.asarray(mask) > 127]
+                    drawn = inside[inside != colors.index(scene.background)]
+                    if task == "repaint":
+                        hits.append(drawn.size > 0 and np.bincount(drawn).argmax() == colors.index(target))
+                    else:
+                        hits.append(drawn.size < 0.1 * inside.size)
                 kept += int((out[keep] == original[keep]).all(axis=-1).sum())
                 outside += int(keep.sum())
             results[task] = float(np.mean(shares))
+            if hits:
+                results[f"{task}_images"] = float(np.mean(hits))
     results["unchanged_outside_mask"] = kept / max(1, outside)
+    return results
+
+
+def lora_effect(
+    model: Path | None, lora: str, count: int, weights: tuple[float, ...] = (0.0, 0.5, 1.0)
+) -> dict[str, Any]:
+    """The outline LoRA through easel (Easel.generate with loras=[...]) at each weight, on the
+    held-out scenes: mean hollowness (share of a shape's inside drawn in the background
+    colour: ~0 filled, ~1 outline), share of images that read as hollow (> 0.5), and the
+    shape colour adherence (read from the drawn pixels, so an outline still counts)."""
+    from easel import Easel, GenerationRequest
+    from easel.demo.train_lora import hollowness
+
+    engine = Easel()
+    scenes = held_out_scenes(count, EVAL_SEED + 7)
+    colors = list(shapes.COLORS)
+    results: dict[str, Any] = {}
+    for weight in weights:
+        hollow, colour_ok = [], []
+        for index, scene in enumerate(scenes):
+            result = engine.generate(
+                GenerationRequest(
+                    model=str(model) if model else None, prompt=scene.caption(), steps=STEPS,
+                    guidance_scale=7.5, seed=EVAL_SEED + 5000 + index,
+                    loras=[{"name": lora, "weight": weight}],
+                )
+            )  # fmt: skip
+            image = np.asarray(result.images[0].convert("RGB"))
+            value = hollowness(image)
+            hollow.append(0.0 if value is None else value)
+            labels = shapes.nearest_color_labels(image)
+            background = np.bincount(labels.ravel()).argmax()
+            drawn = labels[labels != background]
+            colour_ok.append(drawn.size > 0 and colors[np.bincount(drawn).argmax()] == scene.color)
+        results[f"{weight:g}"] = {
+            "hollowness": round(float(np.mean(hollow)), 3),
+            "hollow_images": round(float(np.mean([h > 0.5 for h in hollow])), 3),
+            "shape_colour": round(float(np.mean(colour_ok)), 3),
+        }
     return results
 
 
@@ -290,7 +343,11 @@ def inpainting_figures(model: Path | None, inpaint_model: Path | None, count: in
 
 
 def evaluate(
-    model: Path | None, controlnet: Path | None, pairs: int, inpaint_model: Path | None = None
+    model: Path | None,
+    controlnet: Path | None,
+    pairs: int,
+    inpaint_model: Path | None = None,
+    lora: str = DEMO_LORA,
 ) -> dict[str, Any]:
     """All measurements of the model card, as one JSON-able dict."""
     from diffusers import (
@@ -326,6 +383,7 @@ def evaluate(
     results["img2img_monotone"] = all(a < b for a, b in itertools.pairwise(distances))
     results["controlnet"] = controlnet_iou(pipe, load_controlnet_pipeline(pipe, controlnet), 64)
     results["inpainting"] = inpainting_figures(model, inpaint_model, INPAINT_CASES)
+    results["outline_lora"] = lora_effect(model, lora, LORA_CASES)
     results["seconds"] = round(time.time() - began, 1)
     return results
 
@@ -341,7 +399,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--inpaint-model", type=Path, default=None, help="inpainting diffusers folder (default: shipped)"
     )
-    parser.add_argument("--only", choices=["inpainting"], default=None, help="run one section")
+    parser.add_argument("--lora", default=DEMO_LORA, help="LoRA (name, path or hub file; default: shipped)")
+    parser.add_argument("--only", choices=["inpainting", "lora"], default=None, help="run one section")
     parser.add_argument("--pairs", type=int, default=120, help="held-out (prompt, seed) pairs")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
@@ -349,8 +408,10 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     if args.only == "inpainting":
         results = {"inpainting": inpainting_figures(args.model, args.inpaint_model, INPAINT_CASES)}
+    elif args.only == "lora":
+        results = {"outline_lora": lora_effect(args.model, args.lora, LORA_CASES)}
     else:
-        results = evaluate(args.model, args.controlnet, args.pairs, args.inpaint_model)
+        results = evaluate(args.model, args.controlnet, args.pairs, args.inpaint_model, args.lora)
     text = json.dumps(results, indent=2)
     print(text)
     if args.json:

@@ -60,7 +60,11 @@ def resolve_lora(name: str, *, folder: Path, allow_pickle: bool, field: str, hub
     """The file `name` means: a name in `folder` (with or without .safetensors, subfolders
     allowed), a path to a file, or a hub file `org/repo/file.safetensors` (through the HF
     cache, so HF_HUB_OFFLINE applies). ModelNotFound says where it looked."""
-    candidates = [folder / name, *(folder / f"{name}{suffix}" for suffix in SAFE_SUFFIXES + PICKLE_SUFFIXES)]
+    candidates = [
+        base / f"{name}{suffix}"
+        for base in (folder, bundled_folder())
+        for suffix in ("", *SAFE_SUFFIXES, *PICKLE_SUFFIXES)
+    ]
     found = next((path for path in candidates if path.is_file()), None)
     if found is None:
         path = Path(name).expanduser()
@@ -164,26 +168,35 @@ def cross_attention_width(keys: dict[str, tuple[int, ...]]) -> int | None:
     return None
 
 
+def bundled_folder() -> Path:
+    """The LoRAs shipped with easel (the demo model's outline LoRA), found after the user's."""
+    from easel.demo import demo_lora_path
+
+    return demo_lora_path()
+
+
+def _files(folder: Path) -> dict[str, Path]:
+    """name (relative, without suffix) -> path of the LoRA files under `folder`, then the
+    bundled ones a user file of the same name does not shadow."""
+    found: dict[str, Path] = {}
+    for base in (folder, bundled_folder()):
+        if not base.is_dir():
+            continue
+        for path in sorted(base.rglob("*")):
+            if path.is_file() and path.suffix.lower() in SAFE_SUFFIXES + PICKLE_SUFFIXES:
+                found.setdefault(path.relative_to(base).with_suffix("").as_posix(), path)
+    return found
+
+
 def lora_names(folder: Path) -> set[str]:
-    """Names of the LoRA files under `folder` (relative, without suffix), without hashing."""
-    if not folder.is_dir():
-        return set()
-    return {
-        path.relative_to(folder).with_suffix("").as_posix()
-        for path in folder.rglob("*")
-        if path.is_file() and path.suffix.lower() in SAFE_SUFFIXES + PICKLE_SUFFIXES
-    }
+    """Names of the LoRA files a request may use (user folder and bundled), without hashing."""
+    return set(_files(folder))
 
 
 def list_loras(folder: Path, cache_file: Path | None = None) -> list[dict[str, Any]]:
-    """Every LoRA file under `folder`: name (relative, without suffix), path, family, hashes."""
-    if not folder.is_dir():
-        return []
+    """Every LoRA a request may name: name, path, family, hashes (user folder, then bundled)."""
     entries = []
-    for path in sorted(folder.rglob("*")):
-        if not path.is_file() or path.suffix.lower() not in SAFE_SUFFIXES + PICKLE_SUFFIXES:
-            continue
-        name = path.relative_to(folder).with_suffix("").as_posix()
+    for name, path in _files(folder).items():
         sha = sha256_of(path, cache_file)
         entries.append(
             {
