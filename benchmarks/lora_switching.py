@@ -1,6 +1,7 @@
 """What switching LoRAs costs: `python benchmarks/lora_switching.py [--requests 20] [--steps 10]`.
 
-Runs `requests` generations on the bundled demo model through one Easel, cycling through three
+Runs `requests` generations on the bundled demo model through one Easel (first with no adapter
+loaded at all, then with adapters loaded but off), cycling through three
 LoRAs (random ones written for the demo UNet and text encoder by easel.testing.tiny_loras, so
 nothing is downloaded) and, as a baseline, the same number without a LoRA. Reports the first
 load of each LoRA, the mean time of a request that switches to another LoRA against one
@@ -50,6 +51,7 @@ def main(argv: list[str] | None = None) -> None:
             return time.perf_counter() - started
 
         run([])  # load the base
+        pristine = [run([]) for _ in range(args.requests)]  # before any adapter exists
         loaded = engine.cache.loaded()[0]
         before = {name: (p, p.detach().clone()) for name, p in loaded.pipeline.unet.named_parameters()}
         first_loads = [run([{"name": name}]) for name in names]  # each LoRA's first use loads it
@@ -65,6 +67,7 @@ def main(argv: list[str] | None = None) -> None:
             "steps": args.steps,
             "requests": args.requests,
             "first_use_s": [round(t, 3) for t in first_loads],
+            "mean_before_any_lora_s": round(statistics.mean(pristine), 4),
             "mean_without_lora_s": round(statistics.mean(plain), 4),
             "mean_switching_lora_s": round(statistics.mean(switching), 4),
             "cost_per_switch_s": round(statistics.mean(switching) - statistics.mean(plain), 4),
