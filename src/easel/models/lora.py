@@ -22,6 +22,7 @@ import json
 import re
 import struct
 from collections import OrderedDict
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -258,7 +259,10 @@ def activate(pipe: Any, state: dict[str, Any], loras: list[tuple[LoraFile, float
 
 def _load(pipe: Any, file: LoraFile, family: str, field: str) -> None:
     try:
-        pipe.load_lora_weights(str(file.path.parent), weight_name=file.path.name, adapter_name=file.adapter)
+        with _quiet_loading():
+            pipe.load_lora_weights(
+                str(file.path.parent), weight_name=file.path.name, adapter_name=file.adapter
+            )
     except ImportError as error:
         raise UnsupportedFeature(f"LoRAs need the peft package ({error}); pip install peft") from None
     except Exception as error:  # diffusers/PEFT: unknown key layouts, size mismatches, bad files
@@ -270,6 +274,28 @@ def _load(pipe: Any, file: LoraFile, family: str, field: str) -> None:
             field=field,
             value=file.name,
         ) from None
+
+
+@contextlib.contextmanager
+def _quiet_loading() -> Iterator[None]:
+    """diffusers, transformers and PEFT narrate an adapter load ("No LoRA keys associated to
+    CLIPTextModel" for a UNet-only LoRA, a table of the adapter's new parameters, "multiple
+    adapters" warnings): none of it is for the user, whose errors easel raises itself."""
+    import warnings
+
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    levels = diffusers_logging.get_verbosity(), transformers_logging.get_verbosity()
+    diffusers_logging.set_verbosity_error()
+    transformers_logging.set_verbosity_error()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            yield
+    finally:
+        diffusers_logging.set_verbosity(levels[0])
+        transformers_logging.set_verbosity(levels[1])
 
 
 def _evict(pipe: Any, adapters: OrderedDict[str, LoraFile], keep: set[str], room: int = 0) -> None:
