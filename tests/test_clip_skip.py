@@ -145,6 +145,7 @@ def test_parameters_text_and_replay(engine, tmp_path):
     assert "Clip skip" not in one.parameters()  # A1111 writes it only above 1
 
 
+@pytest.mark.slow  # CLI processes
 def test_cli_clip_skip(hf_home, tmp_path, engine):
     import json
 

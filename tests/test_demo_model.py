@@ -182,6 +182,7 @@ def test_training_script_smoke(tmp_path: Path, capsys: pytest.CaptureFixture[str
         assert (tmp_path / "a" / path).read_bytes() == (tmp_path / "b" / path).read_bytes(), path
 
 
+@pytest.mark.slow  # eight 20-step generations
 def test_outline_lora_hollows_the_shapes_by_weight() -> None:
     """The bundled LoRA (easel-demo-outline) through easel: weight 0 draws filled shapes, 1
     outlines (the model card's figures come from `python -m easel.demo.evaluate --only lora`)."""

@@ -347,6 +347,7 @@ def test_native_job_with_a_hub_vae_and_png_info_maps_it_back(client, vaes):
 # -- CLI ----------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # CLI processes
 def test_cli_vae_flag(hf_home, vaes, tmp_path, engine):
     from test_cli import run_easel
 
