@@ -102,6 +102,46 @@ def test_random_seed_is_drawn_and_recorded_so_the_result_replays(engine):
     assert png_bytes(again.images[0]) == png_bytes(result.images[0])
 
 
+def test_the_concrete_request_names_the_scheduler_that_ran_and_replays(engine):
+    result = engine.generate(GenerationRequest(model=TINY_SD15, prompt="a dog", seed=3, steps=3))
+    assert result.request.scheduler == result.sampler == "PNDM"  # the tiny model's own, named
+    again = engine.generate(result.request)
+    assert again.request.scheduler == "PNDM"
+    assert png_bytes(again.images[0]) == png_bytes(result.images[0])
+
+
+def test_a_refiner_of_another_kind_keeps_the_scheduler_unnamed():
+    from types import SimpleNamespace
+
+    from diffusers import EulerDiscreteScheduler, PNDMScheduler
+
+    from easel.engine import _with_scheduler_that_ran
+
+    request = GenerationRequest(prompt="a dog")
+    refiner = SimpleNamespace(pipeline=SimpleNamespace(scheduler=EulerDiscreteScheduler()))
+    # naming PNDM would hand the refiner PNDM instead of its own Euler: a different image
+    assert _with_scheduler_that_ran(request, "PNDM", refiner).scheduler is None
+    same_kind = SimpleNamespace(pipeline=SimpleNamespace(scheduler=PNDMScheduler()))
+    assert _with_scheduler_that_ran(request, "PNDM", same_kind).scheduler == "PNDM"
+    assert _with_scheduler_that_ran(request, "LCMScheduler", None).scheduler is None  # not a name easel takes
+    explicit = request.model_copy(update={"scheduler": "Euler a"})
+    assert _with_scheduler_that_ran(explicit, "Euler a", None) is explicit
+
+
+@pytest.mark.parametrize("syntax", ["compel", "a1111", "plain"])
+def test_an_empty_prompt_is_unconditional_generation(engine, tmp_path, syntax):
+    """As in A1111 and diffusers: no prompt draws from the model's unconditional distribution."""
+    from easel.storage.metadata import read_metadata
+
+    request = GenerationRequest(model=TINY_SD15, prompt="", prompt_syntax=syntax, steps=2, seed=9)
+    result = engine.generate(request)
+    assert result.request.prompt == "" and result.images[0].size == (64, 64)
+    path = result.save(tmp_path / "empty.png", 0)
+    assert read_metadata(path).parsed_parameters()["prompt"] == ""
+    again, index = engine.replay(path)
+    assert again.request.prompt == "" and png_bytes(again.images[index]) == png_bytes(result.images[0])
+
+
 def test_family_defaults_fill_the_concrete_request(engine):
     result = engine.generate(GenerationRequest(model=TINY_SD15, prompt="a dog", seed=1, steps=2))
     assert result.request.guidance_scale == 7.5

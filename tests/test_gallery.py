@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
 import sqlite3
+import subprocess
+import sys
 import threading
+import types
 
 import pytest
 from PIL import Image
@@ -70,6 +75,57 @@ def test_path_traversal_and_malformed_ids_are_rejected(tmp_path, bad_id):
         gallery.get(bad_id)
     with pytest.raises(InvalidRequest, match="invalid id="):
         gallery.delete(bad_id)
+
+
+def with_ids(monkeypatch, *ids: str) -> None:
+    """Make the gallery hand out these ids, in order (to build prefixes that collide)."""
+    queue = iter(ids)
+    monkeypatch.setattr("easel.storage.gallery.uuid.uuid4", lambda: types.SimpleNamespace(hex=next(queue)))
+
+
+def test_a_unique_id_prefix_names_one_image(tmp_path, monkeypatch):
+    gallery = Gallery(tmp_path)
+    with_ids(monkeypatch, "abc1" + "0" * 28, "abc2" + "0" * 28, "f" * 32)
+    first, second, third = (gallery.add_result(fake_result(seed=seed))[0] for seed in (1, 2, 3))
+    assert gallery.resolve("abc1").id == first.id
+    assert gallery.resolve("f").id == third.id
+    assert gallery.resolve(second.id).id == second.id  # a whole id is its own prefix
+    with pytest.raises(InvalidRequest, match="ambiguous") as ambiguous:
+        gallery.resolve("abc")
+    assert first.id in str(ambiguous.value) and second.id in str(ambiguous.value)
+    with pytest.raises(InvalidRequest, match="no such image"):
+        gallery.resolve("0")
+    for bad in ("", "ABC", "abc%", "../x", "a" * 33, "abc1\n"):
+        with pytest.raises(InvalidRequest, match="invalid id="):
+            gallery.resolve(bad)
+
+
+def test_gallery_list_and_show_in_the_cli(tmp_path, monkeypatch):
+    gallery = Gallery(tmp_path / "home")
+    with_ids(monkeypatch, "abc1" + "0" * 28, "abc2" + "0" * 28)
+    first = gallery.add_result(fake_result("a red circle", seed=1))[0]
+    gallery.add_result(fake_result("a blue square", seed=2))
+
+    def easel(*args: str) -> subprocess.CompletedProcess[str]:
+        env = {**os.environ, "EASEL_HOME": str(tmp_path / "home"), "HF_HUB_OFFLINE": "1"}
+        command = [sys.executable, "-m", "easel", *args]
+        return subprocess.run(command, capture_output=True, text=True, env=env, timeout=120)
+
+    listed = easel("gallery", "list")
+    assert listed.returncode == 0, listed.stderr
+    header, *rows = listed.stdout.splitlines()
+    assert header.split() == ["ID", "CREATED", "(UTC)", "MODEL", "SEED", "KIND", "PROMPT"]
+    assert len(rows) == 2 and first.id in listed.stdout
+    shown = easel("gallery", "show", "abc1")
+    assert shown.returncode == 0, shown.stderr
+    assert f"id: {first.id}" in shown.stdout
+    request_text = shown.stdout.split("request: ", 1)[1]
+    assert json.loads(request_text)["prompt"] == "a red circle"  # JSON, not a Python dict
+    ambiguous = easel("gallery", "show", "abc")
+    assert ambiguous.returncode == 2
+    assert "ambiguous" in ambiguous.stderr and first.id in ambiguous.stderr
+    unknown = easel("gallery", "show", "0123")
+    assert unknown.returncode == 2 and "no such image" in unknown.stderr
 
 
 def test_concurrent_writers_lose_nothing(tmp_path):

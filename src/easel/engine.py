@@ -28,7 +28,7 @@ from easel.models.reference import ModelSource, resolve_reference
 from easel.models.vae import VaeSource
 from easel.request import DEFAULT_STRENGTH, GenerationRequest
 from easel.result import GenerationResult, Progress
-from easel.schedulers import a1111_name_for
+from easel.schedulers import a1111_name_for, scheduler_spec
 
 if TYPE_CHECKING:
     from PIL.Image import Image
@@ -212,6 +212,7 @@ class Easel:
             )
             sampler = a1111_name_for(type(pipe.scheduler).__name__, dict(pipe.scheduler.config))
             limits.check_evaluations(request, pipe.scheduler, sampler or type(pipe.scheduler).__name__)
+            request = _with_scheduler_that_ran(request, sampler, leased.get("refiner"))
             inpaint = None
             if request.is_inpaint:  # the picture and mask the pipeline sees, and how to put it back
                 from easel.inpaint import prepare
@@ -690,6 +691,24 @@ def _load_tokenizer(source: ModelSource) -> Any:
         raise UnsupportedFeature(
             f"model {source.reference!r} has no CLIP tokenizer to count with ({error})"
         ) from None
+
+
+def _with_scheduler_that_ran(
+    request: GenerationRequest, sampler: str, refiner: LoadedModel | None
+) -> GenerationRequest:
+    """The concrete request names the scheduler the model's default turned out to be (its
+    A1111 sampler name, else its diffusers class), so the recipe says what ran.
+
+    Only where naming it builds the very same schedulers again (build_scheduler from the same
+    configs), so replay stays byte-identical: a name easel accepts, and an SDXL refiner, which
+    would then get the named scheduler instead of its own default, of that same kind."""
+    if request.scheduler is not None or scheduler_spec(sampler) is None:
+        return request
+    if refiner is not None:
+        own = refiner.pipeline.scheduler
+        if a1111_name_for(type(own).__name__, dict(own.config)) != sampler:
+            return request
+    return request.model_copy(update={"scheduler": sampler})
 
 
 def _stop_if_cancelled(cancel: CancelToken | None, stage: str) -> None:

@@ -131,10 +131,16 @@ def _print_entries(entries: list[Any], as_json: bool) -> None:
     if as_json:
         typer.echo(json.dumps([entry.as_dict() for entry in entries], ensure_ascii=False, indent=2))
         return
+    model_width = max([len("MODEL"), *(len(entry.model) for entry in entries)])
+    seed_width = max([len("SEED"), *(len(str(entry.seed)) for entry in entries)])
+    typer.echo(
+        f"{'ID':<32}  {'CREATED (UTC)':<19}  {'MODEL':<{model_width}}  {'SEED':>{seed_width}}  KIND   PROMPT"
+    )
     for entry in entries:
         prompt = entry.prompt if len(entry.prompt) <= 60 else entry.prompt[:57] + "..."
         typer.echo(
-            f"{entry.id}  {entry.created_at[:19]}  {entry.model}  seed {entry.seed}  {entry.kind}  {prompt}"
+            f"{entry.id}  {entry.created_at[:19].replace('T', ' '):<19}  {entry.model:<{model_width}}  "
+            f"{entry.seed!s:>{seed_width}}  {entry.kind:<5}  {prompt}"
         )
 
 
@@ -168,16 +174,25 @@ def gallery_search(
 
 @gallery_app.command("show")
 def gallery_show(
-    image_id: Annotated[str, typer.Argument(help="Gallery id (from gallery list).")],
+    image_id: Annotated[
+        str, typer.Argument(help="Gallery id (from gallery list), or a unique start of one.")
+    ],
     as_json: JsonOption = False,
 ) -> None:
     """Show one image's record."""
-    entry = run_door(lambda: _gallery().get(image_id), debug=False)
+    entry = run_door(lambda: _gallery().resolve(image_id), debug=False)
     if as_json:
         typer.echo(json.dumps(entry.as_dict(), ensure_ascii=False, indent=2))
         return
-    for key, value in entry.as_dict().items():
+    record = entry.as_dict()
+    request = record.pop("request")
+    for key, value in record.items():
+        if isinstance(value, list):
+            value = ", ".join(map(str, value)) or "-"
+        elif value is None:
+            value = "-"
         typer.echo(f"{key}: {value}")
+    typer.echo("request: " + json.dumps(request, ensure_ascii=False, indent=2))
 
 
 @gallery_app.command("delete")

@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     from easel.result import GenerationResult
 
 ID_PATTERN = re.compile(r"^[0-9a-f]{32}$")
+PREFIX_PATTERN = re.compile(r"^[0-9a-f]{1,32}$")
 SCHEMA_VERSION = 1
 COLUMNS = (
     "id", "created_at", "file", "kind", "model", "prompt", "negative_prompt", "seed", "width", "height",
@@ -194,6 +195,38 @@ class Gallery:
                 f"invalid id={image_id!r}: no such image in the gallery", field="id", value=image_id
             )
         return self._entry(dict(zip(COLUMNS, row, strict=True)))
+
+    def resolve(self, prefix: str) -> GalleryEntry:
+        """The one entry whose id starts with `prefix` (as git resolves short hashes).
+
+        InvalidRequest for a malformed prefix, an unknown one, or one that names several
+        images (the message lists them)."""
+        if not PREFIX_PATTERN.fullmatch(prefix or ""):
+            raise InvalidRequest(
+                f"invalid id={prefix!r}: gallery ids are 32 hex characters (a unique prefix will do)",
+                field="id",
+                value=prefix,
+            )
+        with reading(self.database) as connection:
+            ids = [
+                row[0]
+                for row in connection.execute(
+                    "SELECT id FROM images WHERE substr(id, 1, ?) = ? ORDER BY id LIMIT 11",
+                    (len(prefix), prefix),
+                ).fetchall()
+            ]
+        if len(ids) > 1:
+            shown = ", ".join(ids[:10]) + (", ..." if len(ids) > 10 else "")
+            raise InvalidRequest(
+                f"invalid id={prefix!r}: ambiguous, it starts several gallery ids: {shown}",
+                field="id",
+                value=prefix,
+            )
+        if not ids:
+            raise InvalidRequest(
+                f"invalid id={prefix!r}: no such image in the gallery", field="id", value=prefix
+            )
+        return self.get(ids[0])
 
     def find_by_path(self, path: Path) -> GalleryEntry | None:
         """The entry whose file is `path`, if it lies in this gallery."""
