@@ -17,6 +17,7 @@ naming the file and diffusers' reason.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import re
@@ -57,7 +58,7 @@ class LoraFile:
         return addnet_hash(self.path)[:12]
 
 
-def resolve_lora(name: str, *, folder: Path, allow_pickle: bool, field: str, hub: bool = True) -> Path:
+def resolve_lora(name: str, *, folder: Path, allow_pickle: bool, field: str) -> Path:
     """The file `name` means: a name in `folder` (with or without .safetensors, subfolders
     allowed), a path to a file, or a hub file `org/repo/file.safetensors` (through the HF
     cache, so HF_HUB_OFFLINE applies). ModelNotFound says where it looked."""
@@ -71,7 +72,7 @@ def resolve_lora(name: str, *, folder: Path, allow_pickle: bool, field: str, hub
         path = Path(name).expanduser()
         if path.is_file():
             found = path
-        elif hub and (match := HUB_FILE.match(name)) and not path.exists():
+        elif (match := HUB_FILE.match(name)) and not path.exists():
             found = _hub_file(match.group(1), match.group(2), name, field)
     if found is None:
         raise _not_found(
@@ -125,7 +126,13 @@ def lora_file(name: str, path: Path, cache_file: Path | None) -> LoraFile:
 def addnet_hash(path: Path) -> str:
     """sha256 of a .safetensors file's tensor data without its JSON header (what A1111 and
     kohya's additional-networks show, so hashes survive metadata edits); other files: the
-    whole file."""
+    whole file. Remembered per (path, size, modification time): every request records it."""
+    stat = path.stat()
+    return _addnet_hash(path.resolve(), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=256)
+def _addnet_hash(path: Path, size: int, mtime_ns: int) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as handle:
         if path.suffix.lower() == ".safetensors":
