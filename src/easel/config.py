@@ -57,6 +57,7 @@ class Settings:
     max_cached_models: int = 2  # base pipelines kept in memory
     lora_dir: Path | None = None  # LoRAs found by name; None: EASEL_HOME/loras
     embeddings_dir: Path | None = None  # textual-inversion embeddings; None: EASEL_HOME/embeddings
+    upscaler_dir: Path | None = None  # model upscalers (ESRGAN, ...); None: EASEL_HOME/upscalers
     # speed and memory (see PerformanceOptions and docs/performance.md)
     attention: str = "sdpa"  # sdpa | xformers | slicing | default (diffusers' own choice)
     compile: bool = False  # torch.compile the UNet
@@ -83,6 +84,8 @@ class Settings:
             object.__setattr__(self, "lora_dir", Path(self.lora_dir).expanduser())
         if self.embeddings_dir is not None:
             object.__setattr__(self, "embeddings_dir", Path(self.embeddings_dir).expanduser())
+        if self.upscaler_dir is not None:
+            object.__setattr__(self, "upscaler_dir", Path(self.upscaler_dir).expanduser())
         for name, allowed in (
             ("attention", ATTENTION),
             ("offload", OFFLOAD),
@@ -108,6 +111,11 @@ class Settings:
     def embeddings_folder(self) -> Path:
         """Where textual-inversion embeddings are found by name (EASEL_EMBEDDINGS_DIR)."""
         return self.embeddings_dir if self.embeddings_dir is not None else self.home / "embeddings"
+
+    @property
+    def upscalers_folder(self) -> Path:
+        """Where model upscalers are found by name (EASEL_UPSCALER_DIR)."""
+        return self.upscaler_dir if self.upscaler_dir is not None else self.home / "upscalers"
 
     @property
     def performance(self) -> PerformanceOptions:
