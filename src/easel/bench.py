@@ -117,7 +117,7 @@ def run_benchmark(
     device = str(loaded.pipeline.device)
     dtype = loaded.pipeline.unet.dtype if hasattr(loaded.pipeline, "unet") else torch.float32
     location = loaded.source.location
-    plain = AutoPipelineForText2Image.from_pretrained(location, torch_dtype=dtype).to(device)
+    plain = AutoPipelineForText2Image.from_pretrained(location, dtype=dtype).to(device)
     plain.set_progress_bar_config(disable=True)
     rss["both_loaded"] = _rss_mb()
 

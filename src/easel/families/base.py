@@ -29,7 +29,8 @@ The hooks, in the order the engine calls them:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import contextlib
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -258,7 +259,7 @@ class Family:
             return pipeline_class.from_single_file(source.location, torch_dtype=dtype, **(components or {}))
         return pipeline_class.from_pretrained(
             source.location,
-            torch_dtype=dtype,
+            dtype=dtype,
             use_safetensors=None if allow_pickle else True,
             variant=variant,
             **(components or {}),
@@ -282,8 +283,13 @@ class Family:
         MultiControlNetModel; either way the base's modules are shared, not copied."""
         self.check_unet(base, task)
         controlnets = overrides.pop("controlnet", None)
+        # from_pipe ends with .to(dtype), float32 when no dtype is given: that would cast the cached
+        # base's shared modules (float16/bfloat16 on a GPU) to float32 on every run. The base's own
+        # dtype makes it a no-op; the note diffusers logs on every .to(dtype) is kept from the user.
+        overrides.setdefault("dtype", base.dtype)
         if not controlnets:
-            return self.pipeline_class(task).from_pipe(base, **overrides)
+            with _no_dtype_cast_notes():
+                return self.pipeline_class(task).from_pipe(base, **overrides)
         import diffusers
 
         class_name = self.controlnet_class(task)
@@ -292,7 +298,8 @@ class Family:
         controlnet = (
             controlnets[0] if len(controlnets) == 1 else diffusers.MultiControlNetModel(list(controlnets))
         )
-        return getattr(diffusers, class_name).from_pipe(base, controlnet=controlnet, **overrides)
+        with _no_dtype_cast_notes():
+            return getattr(diffusers, class_name).from_pipe(base, controlnet=controlnet, **overrides)
 
     def check_unet(self, base: Any, task: str) -> None:
         """A dedicated inpainting model (a 9-channel UNet, read from the UNet's config) only
@@ -361,7 +368,13 @@ class Family:
         return skip
 
     def apply_prompts(
-        self, pipe: Any, request: GenerationRequest, arguments: dict[str, Any], state: dict[str, Any]
+        self,
+        pipe: Any,
+        request: GenerationRequest,
+        arguments: dict[str, Any],
+        state: dict[str, Any],
+        *,
+        first_step: int = 0,
     ) -> list[str]:
         """Put the encoded prompts into `arguments` (in place); returns warnings.
 
@@ -373,61 +386,101 @@ class Family:
         there, so they go when the model is evicted. Textual-inversion embeddings the engine
         loaded for this run (state["active_embeddings"]) reach both paths as their tokens, and
         count every vector towards the 75 tokens.
-        """
-        from easel.models.embeddings import ACTIVE_KEY, for_counting, for_encoding
-        from easel.prompts.encoding import (
-            CHUNK_TOKENS,
-            PromptEncoder,
-            count_tokens,
-            plan_prompt,
-            syntax_warnings,
-        )
 
-        embeddings = state.get(ACTIVE_KEY, {})  # lower-case name -> (token, vectors)
-        texts = ((request.prompt, "prompt"), (request.negative_prompt, "negative_prompt"))
-        positive, negative = (
-            plan_prompt(for_encoding(text, embeddings), request.prompt_syntax, field=field)
-            for text, field in texts
-        )
-        counted = (positive, negative)
-        if embeddings:  # `tok` stands for all its vectors (`tok tok_1 ...`, which the tokenizer has)
-            counted = tuple(
-                plan_prompt(for_counting(text, embeddings), request.prompt_syntax, field=field)
-                for text, field in texts
-            )
-        warnings = syntax_warnings(request.prompt, request.prompt_syntax)
+        Prompt editing and alternation (easel.prompts.scheduling) give each step its own
+        texts: every distinct (prompt, negative prompt) pair is encoded once, the first goes
+        into `arguments`, and the step callback hands the pipeline the next step's conditioning
+        when it changes. `first_step` is the index of the run's first step in the schedule (an
+        SDXL refiner continues where the base stopped).
+        """
+        from easel.prompts.encoding import CHUNK_TOKENS, PromptEncoder, syntax_warnings
+        from easel.prompts.scheduling import prompt_schedule, text_at
+
+        syntax, steps = request.prompt_syntax, request.steps or self.default_steps
+        texts = (request.prompt, request.negative_prompt)
+        schedules = [prompt_schedule(text, syntax, steps) for text in texts]
+
+        def pair_at(index: int) -> tuple[str, str]:
+            return text_at(schedules[0], index), text_at(schedules[1], index)
+
+        ends = sorted({end for schedule in schedules for end, _ in schedule})
+        pairs = list(dict.fromkeys(pair_at(end) for end in ends))
+        warnings = syntax_warnings(request.prompt, syntax)
         encoders = self.prompt_encoders(pipe)
         skip = self.clip_skip_layers(request, encoders)
+        plans = {pair: self._plan_pair(pair, syntax, state) for pair in pairs}
         tokenizer = encoders[0][0]
-        longest = max(count_tokens(tokenizer, counted[0]) + count_tokens(tokenizer, counted[1]))
+        longest = max(tokens for plan in plans.values() for tokens in plan.tokens(tokenizer))
         # with clip skip, easel encodes too: diffusers' own `clip_skip` skips layers for the prompt
         # only (its negative prompt keeps the model's layer), A1111 for both, as easel does
-        plain = not positive.weighted and not negative.weighted and longest <= CHUNK_TOKENS
-        if plain and not skip:
-            arguments["prompt"] = positive.text
-            arguments["negative_prompt"] = negative.text or None
-            return warnings
+        if len(pairs) == 1:
+            plan = plans[pairs[0]]
+            if not plan.weighted and longest <= CHUNK_TOKENS and not skip:
+                arguments["prompt"] = plan.positive.text
+                arguments["negative_prompt"] = plan.negative.text or None
+                return warnings
         # one encoder per clip skip (its layer is part of what the encoder computes)
         key = "prompt_encoder" if not skip else f"prompt_encoder (clip skip {skip})"
         encoder = state.get(key)
         if encoder is None:
             encoder = state[key] = PromptEncoder(encoders, clip_skip=skip)
-        # the active LoRAs change what the text encoders compute: part of the cache key; so do
-        # the embeddings (their tokens, named by file content, are in the plans too)
-        embeds, negative_embeds, pooled, negative_pooled = encoder.encode(
-            positive, negative, context=(*state.get("active_loras", ()), *sorted(embeddings.values()))
-        )
-        if not request.negative_prompt and getattr(pipe.config, "force_zeros_for_empty_prompt", False):
-            import torch  # SDXL's convention for an empty negative prompt, as diffusers applies it
-
-            negative_embeds = torch.zeros_like(negative_embeds)
-            negative_pooled = None if negative_pooled is None else torch.zeros_like(negative_pooled)
+        conditionings = {pair: self._encode_pair(pipe, encoder, plans[pair], state) for pair in pairs}
+        current = [pair_at(first_step)]
+        embeds, negative_embeds, pooled, negative_pooled = conditionings[current[0]]
         arguments.pop("prompt", None)
         arguments.pop("negative_prompt", None)
         arguments.update(prompt_embeds=embeds, negative_prompt_embeds=negative_embeds)
         if pooled is not None:
             arguments.update(pooled_prompt_embeds=pooled, negative_pooled_prompt_embeds=negative_pooled)
+        if len(pairs) > 1:
+            inner = arguments.get("callback_on_step_end")
+            count = int(arguments.get("num_images_per_prompt") or 1)
+
+            def switch(pipeline: Any, step: int, timestep: Any, tensors: dict[str, Any]) -> dict[str, Any]:
+                result = inner(pipeline, step, timestep, tensors) if inner is not None else tensors
+                upcoming = pair_at(first_step + step + 1)
+                if upcoming != current[0]:
+                    current[0] = upcoming
+                    result = {**result, **_step_conditioning(conditionings[upcoming], tensors, count)}
+                return result
+
+            arguments["callback_on_step_end"] = switch
+            inputs = ["latents", "prompt_embeds", *(["add_text_embeds"] if pooled is not None else [])]
+            arguments["callback_on_step_end_tensor_inputs"] = inputs
         return warnings
+
+    @staticmethod
+    def _plan_pair(pair: tuple[str, str], syntax: str, state: dict[str, Any]) -> _PairPlan:
+        """One step's prompt and negative prompt, planned for encoding (embedding names
+        replaced by their tokens) and for counting (a token per vector)."""
+        from easel.models.embeddings import ACTIVE_KEY, for_counting, for_encoding
+        from easel.prompts.encoding import plan_prompt
+
+        embeddings = state.get(ACTIVE_KEY, {})  # lower-case name -> (token, vectors)
+        named = list(zip(pair, ("prompt", "negative_prompt"), strict=True))
+        encoded = [plan_prompt(for_encoding(text, embeddings), syntax, field=name) for text, name in named]
+        counted = encoded
+        if embeddings:  # `tok` stands for all its vectors (`tok tok_1 ...`, which the tokenizer has)
+            counted = [plan_prompt(for_counting(t, embeddings), syntax, field=name) for t, name in named]
+        return _PairPlan(pair, encoded[0], encoded[1], counted[0], counted[1])
+
+    @staticmethod
+    def _encode_pair(pipe: Any, encoder: Any, plan: _PairPlan, state: dict[str, Any]) -> tuple[Any, ...]:
+        """(embeds, negative embeds, pooled, negative pooled) of one step's texts."""
+        from easel.models.embeddings import ACTIVE_KEY
+
+        embeddings = state.get(ACTIVE_KEY, {})
+        # the active LoRAs change what the text encoders compute: part of the cache key; so do
+        # the embeddings (their tokens, named by file content, are in the plans too)
+        context = (*state.get("active_loras", ()), *sorted(embeddings.values()))
+        encoded = encoder.encode(plan.positive, plan.negative, context)
+        embeds, negative_embeds, pooled, negative_pooled = encoded
+        if not plan.texts[1] and getattr(pipe.config, "force_zeros_for_empty_prompt", False):
+            import torch  # SDXL's convention for an empty negative prompt, as diffusers applies it
+
+            negative_embeds = torch.zeros_like(negative_embeds)
+            negative_pooled = None if negative_pooled is None else torch.zeros_like(negative_pooled)
+        return embeds, negative_embeds, pooled, negative_pooled
 
     def control_arguments(
         self, request: GenerationRequest, control_images: list[Any], *, img2img: bool
@@ -526,6 +579,63 @@ class Family:
                 return pipe.image_processor.postprocess(image, output_type="np")
         finally:
             vae.to(dtype=original)
+
+
+@dataclass(frozen=True)
+class _PairPlan:
+    """One step's (prompt, negative prompt) texts, planned to encode and to count."""
+
+    texts: tuple[str, str]
+    positive: Any  # PromptPlan
+    negative: Any
+    counted_positive: Any
+    counted_negative: Any
+
+    @property
+    def weighted(self) -> bool:
+        return bool(self.positive.weighted or self.negative.weighted)
+
+    def tokens(self, tokenizer: Any) -> list[int]:
+        """Tokens of each chunk of both texts."""
+        from easel.prompts.encoding import count_tokens
+
+        return count_tokens(tokenizer, self.counted_positive) + count_tokens(tokenizer, self.counted_negative)
+
+
+def _step_conditioning(conditioning: tuple[Any, ...], tensors: dict[str, Any], count: int) -> dict[str, Any]:
+    """A step's conditioning as the pipeline's denoising loop holds it: each embedding repeated
+    for the `count` images, negative before positive when guidance doubles the batch (as the
+    pipelines concatenate them), in the dtype and on the device of what it replaces."""
+    import torch
+
+    embeds, negative_embeds, pooled, negative_pooled = conditioning
+    current = tensors["prompt_embeds"]
+    guided = current.shape[0] == 2 * count
+    parts = [negative_embeds, embeds] if guided else [embeds]
+    embeds = torch.cat([part.repeat(count, 1, 1) for part in parts])
+    update = {"prompt_embeds": embeds.to(current.device, current.dtype)}
+    if pooled is not None and "add_text_embeds" in tensors:
+        current = tensors["add_text_embeds"]
+        parts = [negative_pooled, pooled] if guided else [pooled]
+        pooled = torch.cat([part.repeat(count, 1) for part in parts])
+        update["add_text_embeds"] = pooled.to(current.device, current.dtype)
+    return update
+
+
+@contextlib.contextmanager
+def _no_dtype_cast_notes() -> Iterator[None]:
+    """diffusers' ModelMixin.to(dtype) logs "There are modules in ... that should be kept in
+    float32" on every call, even with none: derive's .to is a no-op (the base's own dtype), so
+    the note is noise for the user (issue 19). Only that logger, only for the call."""
+    import logging
+
+    logger = logging.getLogger("diffusers.models.modeling_utils")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def _families() -> tuple[Family, ...]:

@@ -52,7 +52,7 @@ class KandinskyDecoderFamily(Family):
             raise UnsupportedFeature("Kandinsky 2.2 loads from a diffusers folder or repo, not a single file")
         return getattr(diffusers, self.loader_class).from_pretrained(
             source.location,
-            torch_dtype=dtype,
+            dtype=dtype,
             use_safetensors=None if allow_pickle else True,
             **loading,
             **(components or {}),
@@ -125,8 +125,27 @@ class KandinskyDecoderFamily(Family):
             )
             error.field = "clip_skip"  # type: ignore[attr-defined]
             raise error
+        for name in ("variation_seed", "variation_strength", "seed_resize_from"):  # see easel.noise
+            if getattr(request, name) not in (None, 0):
+                error = UnsupportedFeature(
+                    f"{name}={getattr(request, name)!r}: Kandinsky 2.2 draws its decoder's noise after its "
+                    "prior's from the same generator, so a variation's noise cannot equal the seed's; "
+                    "variation seeds work with SD 1.x/2.x and SDXL models"
+                )
+                error.field = name  # type: ignore[attr-defined]
+                raise error
+
+        from easel.prompts.scheduling import parse_schedule
 
         for field, text in (("prompt", request.prompt), ("negative_prompt", request.negative_prompt)):
+            if parse_schedule(text, request.prompt_syntax) is not None:
+                error = UnsupportedFeature(
+                    f"{field}={text!r} uses prompt editing or alternation ('[from:to:when]', '[a|b]'), which "
+                    "Kandinsky 2.2 cannot honour (its prior makes one image embedding from the text before "
+                    "the decoder's steps); write one prompt"
+                )
+                error.field = field  # type: ignore[attr-defined]
+                raise error
             if plan_prompt(text, request.prompt_syntax, field=field).weighted:
                 raise UnsupportedFeature(
                     f"{field}={text!r} uses {request.prompt_syntax} weighting syntax, which Kandinsky 2.2 "

@@ -200,7 +200,9 @@ class SDXLBaseFamily(SDXLFamily):
             if getattr(request, name) is not None:
                 refiner_arguments[name] = tuple(getattr(request, name))
         # the refiner encodes the prompts with its own text encoder (warnings came from the base)
-        refiner.family.apply_prompts(refiner_pipe, request, refiner_arguments, refiner.state)
+        refiner.family.apply_prompts(
+            refiner_pipe, request, refiner_arguments, refiner.state, first_step=done["base"]
+        )
         return Family.run(refiner.family, refiner_pipe, refiner_arguments, request=request, companions={})
 
 

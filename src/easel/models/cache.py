@@ -252,17 +252,22 @@ def _load(
 
 @contextmanager
 def _no_loading_bars() -> Iterator[None]:
-    """diffusers draws a tqdm bar while loading; progress is the engine's to report (through
-    its callback), so the bar is off while easel loads and restored afterwards."""
+    """diffusers and transformers draw tqdm bars while loading; progress is the engine's to
+    report (through its callback), so the bars are off while easel loads, restored afterwards."""
     from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
 
-    was_enabled = diffusers_logging.is_progress_bar_enabled()
+    # transformers draws its own ("Loading weights") for the text encoders
+    was_enabled = diffusers_logging.is_progress_bar_enabled(), transformers_logging.is_progress_bar_enabled()
     diffusers_logging.disable_progress_bar()
+    transformers_logging.disable_progress_bar()
     try:
         yield
     finally:
-        if was_enabled:
+        if was_enabled[0]:
             diffusers_logging.enable_progress_bar()
+        if was_enabled[1]:
+            transformers_logging.enable_progress_bar()
 
 
 def _load_pipeline(

@@ -95,7 +95,7 @@ def load_control(source: ModelSource, *, dtype: Any, device: str, allow_pickle: 
                 model = ControlNetModel.from_single_file(source.location, torch_dtype=dtype)
             else:
                 model = ControlNetModel.from_pretrained(
-                    source.location, torch_dtype=dtype, use_safetensors=None if allow_pickle else True
+                    source.location, dtype=dtype, use_safetensors=None if allow_pickle else True
                 )
     except OSError as error:
         raise ModelNotFound(f"could not load control model {source.reference!r}: {error}") from None

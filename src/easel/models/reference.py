@@ -127,6 +127,31 @@ def _file_source(path: Path, reference: str, allow_pickle: bool) -> ModelSource:
     return ModelSource("single_file", reference, str(path.resolve()))
 
 
+HUB_PROBE_TIMEOUT_S = 2.0
+
+
+def _hub_reachable() -> bool:
+    """Whether a TCP connection to the hub's endpoint opens within HUB_PROBE_TIMEOUT_S. Behind
+    a proxy (HTTPS_PROXY / HTTP_PROXY / ALL_PROXY) a direct connection says nothing: assume yes
+    and let huggingface_hub go through the proxy."""
+    import os
+    import socket
+    from urllib.parse import urlsplit
+
+    from huggingface_hub import constants
+
+    if any(os.environ.get(name) for name in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy",
+                                              "ALL_PROXY", "all_proxy")):  # fmt: skip
+        return True
+    endpoint = urlsplit(constants.ENDPOINT)
+    port = endpoint.port or (443 if endpoint.scheme == "https" else 80)
+    try:
+        with socket.create_connection((endpoint.hostname or "", port), timeout=HUB_PROBE_TIMEOUT_S):
+            return True
+    except OSError:
+        return False
+
+
 def _hub_source(repo_id: str) -> ModelSource:
     """Check the repo is reachable (cache or hub) without downloading weights."""
     from huggingface_hub import constants, hf_hub_download
@@ -138,16 +163,19 @@ def _hub_source(repo_id: str) -> ModelSource:
         RepositoryNotFoundError,
     )
 
+    # without a network huggingface_hub retries for about 25 s before it looks in the cache:
+    # ask the cache alone when the hub cannot even be connected to
+    cache_only = not constants.HF_HUB_OFFLINE and not _hub_reachable()
     try:
-        hf_hub_download(repo_id, "model_index.json")
+        hf_hub_download(repo_id, "model_index.json", local_files_only=cache_only)
     except LocalEntryNotFoundError:
+        if constants.HF_HUB_OFFLINE:
+            why = " and offline mode is on (HF_HUB_OFFLINE=1)"
+        else:
+            why = f" and the hub ({constants.ENDPOINT}) cannot be reached"
         raise ModelNotFound(
-            f"model {repo_id!r} is not in the Hugging Face cache ({constants.HF_HUB_CACHE})"
-            + (
-                " and offline mode is on (HF_HUB_OFFLINE=1)"
-                if constants.HF_HUB_OFFLINE
-                else " and the hub could not be reached"
-            )
+            f"model {repo_id!r} is not in the Hugging Face cache ({constants.HF_HUB_CACHE}){why}; check the "
+            "name (as the hub spells it: org/name), or set HF_HUB_OFFLINE=1 to use only the cache"
         ) from None
     except GatedRepoError:
         raise ModelNotFound(

@@ -22,8 +22,10 @@ Where this module is stricter than A1111 (A1111 silently reinterprets these as t
 * a ``:`` inside ``( )`` that is not followed by a number and ``)``: ``(red:abc)``, ``(red:)``,
   ``(a:b:1.2)``, ``(a:1.2 b)``;
 * prompt editing and alternation inside ``[ ]`` (``[a:b:0.5]``, ``[a|b]``), composable diffusion
-  (``AND``) and extra-network tags (``<lora:name:0.8>``): A1111 gives them meaning that this
-  translator cannot reproduce in Compel, so they are refused rather than passed on as text.
+  (``AND``) and extra-network tags (``<lora:name:0.8>``): A1111 gives them meaning that one weighted
+  text cannot carry, so they are refused rather than passed on as text. They are read before this
+  module sees a prompt: edits and alternations by easel.prompts.scheduling (which hands this module
+  each step's text), ``<lora:...>`` tags by easel.prompts.extra_networks; ``AND`` is not built.
 
 Compel cannot express everything, so :func:`a1111_to_compel` also refuses (again with
 :class:`PromptSyntaxError`) a negative effective weight, ``=``, and a ``+``/``-`` that Compel would read

@@ -53,11 +53,24 @@ def check_prompt(text: str, syntax: str, *, field: str = "prompt") -> None:
             field=field,
             value=_excerpt(text, position),
         )
+    text = _every_branch(text, syntax, field)  # prompt editing: every text it can produce, checked
     if syntax == "a1111":
         _check_a1111(text, field)
     elif syntax == "compel":
         _check_lora_tags(text, field)
         _check_compel(text, field)
+
+
+def _every_branch(text: str, syntax: str, field: str) -> str:
+    """Read prompt editing and alternation (easel.prompts.scheduling); malformed ones are
+    refused at their position (A1111 syntax)."""
+    from easel.prompts.a1111 import PromptSyntaxError
+    from easel.prompts.scheduling import every_branch
+
+    try:
+        return every_branch(text, syntax)
+    except PromptSyntaxError as error:
+        raise InvalidRequest(f"invalid {field}: {error}", field=field, value=_excerpt(text, 0)) from None
 
 
 def _check_lora_tags(text: str, field: str) -> None:
@@ -79,6 +92,21 @@ def check_prompts(request: Any) -> None:
     """Both prompt fields of a GenerationRequest."""
     check_prompt(request.prompt, request.prompt_syntax, field="prompt")
     check_prompt(request.negative_prompt, request.prompt_syntax, field="negative_prompt")
+    hires = getattr(request, "hires", None)
+    for name in ("prompt", "negative_prompt") if hires is not None else ():
+        text = getattr(hires, name)
+        if text is None:
+            continue
+        check_prompt(text, request.prompt_syntax, field=f"hires.{name}")
+        from easel.prompts.extra_networks import TAG
+
+        if (tag := TAG.search(text)) is not None:  # the request's LoRAs apply to both passes
+            raise InvalidRequest(
+                f"invalid hires.{name}: {tag.group(0)!r}: LoRAs apply to both passes of the hires fix; "
+                "give them in prompt (or loras), not in the hires prompt",
+                field=f"hires.{name}",
+                value=tag.group(0),
+            )
 
 
 def enable_packrat() -> None:
