@@ -104,9 +104,10 @@ def test_random_seed_is_drawn_and_recorded_so_the_result_replays(engine):
 
 def test_the_concrete_request_names_the_scheduler_that_ran_and_replays(engine):
     result = engine.generate(GenerationRequest(model=TINY_SD15, prompt="a dog", seed=3, steps=3))
-    assert result.request.scheduler == result.sampler == "PNDM"  # the tiny model's own, named
+    # the tiny model's own (PNDM with skip_prk_steps, as SD 1.5's), named as A1111 names it
+    assert result.request.scheduler == result.sampler == "PLMS"
     again = engine.generate(result.request)
-    assert again.request.scheduler == "PNDM"
+    assert again.request.scheduler == "PLMS"
     assert png_bytes(again.images[0]) == png_bytes(result.images[0])
 
 
@@ -123,7 +124,7 @@ def test_a_refiner_of_another_kind_keeps_the_scheduler_unnamed():
     assert _with_scheduler_that_ran(request, "PNDM", refiner).scheduler is None
     same_kind = SimpleNamespace(pipeline=SimpleNamespace(scheduler=PNDMScheduler()))
     assert _with_scheduler_that_ran(request, "PNDM", same_kind).scheduler == "PNDM"
-    assert _with_scheduler_that_ran(request, "LCMScheduler", None).scheduler is None  # not a name easel takes
+    assert _with_scheduler_that_ran(request, "TCDScheduler", None).scheduler is None  # not a name easel takes
     explicit = request.model_copy(update={"scheduler": "Euler a"})
     assert _with_scheduler_that_ran(explicit, "Euler a", None) is explicit
 
@@ -282,6 +283,25 @@ def test_bad_references_fail_before_loading(engine, fields, error, fragment):
         engine.generate(GenerationRequest(prompt="a", steps=2, **{"model": TINY_SD15, **fields}))
 
 
+def test_an_unknown_model_fails_fast_when_the_hub_cannot_be_reached(engine, monkeypatch):
+    """Without a network huggingface_hub retries for about 25 s before it looks in the cache;
+    easel probes the endpoint once and asks the cache alone."""
+    import time
+
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")  # discard port: nothing listens
+    for proxy in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(proxy, raising=False)
+    started = time.perf_counter()
+    with pytest.raises(ModelNotFound, match=r"cannot be reached; check the name .* HF_HUB_OFFLINE=1"):
+        engine.generate(GenerationRequest(model="nobody/nothing-at-all", prompt="a", steps=1))
+    assert time.perf_counter() - started < 2
+    # a cached model still works with the hub out of reach
+    engine.generate(GenerationRequest(model=TINY_SD15, prompt="a", steps=1, seed=1))
+
+
 def test_unreadable_init_image_names_the_field(engine, tmp_path):
     bad = tmp_path / "bad.png"
     bad.write_bytes(b"this is not a png")
@@ -349,3 +369,18 @@ def test_init_image_from_an_http_url(engine, init_png):
         GenerationRequest(model=TINY_SD15, prompt="a", init_image=str(init_png), steps=2, seed=4)
     )
     np.testing.assert_array_equal(pixels(from_url.images[0]), pixels(from_path.images[0]))
+
+
+def test_half_precision_bases_stay_in_their_dtype_across_runs(hf_home, init_png):
+    """from_pipe casts to float32 unless given a dtype: a derived task pipeline must leave the
+    cached base's shared modules in the dtype they were loaded in (bfloat16 here, float16 on GPUs)."""
+    import torch
+
+    from easel import Easel, Settings
+
+    half = Easel(Settings.from_env(dtype="bfloat16"))
+    for fields in ({}, {"init_image": str(init_png), "strength": 1.0}):
+        half.generate(GenerationRequest(model=TINY_SD15, prompt="a red circle", steps=1, seed=1, **fields))
+        (loaded,) = half.cache.loaded()
+        pipe = loaded.pipeline
+        assert {pipe.unet.dtype, pipe.vae.dtype, pipe.text_encoder.dtype} == {torch.bfloat16}, fields

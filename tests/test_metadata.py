@@ -15,6 +15,7 @@ from easel.storage.metadata import parse_parameters, read_metadata, request_from
 
 SETTINGS_KEYS = {
     "Steps", "Sampler", "CFG scale", "Seed", "Size", "Model hash", "Model", "Denoising strength", "Version",
+    "Schedule type",
 }  # fmt: skip
 
 
@@ -76,7 +77,9 @@ def test_request_png_metadata_request_roundtrip(engine, tmp_path, fields, suffix
     assert metadata.document["model"]["hashes"]["base"].startswith(parsed["settings"]["Model hash"])
     assert parse_parameters(metadata.parameters) == parsed  # the package's reader agrees
     if "scheduler" in fields:
-        assert parsed["settings"]["Sampler"] == "DPM++ 2M Karras"
+        # A1111 >= 1.9 writes the sampler and its schedule type apart
+        assert parsed["settings"]["Sampler"] == "DPM++ 2M"
+        assert parsed["settings"]["Schedule type"] == "Karras"
         assert parsed["settings"]["CFG scale"] == "4.5"
 
 

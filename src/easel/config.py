@@ -58,6 +58,7 @@ class Settings:
     lora_dir: Path | None = None  # LoRAs found by name; None: EASEL_HOME/loras
     embeddings_dir: Path | None = None  # textual-inversion embeddings; None: EASEL_HOME/embeddings
     upscaler_dir: Path | None = None  # model upscalers (ESRGAN, ...); None: EASEL_HOME/upscalers
+    styles_file: Path | None = None  # A1111 prompt styles (styles.csv); None: EASEL_HOME/styles.csv
     # speed and memory (see PerformanceOptions and docs/performance.md)
     attention: str = "sdpa"  # sdpa | xformers | slicing | default (diffusers' own choice)
     compile: bool = False  # torch.compile the UNet
@@ -86,6 +87,8 @@ class Settings:
             object.__setattr__(self, "embeddings_dir", Path(self.embeddings_dir).expanduser())
         if self.upscaler_dir is not None:
             object.__setattr__(self, "upscaler_dir", Path(self.upscaler_dir).expanduser())
+        if self.styles_file is not None:
+            object.__setattr__(self, "styles_file", Path(self.styles_file).expanduser())
         for name, allowed in (
             ("attention", ATTENTION),
             ("offload", OFFLOAD),
@@ -116,6 +119,11 @@ class Settings:
     def upscalers_folder(self) -> Path:
         """Where model upscalers are found by name (EASEL_UPSCALER_DIR)."""
         return self.upscaler_dir if self.upscaler_dir is not None else self.home / "upscalers"
+
+    @property
+    def styles_path(self) -> Path:
+        """The A1111 styles.csv prompt styles are read from (EASEL_STYLES_FILE)."""
+        return self.styles_file if self.styles_file is not None else self.home / "styles.csv"
 
     @property
     def performance(self) -> PerformanceOptions:

@@ -28,13 +28,15 @@ from easel.models.reference import ModelSource, resolve_reference
 from easel.models.vae import VaeSource
 from easel.request import DEFAULT_STRENGTH, GenerationRequest
 from easel.result import GenerationResult, Progress
-from easel.schedulers import a1111_name_for, scheduler_spec
+from easel.schedulers import a1111_name_for, canonical_label, scheduler_spec
 
 if TYPE_CHECKING:
     from PIL.Image import Image
 
+    from easel.hires import HiresPass
     from easel.inpaint import InpaintJob
     from easel.prompts.encoding import TokenCount
+    from easel.upscalers import Upscalers
 
 
 class CancelToken(Protocol):
@@ -57,8 +59,49 @@ class Easel:
         self._placement: tuple[str, Any] | None = None
         self._tokenizers: dict[str, Any] = {}
         self._tokenizer_lock = threading.Lock()
+        self._upscalers: Upscalers | None = None
 
     # -- public API -------------------------------------------------------------------------
+
+    @property
+    def upscalers(self) -> Upscalers:
+        """This engine's upscalers (built-in and model files), made on first use so that
+        model upscalers load once and stay cached on the engine's device."""
+        if self._upscalers is None:
+            from easel.upscalers import Upscalers
+
+            self._upscalers = Upscalers(
+                self.settings.upscalers_folder,
+                allow_pickle=self.settings.allow_pickle,
+                device=self._device_and_dtype()[0],
+            )
+        return self._upscalers
+
+    def upscale(
+        self,
+        image: Image,
+        *,
+        scale: float | None = None,
+        width: int | None = None,
+        height: int | None = None,
+        upscaler: str = "Lanczos",
+        limits: Limits | None = None,
+    ) -> Image:
+        """`image` made bigger with `upscaler` (a name from upscalers.names()): by `scale`, or
+        to `width` x `height` (one of them alone keeps the aspect ratio). `limits` (a
+        server's) bound the output's pixels."""
+        from easel.upscalers import target_size
+
+        size = target_size(image.size, scale=scale, width=width, height=height)
+        limits = limits or Limits()
+        if limits.max_pixels is not None and size[0] * size[1] > limits.max_pixels:
+            raise InvalidRequest(
+                f"invalid width x height={size[0]}x{size[1]}: more than this server's limit of "
+                f"{limits.max_pixels} pixels; ask for a smaller scale or size",
+                field="scale" if scale is not None else "width",
+                value=scale if scale is not None else width,
+            )
+        return self.upscalers.upscale(image, size[0], size[1], upscaler)
 
     def resolve_model(self, model: str | None) -> ModelSource:
         """Where `model` (a --model value; None = bundled demo) lives, or ModelNotFound."""
@@ -85,16 +128,36 @@ class Easel:
                 field="prompt_syntax",
                 value=syntax,
             )
-        plan = plan_prompt(prompt, syntax)  # malformed syntax: refused at its position in the prompt
+        # prompt editing: the longest text the prompt reads at any step (of COUNTED_STEPS)
+        texts = _scheduled_texts(prompt, syntax)
+        plans = [plan_prompt(text, syntax) for text in texts]  # malformed syntax: refused at its position
         embeddings = counted_embeddings(prompt, self.settings.embeddings_folder)
         if embeddings:
-            plan = plan_prompt(for_counting(prompt, embeddings, tokens=False), syntax)
+            plans = [plan_prompt(for_counting(text, embeddings, tokens=False), syntax) for text in texts]
         source = self.resolve_model(model)
         with self._tokenizer_lock:
             tokenizer = self._tokenizers.get(source.location)
             if tokenizer is None:
                 tokenizer = self._tokenizers[source.location] = _load_tokenizer(source)
-            return token_count(tokenizer, plan)
+            counts = [token_count(tokenizer, plan) for plan in plans]
+        return max(counts, key=lambda count: (count.chunks, count.tokens))
+
+    def with_styles(self, request: GenerationRequest) -> GenerationRequest:
+        """The request with its prompt styles applied and `styles` emptied (re-validated, so a
+        style's <lora:...> tags and lengths are checked as if typed); reading styles.csv is I/O,
+        so it happens here, not in request validation."""
+        if not request.styles:
+            return request
+        from easel.styles import apply_styles, load_styles
+
+        prompt, negative = apply_styles(
+            list(request.styles),
+            request.prompt,
+            request.negative_prompt,
+            load_styles(self.settings.styles_path),
+        )
+        fields = {**request.model_dump(), "styles": []}
+        return GenerationRequest.from_fields({**fields, "prompt": prompt, "negative_prompt": negative})
 
     def _identify(self, reference: str) -> tuple[ModelSource, Family]:
         """A companion model reference (a refiner, a prior) -> its source and family."""
@@ -117,10 +180,16 @@ class Easel:
         started = time.perf_counter()
         limits = limits or Limits()
         _stop_if_cancelled(cancel, "before loading")
+        # 0. prompt styles (styles.csv) merged into the prompts; the recipe keeps the result
+        request = self.with_styles(request)
         # 1. model reference -> source -> family (reads configs only, no weights)
         source = self.resolve_model(request.model)
         family = detect_family(source)
         family.check_request(request)
+        if request.hires is not None:  # family and upscaler name, before any weights load
+            from easel.hires import check_hires
+
+            check_hires(self, family, request)
         # companion models the family needs (SDXL refiner, Kandinsky prior), resolved now
         companions = family.companions(request, source, self._identify)
         # control models (ControlNets), checked against the family from their configs
@@ -152,6 +221,9 @@ class Easel:
         device, dtype = self._device_and_dtype()
         options = self.settings.performance
         check_options(options, device)
+        from easel.tiling import check_tiling
+
+        check_tiling(request.tiling, compiled=options.compile)
         with (
             self._run_lock,
             self.cache.lease(
@@ -210,7 +282,11 @@ class Easel:
                 controlnets=[c.module for c in controlnets],
                 vae=None if vae_component is None else vae_component.module,
             )
-            sampler = a1111_name_for(type(pipe.scheduler).__name__, dict(pipe.scheduler.config))
+            # a named A1111 label as A1111 spells it (a schedule type such as SGM Uniform cannot be
+            # read back from the config), else the label matching the scheduler that runs
+            sampler = canonical_label(request.scheduler) or a1111_name_for(
+                type(pipe.scheduler).__name__, dict(pipe.scheduler.config)
+            )
             limits.check_evaluations(request, pipe.scheduler, sampler or type(pipe.scheduler).__name__)
             request = _with_scheduler_that_ran(request, sampler, leased.get("refiner"))
             inpaint = None
@@ -221,19 +297,24 @@ class Easel:
                 native = loaded.family.default_size(loaded.pipeline)
                 inpaint = prepare(request, init_image, mask, pipe, native)
                 inpaint.install_latent_fill(pipe)
-            # 6. run
+            # 6. run (hires fix: the first pass stops at latents, then upscale and a second pass)
+            hires = None
+            if request.hires is not None:
+                hires = self._hires_pass(loaded, request, pipe, vae_component, on_progress, cancel, limits)
             output = self._run(
-                family,
+                family if hires is None else hires.first_family(family),
                 pipe,
                 request,
                 init_image,
-                on_progress,
+                on_progress if hires is None else hires.first_progress,
                 cancel,
                 leased,
                 loaded.state,
                 control_images if inpaint is None else inpaint.crop_controls(control_images),
                 inpaint,
             )
+            if hires is not None:
+                output = hires.second_pass(output, family)
             if inpaint is not None:
                 output.images = inpaint.compose(output.images, output.nsfw_content_detected)
         output.warnings[:0] = input_warnings
@@ -265,6 +346,22 @@ class Easel:
             control_inputs=control_inputs,
             control_images=control_images,
         )
+
+    def _hires_pass(
+        self,
+        loaded: LoadedModel,
+        request: GenerationRequest,
+        pipe: Any,
+        vae: LoadedComponent | None,
+        on_progress: ProgressCallback | None,
+        cancel: CancelToken | None,
+        limits: Limits,
+    ) -> HiresPass:
+        """The hires fix of `request` (see easel.hires)."""
+        from easel.hires import HiresPass
+
+        return HiresPass(self, loaded, request, first_pipe=pipe, vae=None if vae is None else vae.module,
+                         on_progress=on_progress, cancel=cancel, limits=limits)  # fmt: skip
 
     def replay(
         self,
@@ -448,6 +545,9 @@ class Easel:
 
         files = embedding_files(self.settings.embeddings_folder)
         texts = [("prompt", request.prompt), ("negative_prompt", request.negative_prompt)]
+        if request.hires is not None:  # the hires fix's own prompts may name embeddings too
+            for name in ("prompt", "negative_prompt"):
+                texts.append((f"hires.{name}", getattr(request.hires, name) or ""))
         used = names_in(texts, files) if files else []
         family.check_embeddings(used)
         found = []
@@ -594,6 +694,8 @@ class Easel:
             fields["strength"] = DEFAULT_STRENGTH
         if fields["seed"] is None:
             fields["seed"] = secrets.randbelow(2**32)
+        if fields["variation_seed"] is None and fields["variation_strength"] > 0:  # A1111's subseed -1
+            fields["variation_seed"] = secrets.randbelow(2**32)
         return GenerationRequest.from_fields(fields)
 
     def _load_init_image(self, request: GenerationRequest) -> Image | None:
@@ -656,10 +758,25 @@ class Easel:
             kwargs.update(inpaint.arguments())
         kwargs.update(family.control_arguments(request, control_images or [], img2img=init_image is not None))
         kwargs.update(generator=generators, callback_on_step_end=on_step_end)
+        if request.eta is not None:  # DDIM's eta (the request validator allows it only with DDIM)
+            import inspect
+
+            if "eta" not in inspect.signature(pipe.__call__).parameters:
+                raise UnsupportedFeature(
+                    f"invalid eta={request.eta!r}: the {type(pipe).__name__} pipeline takes no eta"
+                )
+            kwargs["eta"] = request.eta
+        from easel.noise import initial_latents
+        from easel.tiling import seamless
+
+        latents = initial_latents(pipe, request, generators)  # variation seeds; None: the pipeline's own
+        if latents is not None:
+            kwargs["latents"] = latents
         prompt_warnings = family.apply_prompts(pipe, request, kwargs, state)
         _stop_if_cancelled(cancel, "after encoding the prompts, before the first step")
         try:
-            with torch.inference_mode():
+            tiled = [pipe, *(companion.pipeline for companion in companions.values())]
+            with torch.inference_mode(), seamless(request.tiling, tiled):
                 output = family.run(pipe, kwargs, request=request, companions=companions)
             output.warnings[:0] = prompt_warnings
             return output
@@ -675,6 +792,21 @@ class Easel:
             raise InvalidRequest(f"invalid request: {error}") from error
         except Exception as error:
             raise GenerationFailed(f"generation failed: {type(error).__name__}: {error}") from error
+
+
+COUNTED_STEPS = 150  # prompt editing is counted over this many steps (the server's default step limit)
+
+
+def _scheduled_texts(prompt: str, syntax: str) -> list[str]:
+    """Every text `prompt` reads at some step (one, unless it uses prompt editing or alternation)."""
+    from easel.prompts.a1111 import PromptSyntaxError
+    from easel.prompts.scheduling import prompt_schedule
+
+    try:
+        schedule = prompt_schedule(prompt, syntax, COUNTED_STEPS)
+    except PromptSyntaxError as error:
+        raise InvalidRequest(f"invalid prompt: {error}", field="prompt", value=prompt) from None
+    return list(dict.fromkeys(text for _, text in schedule))
 
 
 def _load_tokenizer(source: ModelSource) -> Any:

@@ -64,12 +64,61 @@ class Limits:
                         field=name,
                         value=value,
                     )
+        self._check_hires(request)
         if self.max_images is not None and request.num_images > self.max_images:
             raise InvalidRequest(
                 f"invalid num_images={request.num_images}: more than this server's limit of "
                 f"{self.max_images}",
                 field="num_images",
                 value=request.num_images,
+            )
+
+    def _check_hires(self, request: GenerationRequest) -> None:
+        """The hires fix's second pass counts too: its size against max_pixels, and the steps
+        of both passes together against max_steps."""
+        hires = getattr(request, "hires", None)
+        if hires is None or request.width is None or request.height is None:
+            return
+        width, height = hires.target_size(request.width, request.height)
+        if self.max_pixels is not None and width * height > self.max_pixels:
+            field = "hires.scale" if hires.width is None and hires.height is None else "hires.width"
+            value = getattr(hires, field.removeprefix("hires."))
+            raise InvalidRequest(
+                f"invalid {field}={value!r}: the hires fix's second pass at {width}x{height} is more than "
+                f"this server's limit of {self.max_pixels} pixels; ask for a smaller hires size",
+                field=field,
+                value=value,
+            )
+        if self.max_steps is not None and request.steps is not None:
+            total = self.hires_steps(request, 1, 1)
+            if total > self.max_steps:
+                raise InvalidRequest(
+                    f"invalid hires.steps={hires.steps!r}: both passes of the hires fix run {total} steps "
+                    f"together, more than this server's limit of {self.max_steps}",
+                    field="hires.steps",
+                    value=hires.steps,
+                )
+
+    @staticmethod
+    def hires_steps(request: GenerationRequest, first_order: int, second_order: int) -> int:
+        """Model evaluations of both hires passes (steps times each sampler's order)."""
+        assert request.steps is not None and request.hires is not None
+        second = effective_steps(request.hires.second_steps(request.steps), request.hires.strength)
+        return request.steps * first_order + second * second_order
+
+    def check_hires_evaluations(self, request: GenerationRequest, first: Any, second: Any) -> None:
+        """Both hires passes' steps weighted by their samplers' order (`first`, `second`: the
+        schedulers) against max_steps."""
+        if self.max_steps is None or request.hires is None:
+            return
+        orders = [int(getattr(scheduler, "order", 1) or 1) for scheduler in (first, second)]
+        total = self.hires_steps(request, *orders)
+        if total > self.max_steps:
+            raise InvalidRequest(
+                f"invalid hires.steps={request.hires.steps!r}: the two hires passes evaluate the model "
+                f"{total} times (steps x sampler order), more than this server's limit of {self.max_steps}",
+                field="hires.steps",
+                value=request.hires.steps,
             )
 
     def check_evaluations(self, request: GenerationRequest, scheduler: Any, sampler: str) -> None:

@@ -22,7 +22,7 @@ from pydantic import (
 
 from easel.errors import InvalidRequest
 from easel.prompts.checks import MAX_PROMPT_CHARS
-from easel.schedulers import known_scheduler_names, scheduler_spec
+from easel.schedulers import scheduler_problem, scheduler_spec
 
 MAX_SIDE = 4096
 MAX_SEED = 2**63 - 1
@@ -33,6 +33,8 @@ SIZE_PAIR_SCHEMA: dict[str, Any] = {"anyOf": [{"type": "array", "minItems": 2, "
     {"type": "integer", "minimum": 1, "maximum": 4 * MAX_SIDE}] * 2}, {"type": "null"}]}  # fmt: skip
 CROP_PAIR_SCHEMA: dict[str, Any] = {"anyOf": [{"type": "array", "minItems": 2, "maxItems": 2, "prefixItems": [
     {"type": "integer", "minimum": 0, "maximum": 4 * MAX_SIDE}] * 2}, {"type": "null"}]}  # fmt: skip
+RESIZE_FROM_SCHEMA: dict[str, Any] = {"anyOf": [{"type": "array", "minItems": 2, "maxItems": 2,
+    "prefixItems": [{"type": "integer", **SIDE_SCHEMA}] * 2}, {"type": "null"}]}  # fmt: skip
 MAX_MASK_BLUR = 64  # A1111's slider range
 MAX_INPAINT_PADDING = 256
 OUTPAINT_SIDE: dict[str, Any] = {"type": "integer", "multipleOf": 8, "minimum": 0, "maximum": MAX_SIDE}
@@ -46,6 +48,7 @@ def effective_steps(steps: int, strength: float | None) -> int:
 
 
 MAX_CLIP_SKIP = 12  # A1111's slider range; CLIP ViT-L has 12 layers
+MAX_STYLES = 32
 MAX_CONTROLS = 8
 MAX_CONTROL_SCALE = 2.0  # A1111's weight slider range; beyond it ControlNets only add artifacts
 
@@ -171,6 +174,105 @@ class LoraSpec(BaseModel):
         return value
 
 
+MAX_HIRES_SCALE = 8.0
+DEFAULT_HIRES_STRENGTH = 0.7  # A1111's UI default for the hires fix's denoising strength
+
+
+class HiresFix(BaseModel):
+    """A1111's hires fix: generate at the request's size, upscale (the latents, or the decoded
+    picture with a picture upscaler), then denoise again at the bigger size as image-to-image.
+
+    The target size is `scale` times the first pass's size (A1111 rounds: int(side * scale) // 8
+    * 8), or `width` x `height` (one alone keeps the aspect ratio). None on the other fields means
+    "as the first pass" (A1111's "use same"), recorded as None so replay builds the same again.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    scale: float | None = Field(
+        None, ge=1, le=MAX_HIRES_SCALE, strict=True, description="Upscale factor (2 without width/height)"
+    )
+    width: int | None = Field(
+        None, strict=True, json_schema_extra=SIDE_SCHEMA, description="Target width (instead of scale)"
+    )
+    height: int | None = Field(
+        None, strict=True, json_schema_extra=SIDE_SCHEMA, description="Target height (instead of scale)"
+    )
+    upscaler: str = Field(
+        "Latent", min_length=1, max_length=512, description="A latent mode (Latent, Latent (bicubic), ...) "
+        "or a picture upscaler (None, Lanczos, Nearest, a model in the upscaler folder)"
+    )
+    steps: int | None = Field(
+        None, ge=0, le=1000, strict=True, description="Second-pass steps; None or 0 = the first pass's"
+    )
+    strength: float = Field(
+        DEFAULT_HIRES_STRENGTH, ge=0, le=1, strict=True, description="Denoising strength of the second pass"
+    )
+    prompt: str | None = Field(None, max_length=MAX_PROMPT_CHARS, description="None = the first pass's")
+    negative_prompt: str | None = Field(
+        None, max_length=MAX_PROMPT_CHARS, description="None = the first pass's"
+    )
+    scheduler: str | None = Field(None, description="Second-pass scheduler; None = the first pass's")
+    guidance_scale: float | None = Field(
+        None, ge=0, le=100, strict=True, description="Second-pass guidance; None = the first pass's"
+    )
+
+    def __init__(self, **data: Any) -> None:
+        try:
+            super().__init__(**data)
+        except ValidationError as error:
+            problem = invalid_request_from(error)
+            raise UnitError(str(problem), field=problem.field, value=problem.value) from None
+
+    @field_validator("width", "height")
+    @classmethod
+    def _multiple_of_8(cls, value: int | None) -> int | None:
+        if value is not None and (value < 8 or value > MAX_SIDE or value % 8):
+            raise ValueError(f"must be a multiple of 8 between 8 and {MAX_SIDE}")
+        return value
+
+    @field_validator("scheduler")
+    @classmethod
+    def _known_scheduler(cls, value: str | None) -> str | None:
+        problem = None if value is None else scheduler_problem(value)
+        if problem is not None:
+            raise ValueError(problem)
+        return value
+
+    @field_validator("prompt", "negative_prompt")
+    @classmethod
+    def _prompt_is_text(cls, value: str | None) -> str | None:
+        if value is not None and "\x00" in value:
+            raise ValueError("contains a NUL character")
+        return value
+
+    @model_validator(mode="after")
+    def _scale_or_size(self) -> HiresFix:
+        if self.scale is not None and (self.width is not None or self.height is not None):
+            raise FieldProblem(
+                "scale", self.scale, "give either scale or width/height (the target size), not both"
+            )
+        return self
+
+    def second_steps(self, first_steps: int) -> int:
+        """Steps of the second pass before strength (A1111: 0 = the first pass's)."""
+        return self.steps or first_steps
+
+    def target_size(self, width: int, height: int) -> tuple[int, int]:
+        """(width, height) of the second pass for a first pass of `width` x `height`, as A1111
+        computes it: int(side * scale) // 8 * 8, or the given side(s), the missing one following
+        the aspect ratio (rounded down to a multiple of 8)."""
+        if self.width is None and self.height is None:
+            scale = 2.0 if self.scale is None else self.scale
+            return int(width * scale) // 8 * 8, int(height * scale) // 8 * 8
+        if self.height is None:
+            assert self.width is not None
+            return self.width, self.width * height // width // 8 * 8
+        if self.width is None:
+            return self.height * width // height // 8 * 8, self.height
+        return self.width, self.height
+
+
 class GenerationRequest(BaseModel):
     """Everything needed to make (and later remake) a set of images.
 
@@ -192,6 +294,13 @@ class GenerationRequest(BaseModel):
     )
     prompt: str = Field(..., max_length=MAX_PROMPT_CHARS, description="What to draw")
     negative_prompt: str = Field("", max_length=MAX_PROMPT_CHARS, description="What to steer away from")
+    styles: list[str] = Field(
+        default_factory=list,
+        max_length=MAX_STYLES,
+        description="A1111 prompt styles (names in styles.csv, EASEL_STYLES_FILE) merged into prompt and "
+        "negative_prompt, in order; the engine expands them, and the concrete request it records holds "
+        "the expanded prompts with styles emptied, so replay never reads the styles file",
+    )
     prompt_syntax: Literal["compel", "a1111", "plain"] = Field(
         "compel", description="Weighting syntax of prompt and negative_prompt: compel | a1111 | plain"
     )
@@ -215,7 +324,42 @@ class GenerationRequest(BaseModel):
         None, ge=-1, le=MAX_SEED, strict=True, description="Seed of image 0; image i uses seed+i"
     )
     num_images: int = Field(1, ge=1, le=64, strict=True, description="Images in the batch")
-    scheduler: str | None = Field(None, description="Diffusers class or A1111 sampler name")
+    # Variation seeds (A1111's subseed, subseed_strength, seed_resize_from_w/h): see easel.noise
+    variation_seed: int | None = Field(
+        None,
+        ge=-1,
+        le=MAX_SEED,
+        strict=True,
+        description="Seed whose noise is blended into the seed's (image i: variation_seed+i); None or -1 "
+        "with variation_strength > 0 draws a random one, recorded in the concrete request",
+    )
+    variation_strength: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        strict=True,
+        description="How much of the variation seed's noise: 0 = the seed's image, 1 = the variation seed's",
+    )
+    seed_resize_from: tuple[StrictInt, StrictInt] | None = Field(
+        None,
+        json_schema_extra=RESIZE_FROM_SCHEMA,
+        description="(width, height): draw the seed's noise at this size and paste it centred, so the "
+        "image keeps the composition the seed gave at that size",
+    )
+    tiling: bool = Field(False, strict=True, description="Seamless tiling: edges continue each other")
+    scheduler: str | None = Field(
+        None,
+        description="Diffusers class, or A1111 sampler name optionally followed by its schedule type "
+        "('DPM++ 2M', 'DPM++ 2M Karras', 'Euler SGM Uniform')",
+    )
+    eta: float | None = Field(
+        None,
+        ge=0,
+        le=1,
+        strict=True,
+        description="DDIM's eta (0 = deterministic DDIM, 1 = DDPM-like noise); only a DDIM scheduler uses "
+        "it, so others refuse it; None = 0",
+    )
     clip_skip: int | None = Field(
         None,
         ge=1,
@@ -278,6 +422,11 @@ class GenerationRequest(BaseModel):
         max_length=MAX_LORAS,
         description="LoRAs on the base model, each with a weight; A1111-syntax prompts may carry them as "
         "<lora:name:weight> tags instead, which are moved here",
+    )
+    hires: HiresFix | None = Field(
+        None,
+        description="Hires fix (text-to-image): upscale the first pass and denoise it again at the bigger "
+        "size as image-to-image (A1111's enable_hr)",
     )
     # Family-only fields (FAMILY_FIELDS): None = not used / the family's default. A family that
     # cannot use one refuses the request (families.base.Family.check_request).
@@ -392,16 +541,31 @@ class GenerationRequest(BaseModel):
             raise ValueError(f"must be a multiple of 8 between 8 and {MAX_SIDE}")
         return value
 
-    @field_validator("seed")
+    @field_validator("seed", "variation_seed")
     @classmethod
     def _minus_one_is_random(cls, value: int | None) -> int | None:
         return None if value == -1 else value
 
+    @field_validator("seed_resize_from")
+    @classmethod
+    def _resize_from_size(cls, value: tuple[int, int] | None) -> tuple[int, int] | None:
+        if value is not None and not all(8 <= side <= MAX_SIDE and side % 8 == 0 for side in value):
+            raise ValueError(f"must be (width, height), each a multiple of 8 between 8 and {MAX_SIDE}")
+        return value
+
+    @model_validator(mode="after")
+    def _variation_for_text2img(self) -> GenerationRequest:
+        from easel.noise import check_task
+
+        check_task(self)  # image-to-image and inpainting take no initial latents
+        return self
+
     @field_validator("scheduler")
     @classmethod
     def _known_scheduler(cls, value: str | None) -> str | None:
-        if value is not None and scheduler_spec(value) is None:
-            raise ValueError("unknown scheduler; known: " + ", ".join(known_scheduler_names()))
+        problem = None if value is None else scheduler_problem(value)
+        if problem is not None:
+            raise ValueError(problem)
         return value
 
     @field_validator("original_size", "target_size")
@@ -490,6 +654,72 @@ class GenerationRequest(BaseModel):
                         field="outpaint",
                         value=self.outpaint,
                     )
+        return self
+
+    @model_validator(mode="after")
+    def _hires_fix_fits(self) -> GenerationRequest:
+        """The hires fix upscales a text-to-image first pass: refused with an init image (or a
+        ControlNet or refiner, which it does not carry into the second pass), and checked for
+        a target size within MAX_SIDE and a second pass that runs at least one step once the
+        first pass's size and steps are known."""
+        hires = self.hires
+        if hires is None:
+            return self
+        for name, value in (("init_image", self.init_image), ("refiner", self.refiner)):
+            if value is not None:
+                what = "image-to-image" if name == "init_image" else "the SDXL refiner hand-off"
+                raise InvalidRequest(
+                    f"invalid hires: the hires fix upscales a text-to-image first pass and is not built "
+                    f"for {what} ({name} is given); drop hires or {name}",
+                    field="hires",
+                    value=hires.model_dump(),
+                )
+        if self.controls:
+            raise InvalidRequest(
+                "invalid hires: the hires fix is not built together with ControlNet (controls) yet; "
+                "drop hires or controls",
+                field="hires",
+                value=hires.model_dump(),
+            )
+        if self.width is not None and self.height is not None:
+            target = hires.target_size(self.width, self.height)
+            field = "hires.scale" if hires.width is None and hires.height is None else "hires.width"
+            if hires.width is None and hires.height is not None:
+                field = "hires.height"
+            if not all(8 <= side <= MAX_SIDE for side in target):
+                value = getattr(hires, field.split(".")[1])
+                raise InvalidRequest(
+                    f"invalid {field}={value!r}: the hires target size {target[0]}x{target[1]} (from the "
+                    f"first pass's {self.width}x{self.height}) must be between 8 and {MAX_SIDE} on each side",
+                    field=field,
+                    value=value,
+                )
+        if self.steps is not None:
+            steps = hires.second_steps(self.steps)
+            if effective_steps(steps, hires.strength) < 1:
+                raise InvalidRequest(
+                    f"invalid hires.strength={hires.strength!r}: hires steps x strength = {steps} x "
+                    f"{hires.strength} runs int({steps * hires.strength:g}) = 0 denoising steps; raise "
+                    "hires.steps or hires.strength",
+                    field="hires.strength",
+                    value=hires.strength,
+                )
+        return self
+
+    @model_validator(mode="after")
+    def _eta_is_ddims(self) -> GenerationRequest:
+        """Of diffusers' schedulers only DDIM reads the pipelines' `eta`; anywhere else it would
+        change nothing, so it is refused rather than ignored."""
+        if self.eta is None:
+            return self
+        spec = None if self.scheduler is None else scheduler_spec(self.scheduler)
+        if spec is None or spec[0] != "DDIMScheduler":
+            raise InvalidRequest(
+                f"invalid eta={self.eta!r}: eta is DDIM's; give scheduler='DDIM' (scheduler="
+                f"{self.scheduler!r} does not use it)",
+                field="eta",
+                value=self.eta,
+            )
         return self
 
     @model_validator(mode="after")

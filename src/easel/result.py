@@ -53,9 +53,14 @@ class GenerationResult:
 
     @property
     def effective_steps(self) -> int:
-        """Denoising steps actually run (steps x strength for image-to-image)."""
+        """Denoising steps actually run (steps x strength for image-to-image; with the hires fix,
+        both passes)."""
         assert self.request.steps is not None
-        return effective_steps(self.request.steps, self.request.strength)
+        steps = effective_steps(self.request.steps, self.request.strength)
+        hires = self.request.hires
+        if hires is not None:
+            steps += effective_steps(hires.second_steps(self.request.steps), hires.strength)
+        return steps
 
     def grid(self) -> Image:
         """All images in one: the init image first for image-to-image, then the control
@@ -73,6 +78,7 @@ class GenerationResult:
             control_parameters,
             embedding_parameters,
             format_parameters,
+            hires_parameters,
             inpaint_parameters,
             lora_parameters,
         )
@@ -86,6 +92,7 @@ class GenerationResult:
             vae_hash=short_hash(self.model_hashes.get("vae")),
             extra={
                 **inpaint_parameters(self.request),
+                **hires_parameters(self.request),
                 **control_parameters(self.request, self.model_hashes),
                 **lora_parameters(self.request, self.model_hashes),
                 **embedding_parameters(self.model_hashes),

@@ -82,9 +82,13 @@ def format_parameters(
     lines = ["".join([request.prompt, *(f" {lora_tag(lora.name, lora.weight)}" for lora in request.loras)])]
     if request.negative_prompt:
         lines.append(f"Negative prompt: {request.negative_prompt}")
+    from easel.schedulers import split_label
+
+    parts = split_label(sampler)  # A1111 >= 1.9: "Sampler: DPM++ 2M, Schedule type: Karras"
     settings: dict[str, object] = {
         "Steps": request.steps,
-        "Sampler": sampler,
+        "Sampler": sampler if parts is None else parts[0],
+        **({} if parts is None or parts[1] is None else {"Schedule type": parts[1]}),
         "CFG scale": _number(request.guidance_scale or 0),
         "Seed": seed,
         "Size": f"{request.width}x{request.height}",
@@ -98,10 +102,19 @@ def format_parameters(
         if vae_hash:
             settings["VAE hash"] = vae_hash
         settings["VAE"] = vae_display_name(request.vae)
+    if request.variation_seed is not None and request.variation_strength > 0:  # A1111: only then
+        settings["Variation seed"] = request.variation_seed + (seed - (request.seed or 0))  # this image's
+        settings["Variation seed strength"] = _number(request.variation_strength)
+    if request.seed_resize_from is not None:
+        settings["Seed resize from"] = "{}x{}".format(*request.seed_resize_from)
     if request.is_img2img and request.strength is not None:
         settings["Denoising strength"] = _number(request.strength)
+    if request.eta:  # A1111 writes DDIM's eta only when it is not 0
+        settings["Eta DDIM"] = _number(request.eta)
     if request.clip_skip is not None and request.clip_skip > 1:  # A1111 writes it only then
         settings["Clip skip"] = request.clip_skip
+    if request.tiling:  # A1111 writes it only when on
+        settings["Tiling"] = "True"
     settings.update(extra or {})
     settings["Version"] = f"easel {_easel_version()}"
     lines.append(", ".join(f"{key}: {_quote(value)}" for key, value in settings.items()))
@@ -179,6 +192,33 @@ def inpaint_parameters(request: GenerationRequest) -> dict[str, object]:
         entries["Outpaint"] = ",".join(str(side) for side in request.outpaint)
     if not request.paste_back:
         entries["Paste back"] = "False"
+    return entries
+
+
+def hires_parameters(request: GenerationRequest) -> dict[str, object]:
+    """The hires fix entries as AUTOMATIC1111 writes them: "Denoising strength", then "Hires
+    upscale" (or "Hires resize: WxH" with 0 for a side not given), "Hires steps" (when set),
+    "Hires upscaler", and the hires prompt, negative prompt, sampler and CFG scale when they
+    differ from the first pass's. `Size` stays the first pass's, as in A1111."""
+    hires = getattr(request, "hires", None)
+    if hires is None:
+        return {}
+    entries: dict[str, object] = {"Denoising strength": _number(hires.strength)}
+    if hires.width is None and hires.height is None:
+        entries["Hires upscale"] = _number(2.0 if hires.scale is None else hires.scale)
+    else:
+        entries["Hires resize"] = f"{hires.width or 0}x{hires.height or 0}"
+    if hires.steps:
+        entries["Hires steps"] = hires.steps
+    entries["Hires upscaler"] = hires.upscaler
+    if hires.prompt is not None and hires.prompt != request.prompt:
+        entries["Hires prompt"] = hires.prompt
+    if hires.negative_prompt is not None and hires.negative_prompt != request.negative_prompt:
+        entries["Hires negative prompt"] = hires.negative_prompt
+    if hires.scheduler is not None and hires.scheduler != request.scheduler:
+        entries["Hires sampler"] = hires.scheduler
+    if hires.guidance_scale is not None and hires.guidance_scale != request.guidance_scale:
+        entries["Hires CFG Scale"] = _number(hires.guidance_scale)
     return entries
 
 
