@@ -94,14 +94,11 @@ def test_webuiapi_default_bodies_are_accepted_and_honoured(client):
 
 
 REFUSED_TXT2IMG = [
-    ({"enable_hr": True}, "enable_hr"),
     ({"firstphase_width": 32}, "firstphase_width"),
     ({"firstpass_image": "abc"}, "firstpass_image"),
-    ({"tiling": True}, "tiling"),
     ({"restore_faces": True}, "restore_faces"),
     ({"styles": ["cinematic"]}, "styles"),
     ({"script_name": "x/y/z plot"}, "script_name"),
-    ({"subseed": 7, "subseed_strength": 0.4}, "subseed_strength"),
     ({"seed_resize_from_h": 128}, "seed_resize_from_h"),
     ({"seed_resize_from_w": 128}, "seed_resize_from_w"),
     ({"s_churn": 0.5}, "s_churn"),
@@ -112,7 +109,7 @@ REFUSED_TXT2IMG = [
     ({"refiner_switch_at": 0.8}, "refiner_switch_at"),
     ({"refiner_checkpoint": "None", "refiner_switch_at": 0.8}, "refiner_switch_at"),
     ({"sampler_name": "Euler a", "eta": 0.5}, "eta"),
-    ({"sampler_name": "DDIM", "eta": 1.0}, "eta"),
+    ({"sampler_name": "DDIM", "eta": 1.5}, "eta"),  # DDIM's eta is honoured, from 0 to 1
     ({"eta": 1.0}, "eta"),  # no sampler named: easel cannot tell what eta would do
     ({"cfg": 7}, "cfg"),  # A1111 has no such field
     ({"send_image": False}, "send_image"),
@@ -160,8 +157,9 @@ def test_values_that_cannot_change_the_image_are_accepted(client):
         "eta": 1, "s_tmin": 0.5, "s_tmax": 10, "s_churn": 0, "s_noise": 1, "subseed": 1234,
         "subseed_strength": 0, "seed_resize_from_h": -1, "seed_resize_from_w": 0,
         "denoising_strength": 0.35,  # txt2img without hires fix: unused, as in A1111
-        "enable_hr": False, "hr_scale": 1.5, "hr_upscaler": "Lanczos", "hr_second_pass_steps": 3,
-        "hr_resize_x": 128, "hr_sampler_name": "DDIM", "hr_prompt": "other", "hr_checkpoint_name": "x",
+        "enable_hr": False, "hr_scale": 2, "hr_upscaler": "Latent", "hr_second_pass_steps": 0,  # defaults
+        "hr_resize_x": 0, "hr_sampler_name": "Use same sampler", "hr_prompt": "",
+        "hr_checkpoint_name": "Use same checkpoint",
         "styles": [], "script_name": "", "script_args": [1, 2], "tiling": False, "restore_faces": False,
         "do_not_save_samples": True, "do_not_save_grid": True, "comments": {"note": 1}, "force_task_id": "t1",
         "alwayson_scripts": {"ADetailer": {"args": [False]}, "animatediff": {"args": []}},

@@ -156,3 +156,19 @@ def test_img2img_image_bytes_carry_no_server_path(engine, tmp_path, init_png):
         }
         answer = client.post("/sdapi/v1/img2img", json=body).json()
         assert str(tmp_path).encode() not in base64.b64decode(answer["images"][0])
+
+
+def test_one_access_line_per_request_without_keys_queries_or_bodies(engine, tmp_path, caplog):
+    import logging
+
+    secret_prompt = "a secret prompt nobody should log"
+    with caplog.at_level(logging.INFO, logger="easel.access"), server(tmp_path, engine, api_key=KEY) as api:
+        api.get("/health")
+        api.get("/api/v1/models?key=" + KEY)  # no key header: refused, still logged
+        api.post("/sdapi/v1/txt2img", json={"prompt": secret_prompt, "steps": 0}, headers=basic("u", KEY))
+    lines = [record.getMessage() for record in caplog.records if record.name == "easel.access"]
+    assert len(lines) == 3, lines
+    assert lines[0].startswith("GET /health 200 ") and lines[0].endswith(" ms")
+    assert lines[1].startswith("GET /api/v1/models 401 ")
+    assert lines[2].startswith("POST /sdapi/v1/txt2img 422 ")
+    assert not any(KEY in line or secret_prompt in line or "?" in line for line in lines)

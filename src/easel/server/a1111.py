@@ -8,7 +8,15 @@ refiner_checkpoint / refiner_switch_at -> refiner / refiner_at, override_setting
 sd_model_checkpoint -> model, override_settings sd_vae -> vae, and ControlNet units
 (alwayson_scripts.controlnet.args, the sd-webui-controlnet extension's API) -> controls.
 Prompts are read in A1111's own weighting syntax (prompt_syntax="a1111").
-override_settings CLIP_stop_at_last_layers -> clip_skip. Nothing is accepted and ignored:
+override_settings CLIP_stop_at_last_layers -> clip_skip, styles -> styles (styles.csv, expanded
+by the engine), eta -> eta for DDIM (other samplers: checked by _check_eta), and the separate
+schedule type `scheduler` joins the sampler's label ("DPM++ 2M" + "Karras"; easel.schedulers).
+tiling -> tiling (seamless). Variation
+seeds: subseed (-1 random) -> variation_seed, subseed_strength -> variation_strength,
+seed_resize_from_w/h (both above 0) -> seed_resize_from. Hires fix (txt2img): enable_hr with
+hr_scale or hr_resize_x/y, hr_upscaler, hr_second_pass_steps, denoising_strength (its strength),
+hr_prompt, hr_negative_prompt, hr_sampler_name + hr_scheduler, hr_cfg -> hires; with enable_hr
+false the hr_* fields are accepted only at their defaults. Nothing is accepted and ignored:
 a field is honoured, or accepted only at a value that cannot change the image (A1111's
 default, or unused as sent), or refused with a 422 naming it (check_fields), fields A1111
 does not have included (A1111 ignores those). Errors name the A1111 field, not ours. send_images
@@ -18,10 +26,17 @@ mask_blur (or _x/_y, equal), inpainting_fill, inpaint_full_res (+ _padding) and
 inpainting_mask_invert, with A1111's API defaults; without a mask they cannot change the
 result and are not used.
 
+Extras (upscaling): GET /upscalers, GET /realesrgan-models, POST /extra-single-image and
+/extra-batch-images live in server/upscaling.py (resize_mode, upscaling_resize(_w/_h),
+upscaling_crop, upscaler_1, upscaler_2 + extras_upscaler_2_visibility honoured; face
+restoration, gfpgan_visibility and codeformer_visibility above 0, refused by name).
+
 The model A1111 clients switch with POST /options {"sd_model_checkpoint": title} is state of
 this app (ServerState.current_model), checked when set, loaded on the next generation; so is
 the VAE, {"sd_vae": name} (ServerState.current_vae; "Automatic" or "None": the model's own),
-and clip skip, {"CLIP_stop_at_last_layers": n} (ServerState.current_clip_skip).
+and clip skip, {"CLIP_stop_at_last_layers": n} (ServerState.current_clip_skip). Every key POSTed
+to /options is stored in EASEL_HOME (a1111_options.py) and survives a restart; the three above
+are applied, the others only stored, and the answer says which.
 """
 
 from __future__ import annotations
@@ -37,13 +52,12 @@ from fastapi import APIRouter, Depends
 from pydantic import BaseModel, ConfigDict, Field
 
 from easel.errors import InvalidRequest, ModelNotFound, UnsupportedFeature
-from easel.request import MAX_CLIP_SKIP, MAX_SEED, SIDE_SCHEMA, GenerationRequest, shown_value
+from easel.request import MAX_CLIP_SKIP, MAX_SEED, MAX_SIDE, SIDE_SCHEMA, GenerationRequest, shown_value
 from easel.server import openapi as api
 from easel.server.app import ServerState, state_of
 from easel.server.jobs import Job
 from easel.server.native import gallery_entry, submit
 from easel.server.openapi import A1111, documented
-from easel.server.policy import DEMO_TITLE
 
 State = Annotated[ServerState, Depends(state_of)]
 
@@ -54,13 +68,19 @@ A1111_FIELD = {
     "refiner_at": "refiner_switch_at", "model": "sd_model_checkpoint", "mask_image": "mask",
     "masked_content": "inpainting_fill", "inpaint_area": "inpaint_full_res",
     "inpaint_padding": "inpaint_full_res_padding", "invert_mask": "inpainting_mask_invert", "vae": "sd_vae",
+    "variation_seed": "subseed", "variation_strength": "subseed_strength",
+    "seed_resize_from": "seed_resize_from_w",
+    "hires": "enable_hr", "hires.scale": "hr_scale", "hires.width": "hr_resize_x",
+    "hires.height": "hr_resize_y", "hires.upscaler": "hr_upscaler", "hires.steps": "hr_second_pass_steps",
+    "hires.strength": "denoising_strength", "hires.prompt": "hr_prompt",
+    "hires.negative_prompt": "hr_negative_prompt", "hires.scheduler": "hr_sampler_name",
+    "hires.guidance_scale": "hr_cfg",
 }  # fmt: skip
 OVERRIDE_MODEL = "override_settings.sd_model_checkpoint"
 OVERRIDE_VAE = "override_settings.sd_vae"
 CLIP_OPTION = "CLIP_stop_at_last_layers"  # A1111's clip skip setting (1 = none)
 OVERRIDE_CLIP = f"override_settings.{CLIP_OPTION}"
 AUTOMATIC_VAE = ("", "automatic", "none")  # A1111's sd_vae values for "the model's own VAE"
-SCHEDULE_TYPES = ("automatic", "karras")
 # ControlUnit field -> the sd-webui-controlnet unit field
 UNIT_FIELD = {"conditioning_scale": "weight", "preprocessor": "module", "canny_low": "threshold_a",
               "canny_high": "threshold_b"}  # fmt: skip
@@ -107,7 +127,7 @@ class Txt2ImgRequest(BaseModel):
     send_images: bool = Field(True, description="false: the answer carries no images")
     save_images: bool = Field(False, description="Whether the gallery keeps the images (A1111: save them)")
     # accepted at A1111's defaults only (or where they cannot change the image): see check_fields
-    styles: list[str] | None = None
+    styles: list[str] | None = Field(None, description="Prompt styles (GET /sdapi/v1/prompt-styles)")
     subseed: int = -1
     subseed_strength: float = 0
     seed_resize_from_h: int = -1
@@ -129,7 +149,7 @@ class Txt2ImgRequest(BaseModel):
     script_args: list[Any] = Field(default_factory=list)
     force_task_id: str | None = None
     infotext: str | None = None
-    # hires fix (not built yet: enable_hr=true is refused; the rest cannot matter without it)
+    # hires fix (enable_hr): the hr_* fields and denoising_strength set it (see _hires_fields)
     enable_hr: bool = False
     firstphase_width: int = 0
     firstphase_height: int = 0
@@ -143,6 +163,7 @@ class Txt2ImgRequest(BaseModel):
     hr_scheduler: str | None = None
     hr_prompt: str = ""
     hr_negative_prompt: str = ""
+    hr_cfg: float | None = Field(None, ge=0, le=100, description="Hires fix: second-pass CFG scale")
     firstpass_image: str | None = None
 
 
@@ -196,6 +217,10 @@ def to_generation_request(body: Txt2ImgRequest, state: ServerState) -> Generatio
         "scheduler": _sampler(body),
         "num_images": body.batch_size * body.n_iter,
         "clip_skip": _clip_skip(body, state),
+        "styles": list(body.styles or []),  # expanded by the engine from styles.csv
+        "eta": _ddim_eta(body),
+        "tiling": bool(body.tiling),
+        **_variation_fields(body),
     }
     model = (body.override_settings or {}).get("sd_model_checkpoint")
     if model is not None and not isinstance(model, str):
@@ -228,6 +253,9 @@ def to_generation_request(body: Txt2ImgRequest, state: ServerState) -> Generatio
         fields["strength"] = 0.75 if body.denoising_strength is None else body.denoising_strength
     if controls:
         fields["controls"] = controls
+    hires = _hires_fields(body)
+    if hires is not None:
+        fields["hires"] = hires
     try:
         return state.policy.check(GenerationRequest.from_fields(fields))
     except InvalidRequest as error:
@@ -246,15 +274,11 @@ OPTION_DEFAULTS: dict[str, Any] = {
 }  # fmt: skip
 # A1111 fields easel does not build: (values at which they leave the image as A1111 makes it, why)
 NOT_BUILT: dict[str, tuple[tuple[Any, ...], str]] = {
-    "enable_hr": ((False,), "hires fix is not built in easel yet; generate at the size you want"),
-    "firstphase_width": ((0,), "hires fix is not built in easel yet"),
-    "firstphase_height": ((0,), "hires fix is not built in easel yet"),
-    "firstpass_image": ((None, ""), "hires fix is not built in easel yet"),
-    "tiling": ((False, None), "seamless tiling is not built in easel yet"),
+    "firstphase_width": ((0,), "easel's hires fix takes the first pass's size from width/height (0 only)"),
+    "firstphase_height": ((0,), "easel's hires fix takes the first pass's size from width/height (0 only)"),
+    "firstpass_image": ((None, ""), "easel's hires fix makes its own first pass; a given one is not built"),
     "restore_faces": ((False, None), "easel has no face restoration"),
-    "styles": (([], None), "prompt styles are not built in easel yet; put the style's text in the prompt"),
     "script_name": ((None, "", "None"), "easel runs no A1111 scripts (GET /sdapi/v1/scripts lists none)"),
-    "subseed_strength": ((0,), "variation seeds (subseed) are not built in easel yet"),
     "s_churn": ((0, None), "easel's samplers run without churn (A1111's default 0)"),
     "s_noise": ((1, None), "easel's samplers add noise at scale 1 (A1111's default)"),
     "s_min_uncond": ((0, None), "easel applies the negative prompt at every step (A1111's default 0)"),
@@ -287,11 +311,6 @@ def check_fields(body: Txt2ImgRequest) -> None:
         value = getattr(body, name, None)
         if name in type(body).model_fields and not any(_same(value, ok) for ok in accepted):
             raise InvalidRequest(f"invalid {name}={shown_value(value)}: {why}", field=name, value=value)
-    for name in ("seed_resize_from_h", "seed_resize_from_w"):
-        size = getattr(body, name)
-        if size > 0:
-            why = "seed resize is not built in easel yet (0 or -1: off)"
-            raise InvalidRequest(f"invalid {name}={size}: {why}", field=name, value=size)
     if body.refiner_switch_at is not None and not _refiner(body):
         raise InvalidRequest(
             f"invalid refiner_switch_at={body.refiner_switch_at!r}: it says where the refiner takes over; "
@@ -324,6 +343,84 @@ def check_fields(body: Txt2ImgRequest) -> None:
             )
 
 
+# the hires fix's fields and the values at which they leave it off or "as the first pass" (A1111's
+# defaults, the "Use same ..." choices, and what webuiapi sends)
+HR_DEFAULTS: dict[str, tuple[Any, ...]] = {
+    "hr_scale": (2,), "hr_upscaler": (None, "", "Latent"), "hr_second_pass_steps": (0,), "hr_resize_x": (0,),
+    "hr_resize_y": (0,), "hr_checkpoint_name": (None, "", "Use same checkpoint"),
+    "hr_sampler_name": (None, "", "Use same sampler"), "hr_scheduler": (None, "", "Use same scheduler"),
+    "hr_prompt": ("",), "hr_negative_prompt": ("",), "hr_cfg": (None,),
+}  # fmt: skip
+HR_STRENGTH = 0.7  # A1111's hires denoising strength when denoising_strength is not sent
+
+
+def _hires_fields(body: Txt2ImgRequest) -> dict[str, Any] | None:
+    """enable_hr and the hr_* fields -> the request's `hires` (None: off). With enable_hr false an
+    hr_* field set to anything but its default is refused, naming it, rather than ignored."""
+
+    def default(name: str) -> bool:
+        return any(_same(getattr(body, name), ok) for ok in HR_DEFAULTS[name])
+
+    if not body.enable_hr:
+        for name in HR_DEFAULTS:
+            if not default(name):
+                value = getattr(body, name)
+                raise InvalidRequest(
+                    f"invalid {name}={shown_value(value)}: it sets the hires fix, which is off; send "
+                    "enable_hr=true too (or leave it at its default)",
+                    field=name,
+                    value=value,
+                )
+        return None
+    if isinstance(body, Img2ImgRequest):
+        raise InvalidRequest("invalid enable_hr=True: the hires fix is a txt2img feature (A1111's img2img "
+                             "has none)", field="enable_hr", value=True)  # fmt: skip
+    if not default("hr_checkpoint_name"):
+        raise InvalidRequest(
+            f"invalid hr_checkpoint_name={shown_value(body.hr_checkpoint_name)}: a second-pass checkpoint is "
+            "not built in easel; the hires fix uses the same checkpoint ('Use same checkpoint')",
+            field="hr_checkpoint_name",
+            value=body.hr_checkpoint_name,
+        )
+    hires: dict[str, Any] = {
+        "upscaler": body.hr_upscaler or "Latent",
+        "strength": HR_STRENGTH if body.denoising_strength is None else body.denoising_strength,
+    }
+    x, y = body.hr_resize_x, body.hr_resize_y
+    if x > 0 and y > 0 and (body.width is None or body.height is None or x * body.height != y * body.width):
+        raise InvalidRequest(
+            f"invalid hr_resize_y={y}: with both hr_resize_x and hr_resize_y, A1111 crops to that aspect "
+            "ratio, which easel does not build; send one of them (the other follows width x height's ratio)",
+            field="hr_resize_y",
+            value=y,
+        )
+    if x > 0 or y > 0:
+        hires.update(width=x or None, height=y or None)
+    else:
+        hires["scale"] = body.hr_scale
+    if body.hr_second_pass_steps:
+        hires["steps"] = body.hr_second_pass_steps
+    if body.hr_prompt:
+        hires["prompt"] = body.hr_prompt
+    if body.hr_negative_prompt:
+        hires["negative_prompt"] = body.hr_negative_prompt
+    if body.hr_cfg is not None:
+        hires["guidance_scale"] = body.hr_cfg
+    if not (default("hr_sampler_name") and default("hr_scheduler")):
+        first = body.sampler_name or body.sampler_index
+        name = body.hr_sampler_name if not default("hr_sampler_name") else first
+        schedule = body.hr_scheduler if not default("hr_scheduler") else body.scheduler
+        if not name:
+            raise InvalidRequest(
+                f"invalid hr_scheduler={body.hr_scheduler!r}: name the sampler it applies to "
+                "(hr_sampler_name or sampler_name)",
+                field="hr_scheduler",
+                value=body.hr_scheduler,
+            )
+        hires["scheduler"] = sampler_label(name, schedule, field="hr_scheduler")
+    return hires
+
+
 def _same(value: Any, accepted: Any) -> bool:
     """`value` equals an accepted value as JSON means it (1 == 1.0, but true is not 1)."""
     if isinstance(value, bool) or isinstance(accepted, bool):
@@ -336,9 +433,10 @@ def _refiner(body: Txt2ImgRequest) -> bool:
 
 
 def _check_eta(body: Txt2ImgRequest) -> None:
-    """eta is accepted where it leaves the sampler as easel runs it: 1 for the ancestral and SDE
-    samplers (A1111's eta_ancestral default), 0 for DDIM (diffusers' and A1111's), any value for
-    samplers it does not touch; without a sampler named, easel cannot tell, so only null."""
+    """eta is honoured for DDIM (the request's eta, see _ddim_eta) and accepted where it leaves the
+    sampler as easel runs it: 1 for the ancestral and SDE samplers (A1111's eta_ancestral
+    default), any value for samplers it does not touch; without a sampler named, easel cannot
+    tell, so only null."""
     from easel.schedulers import scheduler_spec
 
     if body.eta is None:
@@ -352,7 +450,7 @@ def _check_eta(body: Txt2ImgRequest) -> None:
                              field="eta", value=body.eta)  # fmt: skip
     kind, config = spec
     sde = str(config.get("algorithm_type", "")).startswith("sde-")
-    runs_with = 0.0 if kind == "DDIMScheduler" else 1.0 if kind in ANCESTRAL or sde else None
+    runs_with = 1.0 if kind in ANCESTRAL or sde else None
     if runs_with is not None and body.eta != runs_with:
         raise InvalidRequest(
             f"invalid eta={body.eta!r}: easel's {sampler} runs with eta {runs_with:g} (A1111's default "
@@ -360,6 +458,44 @@ def _check_eta(body: Txt2ImgRequest) -> None:
             field="eta",
             value=body.eta,
         )
+
+
+def _ddim_eta(body: Txt2ImgRequest) -> float | None:
+    """A1111's eta for a DDIM sampler -> the request's eta (DDIM's); other samplers' eta was
+    checked by _check_eta and does not reach the request."""
+    from easel.schedulers import scheduler_spec
+
+    sampler = _sampler(body) if body.eta is not None else None
+    spec = scheduler_spec(sampler) if sampler else None
+    return body.eta if spec is not None and spec[0] == "DDIMScheduler" else None
+
+
+def _variation_fields(body: Txt2ImgRequest) -> dict[str, Any]:
+    """subseed (-1, any negative: random, drawn by the engine and recorded), subseed_strength and
+    seed_resize_from_w/h (on when both are above 0, A1111's rule; one alone is refused rather than
+    ignored) -> the variation fields (see easel.noise)."""
+    width, height = body.seed_resize_from_w, body.seed_resize_from_h
+    resize = None
+    if width > 0 or height > 0:
+        sides = {"seed_resize_from_w": width, "seed_resize_from_h": height}
+        for name, side in sides.items():
+            if side > 0 and (side % 8 or side > MAX_SIDE):
+                raise InvalidRequest(f"invalid {name}={side}: must be a multiple of 8 between 8 and "
+                                     f"{MAX_SIDE}", field=name, value=side)  # fmt: skip
+        for name, side in sides.items():
+            other = next(key for key in sides if key != name)
+            if side > 0 and sides[other] <= 0:
+                raise InvalidRequest(
+                    f"invalid {name}={side}: seed resize needs {other} too (both above 0; both 0 or -1: off)",
+                    field=name,
+                    value=side,
+                )
+        resize = (width, height)
+    return {
+        "variation_seed": None if body.subseed < 0 else body.subseed,
+        "variation_strength": body.subseed_strength,
+        "seed_resize_from": resize,
+    }
 
 
 def _clip_skip(body: Txt2ImgRequest, state: ServerState) -> int | None:
@@ -442,6 +578,8 @@ def _renamed(
         theirs = f"alwayson_scripts.controlnet.args[{position}].{name}"
         message = str(error).replace(error.field or "", theirs, 1)
         return InvalidRequest(message, field=theirs, value=error.value)
+    if (error.field or "").startswith("styles["):  # an unknown style: A1111's field is the list
+        return InvalidRequest(str(error), field="styles", value=error.value)
     theirs = {**A1111_FIELD, "model": "sd_model_checkpoint", **(names or {})}.get(error.field or "")
     if theirs is None:
         return error
@@ -451,17 +589,57 @@ def _renamed(
 
 
 def _sampler(body: Txt2ImgRequest) -> str | None:
-    name = body.sampler_name or body.sampler_index
-    schedule = (body.scheduler or "automatic").strip().lower()
-    if schedule not in SCHEDULE_TYPES:
+    """sampler_name (or sampler_index) and A1111 >= 1.9's separate schedule type (`scheduler`) as
+    easel's one label ("DPM++ 2M" + "Karras" -> "DPM++ 2M Karras"); a schedule type easel cannot
+    run, or one that contradicts the sampler's own suffix, is refused naming `scheduler`."""
+    return sampler_label(body.sampler_name or body.sampler_index, body.scheduler, field="scheduler")
+
+
+def sampler_label(name: str | None, schedule: str | None, *, field: str) -> str | None:
+    """An A1111 sampler name plus a separate schedule type -> easel's scheduler label; errors
+    about the schedule type name `field` (the unknown sampler is left for the request's own
+    validation, which names the sampler's field)."""
+    from easel.schedulers import REFUSED_SCHEDULE_TYPES, SCHEDULE_TYPES, scheduler_problem, split_label
+
+    known = {label.casefold(): label for label in (*SCHEDULE_TYPES, *REFUSED_SCHEDULE_TYPES)}
+    # A1111 takes a schedule type by label ("SGM Uniform") or by name ("sgm_uniform")
+    label = known.get((schedule or "Automatic").strip().casefold().replace("_", " "))
+    if label is None:
         raise InvalidRequest(
-            f"invalid scheduler={body.scheduler!r}: easel supports the schedule types Automatic and Karras",
-            field="scheduler",
-            value=body.scheduler,
+            f"invalid {field}={schedule!r}: unknown schedule type; easel runs " + ", ".join(SCHEDULE_TYPES),
+            field=field,
+            value=schedule,
         )
-    if name and schedule == "karras" and not name.lower().endswith("karras"):
-        return f"{name} Karras"
-    return name
+    if label in REFUSED_SCHEDULE_TYPES:
+        raise InvalidRequest(
+            f"invalid {field}={schedule!r}: {REFUSED_SCHEDULE_TYPES[label]}; easel runs "
+            + ", ".join(SCHEDULE_TYPES),
+            field=field,
+            value=schedule,
+        )
+    if label == "Automatic":
+        return name
+    parts = None if not name else split_label(name)
+    if parts is None:
+        if not name or scheduler_problem(name) is None:  # no sampler, or a diffusers class name
+            raise InvalidRequest(
+                f"invalid {field}={schedule!r}: a schedule type applies to an A1111 sampler; name one in "
+                "sampler_name (e.g. 'DPM++ 2M')",
+                field=field,
+                value=schedule,
+            )
+        return name  # an unknown sampler: refused naming the sampler's field
+    sampler, suffix = parts
+    if suffix is not None and suffix != label:
+        raise InvalidRequest(
+            f"invalid {field}={schedule!r}: the sampler {name!r} already says schedule type {suffix!r}",
+            field=field,
+            value=schedule,
+        )
+    problem = scheduler_problem(f"{sampler} {label}")
+    if problem is not None:
+        raise InvalidRequest(f"invalid {field}={schedule!r}: {problem}", field=field, value=schedule)
+    return f"{sampler} {label}"
 
 
 def _enabled_units(scripts: dict[str, Any]) -> list[tuple[int, dict[str, Any]]]:
@@ -579,6 +757,8 @@ def _response(state: ServerState, job: Job, body: BaseModel) -> dict[str, Any]:
     request = summary.get("request", {})
     seeds = [image["seed"] for image in job.images]
     count = len(job.images)
+    variation = request.get("variation_seed")  # A1111's subseed of image i: subseed + i
+    subseeds = seeds if variation is None else [variation + index for index in range(count)]
     images = [
         base64.b64encode(gallery_entry(state, image["id"]).path.read_bytes()).decode("ascii")
         for image in job.images
@@ -591,9 +771,9 @@ def _response(state: ServerState, job: Job, body: BaseModel) -> dict[str, Any]:
         "all_negative_prompts": [request.get("negative_prompt", "")] * count,
         "seed": seeds[0],
         "all_seeds": seeds,
-        "subseed": seeds[0],
-        "all_subseeds": seeds,
-        "subseed_strength": 0,
+        "subseed": subseeds[0],
+        "all_subseeds": subseeds,
+        "subseed_strength": request.get("variation_strength", 0),
         "width": request.get("width"),
         "height": request.get("height"),
         "sampler_name": summary.get("sampler", ""),
@@ -606,13 +786,13 @@ def _response(state: ServerState, job: Job, body: BaseModel) -> dict[str, Any]:
         "sd_model_hash": short_hash((summary.get("model_hashes") or {}).get("base")),
         "sd_vae_name": None if request.get("vae") is None else vae_display_name(request["vae"]),
         "sd_vae_hash": short_hash((summary.get("model_hashes") or {}).get("vae")),
-        "seed_resize_from_w": -1,
-        "seed_resize_from_h": -1,
-        "denoising_strength": request.get("strength"),
-        "extra_generation_params": {},
+        "seed_resize_from_w": (request.get("seed_resize_from") or (-1, -1))[0],
+        "seed_resize_from_h": (request.get("seed_resize_from") or (-1, -1))[1],
+        "denoising_strength": (request.get("hires") or {}).get("strength", request.get("strength")),
+        "extra_generation_params": _hires_info(request),
         "index_of_first_image": 0,
         "infotexts": [image["parameters"] for image in job.images],
-        "styles": [],
+        "styles": list(getattr(body, "styles", None) or []),
         "job_timestamp": time.strftime("%Y%m%d%H%M%S"),
         "clip_skip": request.get("clip_skip") or 1,
         "is_using_inpainting_conditioning": bool(summary.get("inpainting_conditioning", False)),
@@ -625,6 +805,18 @@ def _response(state: ServerState, job: Job, body: BaseModel) -> dict[str, Any]:
     return {"images": images, "parameters": parameters, "info": json.dumps(info, ensure_ascii=False)}
 
 
+def _hires_info(request: dict[str, Any]) -> dict[str, Any]:
+    """The hires fix's infotext entries (A1111 lists them in extra_generation_params), from the
+    job's concrete request; {} without the hires fix."""
+    if not request.get("hires"):
+        return {}
+    from easel.storage.metadata import hires_parameters
+
+    entries = hires_parameters(GenerationRequest.from_fields(request))
+    entries.pop("Denoising strength", None)  # info has its own denoising_strength
+    return entries
+
+
 def _after(state: ServerState, job: Job, body: Txt2ImgRequest) -> None:
     """What A1111 does after answering: without save_images it keeps no file, so the gallery lets
     the images go (the answer already holds them); with override_settings_restore_afterwards
@@ -634,6 +826,9 @@ def _after(state: ServerState, job: Job, body: Txt2ImgRequest) -> None:
             state.gallery.delete(image["id"])
     overrides = body.override_settings or {}
     if not body.override_settings_restore_afterwards and overrides:
+        from easel.server.a1111_options import remember_applied
+
+        remember_applied(state, overrides)  # kept, as POST /options would keep them
         request = job.request
         if "sd_model_checkpoint" in overrides:
             state.current_model = request.model
@@ -722,38 +917,23 @@ def build_router() -> APIRouter:
 
     @router.get("/options", **documented(A1111, api.A1111Options))
     async def get_options(state: State) -> dict[str, Any]:
-        return {
-            "sd_model_checkpoint": state.current_model or DEMO_TITLE,
-            "sd_checkpoint_hash": None,
-            "sd_vae": state.current_vae or "Automatic",
-            "samples_format": "png",
-            CLIP_OPTION: state.current_clip_skip or 1,
-        }
+        """Every stored setting, with the ones easel applies at their current values."""
+        from easel.server.a1111_options import current_options
 
-    @router.post("/options", **documented(A1111, api.NULL, 404, *api.BODY))
-    async def set_options(body: OptionsUpdate, state: State) -> None:
-        """sd_model_checkpoint (it must name a model easel can find), sd_vae (a listed VAE, or
-        Automatic/None) and CLIP_stop_at_last_layers (clip skip, 1-12) mean something here; other
-        options are accepted and ignored."""
-        vae = state.current_vae if body.sd_vae is None else vae_setting(body.sd_vae, state, field="sd_vae")
-        clip = body.CLIP_stop_at_last_layers or state.current_clip_skip
-        clip = None if clip == 1 else clip
-        if body.sd_model_checkpoint is None:
-            state.current_vae, state.current_clip_skip = vae, clip
-            return
-        reference = state.policy.model_reference(body.sd_model_checkpoint, field="sd_model_checkpoint")
-        if reference is not None:
-            from easel.models.cache import detect_family
+        return await asyncio.to_thread(current_options, state)
 
-            try:
-                source = await asyncio.to_thread(state.engine.resolve_model, reference)
-                await asyncio.to_thread(detect_family, source)
-            except InvalidRequest as error:
-                raise InvalidRequest(str(error), field="sd_model_checkpoint", value=reference) from None
-            except ModelNotFound as error:
-                error.field = "sd_model_checkpoint"  # type: ignore[attr-defined]
-                raise
-        state.current_model, state.current_vae, state.current_clip_skip = reference, vae, clip
+    @router.post("/options", **documented(A1111, api.A1111OptionsStored, 404, *api.BODY))
+    async def set_options(body: OptionsUpdate, state: State) -> dict[str, list[str]]:
+        """Stores every setting sent (EASEL_HOME/a1111-options.json; kept across restarts).
+        sd_model_checkpoint (a model easel can find), sd_vae (a listed VAE, or Automatic/None)
+        and CLIP_stop_at_last_layers (clip skip, 1-12) are applied, checked first: a bad one is
+        a 422 naming it and nothing is stored. The answer lists the keys `applied` and the keys
+        only stored (`not_applied`: they change nothing here)."""
+        from easel.server.a1111_options import store_options
+
+        sent = {name: getattr(body, name) for name in body.model_fields_set}
+        sent = {name: value for name, value in sent.items() if value is not None}  # null: unchanged
+        return await asyncio.to_thread(store_options, state, {**sent, **(body.model_extra or {})})
 
     @router.get("/sd-vae", **documented(A1111, list[api.A1111Vae]))
     async def sd_vae() -> list[dict[str, Any]]:
@@ -769,31 +949,37 @@ def build_router() -> APIRouter:
 
     @router.get("/samplers", **documented(A1111, list[api.A1111Sampler]))
     async def samplers() -> list[dict[str, Any]]:
-        from easel.schedulers import A1111_SAMPLERS
+        """The A1111 samplers easel runs; `aliases` are the combined labels it also accepts (the
+        sampler with each schedule type it can run, "DPM++ 2M Karras"), `options` the diffusers
+        class and config it builds."""
+        from easel.schedulers import A1111_SAMPLERS, schedule_types_for
 
         return [
-            {"name": name, "aliases": [cls], "options": options}
+            {
+                "name": name,
+                "aliases": [f"{name} {t}" for t in schedule_types_for(cls) if t != "Automatic"],
+                "options": {"class": cls, **options},
+            }
             for name, (cls, options) in A1111_SAMPLERS.items()
         ]
 
     @router.get("/schedulers", **documented(A1111, list[api.A1111Scheduler]))
     async def schedulers() -> list[dict[str, Any]]:
+        """The schedule types easel runs (others, such as Polyexponential, are refused by name)."""
+        from easel.schedulers import SCHEDULE_TYPES
+
         return [
-            {
-                "name": "automatic",
-                "label": "Automatic",
-                "aliases": None,
-                "default_rho": -1,
-                "need_inner_model": False,
-            },
-            {
-                "name": "karras",
-                "label": "Karras",
-                "aliases": None,
-                "default_rho": 7.0,
-                "need_inner_model": False,
-            },
-        ]
+            {"name": label.lower().replace(" ", "_"), "label": label, "aliases": None,
+             "default_rho": 7.0 if label == "Karras" else -1, "need_inner_model": False}
+            for label in SCHEDULE_TYPES
+        ]  # fmt: skip
+
+    @router.get("/latent-upscale-modes", **documented(A1111, list[api.A1111LatentUpscaleMode]))
+    async def latent_upscale_modes() -> list[dict[str, str]]:
+        """The hires fix's latent upscalers (hr_upscaler also takes GET /upscalers' names)."""
+        from easel.upscalers import LATENT_UPSCALERS
+
+        return [{"name": name} for name in LATENT_UPSCALERS]
 
     @router.get("/scripts", **documented(A1111, api.A1111Scripts))
     async def scripts() -> dict[str, list[str]]:
@@ -855,6 +1041,13 @@ def build_router() -> APIRouter:
             }
         items = {"parameters": metadata.parameters} if metadata.parameters is not None else {}
         return {"info": metadata.parameters or "", "items": items, "parameters": parameters}
+
+    from easel.server import a1111_info
+
+    a1111_info.add_routes(router)  # cmd-flags, memory, prompt-styles, ... (and /interrogate refused)
+    from easel.server import upscaling
+
+    upscaling.add_a1111_routes(router)  # upscalers, realesrgan-models, extra-single-image, extra-batch-images
 
     # the sd-webui-controlnet extension's own routes (webuiapi's ControlNet helpers use them)
     controlnet = APIRouter(prefix="/controlnet", tags=["ControlNet (sd-webui-controlnet)"])

@@ -38,6 +38,7 @@ class ServerState:
     current_model: str | None = None  # A1111's sd_model_checkpoint (None: the bundled model)
     current_vae: str | None = None  # A1111's sd_vae (None: "Automatic", the model's own VAE)
     current_clip_skip: int | None = None  # A1111's CLIP_stop_at_last_layers (None: 1, no skip)
+    bind: tuple[str, int] | None = None  # host and port `easel serve` listens on (A1111 cmd-flags)
 
     def models(self) -> list[ModelEntry]:
         from easel.server.policy import list_models
@@ -57,7 +58,8 @@ def create_app(settings: Settings | None = None, *, engine: Easel | None = None)
     from easel import ui
     from easel.engine import Easel
     from easel.limits import Limits
-    from easel.server import a1111, errors, native, openai, openapi
+    from easel.server import a1111, a1111_options, errors, native, openai, openapi
+    from easel.server.access_log import AccessLogMiddleware
     from easel.server.jobs import JobQueue, JobStore
     from easel.server.policy import DoorPolicy
     from easel.server.security import ApiKeyMiddleware, BodyLimitMiddleware
@@ -75,9 +77,11 @@ def create_app(settings: Settings | None = None, *, engine: Easel | None = None)
         limits=Limits.of(settings),
     )
     state = ServerState(settings, engine, gallery, queue, DoorPolicy(settings))
+    a1111_options.restore_options(state)  # the A1111 model/VAE/clip skip set before a restart
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        import_libraries()  # before any worker or request thread can race for them
         queue.start()
         try:
             yield
@@ -100,17 +104,42 @@ def create_app(settings: Settings | None = None, *, engine: Easel | None = None)
     # outermost first: a request without the key is refused before its body is read
     app.add_middleware(BodyLimitMiddleware, limit=settings.max_upload_bytes * 4 // 3 + 1024 * 1024)
     app.add_middleware(ApiKeyMiddleware, api_key=settings.api_key)
+    app.add_middleware(AccessLogMiddleware)  # outermost: refusals are logged too
     return app
+
+
+def import_libraries() -> None:
+    """Import the diffusers pipelines and transformers classes easel uses, in one thread.
+
+    Why: transformers 5's lazy module imports are not thread-safe. A job loading a pipeline in a
+    worker thread while a request thread loads a tokenizer (the web UI counts tokens as you
+    type) failed about one time in two with "cannot import name 'CLIPImageProcessor' from
+    'transformers'". Imported once here, at startup, both find them ready. Costs the import time
+    once per process (a cold `import diffusers` pipeline is a few seconds), which the first job
+    would have paid anyway."""
+    import diffusers
+    import transformers
+
+    for name in ("CLIPTokenizer", "CLIPTextModel", "CLIPTextModelWithProjection", "CLIPImageProcessor",
+                 "CLIPVisionModelWithProjection"):  # fmt: skip
+        getattr(transformers, name)
+    for name in ("StableDiffusionPipeline", "StableDiffusionXLPipeline", "AutoPipelineForText2Image",
+                 "AutoPipelineForImage2Image", "AutoPipelineForInpainting", "ControlNetModel"):  # fmt: skip
+        getattr(diffusers, name)
 
 
 def serve(settings: Settings, *, host: str, port: int, insecure: bool = False) -> None:
     """Run the app on uvicorn (blocking); refuses a non-loopback bind without a key."""
     import uvicorn
 
+    from easel.server.access_log import log_to_stderr
     from easel.server.security import check_bind
 
     check_bind(host, api_key=settings.api_key, insecure=insecure)
-    uvicorn.run(create_app(settings), host=host, port=port, log_level="info", access_log=False)
+    log_to_stderr()
+    app = create_app(settings)
+    app.state.easel.bind = (host, port)
+    uvicorn.run(app, host=host, port=port, log_level="info", access_log=False)
 
 
 def _version() -> str:

@@ -20,6 +20,8 @@ GET  /api/v1/vaes                  VAE overrides the server can name (Autoencode
 POST /api/v1/control/preview       a control image after its preprocessor (none, canny)
 POST /api/v1/tokens                CLIP tokens and 75-token chunks of a prompt ("83/150, 2 chunks")
 POST /api/v1/png-info              the parameters any PNG carries, as request fields too
+GET  /api/v1/upscalers             upscaler names (built-ins, then model files; server/upscaling.py)
+POST /api/v1/upscale               a picture upscaled now (PNG data URL, its text kept)
 GET  /health                       liveness (the one route open without the key)
 
 The last seven serve forms (the web UI): each answers from files or pixels it is sent, never
@@ -86,6 +88,7 @@ class ControlPreviewRequest(ImageBody):
 A1111_FIELDS = {
     "Steps": ("steps", int), "CFG scale": ("guidance_scale", float), "Seed": ("seed", int),
     "Denoising strength": ("strength", float), "Clip skip": ("clip_skip", int),
+    "Variation seed": ("variation_seed", int), "Variation seed strength": ("variation_strength", float),
 }  # fmt: skip
 
 
@@ -309,6 +312,13 @@ def build_router() -> APIRouter:
 
         return known_scheduler_names()
 
+    @router.get("/api/v1/styles", tags=["native"], **documented(NATIVE, list[api.PromptStyle], 422))
+    async def styles(state: State) -> list[dict[str, Any]]:
+        """The prompt styles `styles` may name (styles.csv in EASEL_HOME, or EASEL_STYLES_FILE)."""
+        from easel.server.a1111_info import prompt_styles
+
+        return await asyncio.to_thread(prompt_styles, state)
+
     @router.get("/api/v1/control", tags=["native"], **documented(NATIVE, api.ControlOptions))
     async def control_options() -> dict[str, list[str]]:
         """ControlNet models (`demo` and those in the HF cache) and preprocessor names."""
@@ -382,6 +392,9 @@ def build_router() -> APIRouter:
         return {"parameters": metadata.parameters, "parsed": metadata.parsed_parameters(),
                 "easel": document or None, "request": fields}  # fmt: skip
 
+    from easel.server import upscaling
+
+    upscaling.add_native_routes(router)  # GET /api/v1/upscalers, POST /api/v1/upscale
     return router
 
 
@@ -419,11 +432,21 @@ def _fields_from_parameters(parsed: dict[str, Any] | None) -> dict[str, Any]:
     width, _, height = str(settings.get("Size", "")).partition("x")
     if width.isdigit() and height.isdigit():
         fields["width"], fields["height"] = int(width), int(height)
+    width, _, height = str(settings.get("Seed resize from", "")).partition("x")
+    if width.isdigit() and height.isdigit():
+        fields["seed_resize_from"] = (int(width), int(height))
+    if settings.get("Tiling") == "True":
+        fields["tiling"] = True
     sampler = settings.get("Sampler")
-    if sampler and settings.get("Schedule type") == "Karras" and not sampler.endswith("Karras"):
-        sampler = f"{sampler} Karras"
-    if sampler and scheduler_spec(sampler) is not None:
+    schedule = settings.get("Schedule type")
+    if sampler and schedule and schedule != "Automatic" and not sampler.endswith(schedule):
+        sampler = f"{sampler} {schedule}"  # A1111 >= 1.9 writes them apart; easel's label joins them
+    spec = scheduler_spec(sampler) if sampler else None
+    if spec is not None:
         fields["scheduler"] = sampler
+        with contextlib.suppress(ValueError):
+            if float(settings.get("Eta DDIM", 0)) and spec[0] == "DDIMScheduler":
+                fields["eta"] = float(settings["Eta DDIM"])
     if settings.get("Model"):
         fields["model"] = settings["Model"]
     if settings.get("VAE"):  # only a VAE this server can name (A1111's are file names of its own folder)

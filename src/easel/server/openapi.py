@@ -339,6 +339,13 @@ class PngInfo(BaseModel):
     request: dict[str, Any] = Field(description="The settings as GenerationRequest fields")
 
 
+class Upscaled(BaseModel):
+    image: str = Field(description="PNG data URL (the source's text chunks, plus `postprocessing`)")
+    width: int
+    height: int
+    postprocessing: str = Field(description="A1111's postprocessing info text")
+
+
 # -- AUTOMATIC1111 ------------------------------------------------------------------------------
 
 
@@ -407,6 +414,10 @@ class A1111Scheduler(BaseModel):
     need_inner_model: bool
 
 
+class A1111LatentUpscaleMode(BaseModel):
+    name: str
+
+
 class A1111Scripts(BaseModel):
     txt2img: list[str]
     img2img: list[str]
@@ -438,6 +449,68 @@ class A1111PngInfo(BaseModel):
     info: str
     items: dict[str, Any]
     parameters: dict[str, Any]
+
+
+class A1111OptionsStored(BaseModel):
+    """POST /options: every key was stored; `applied` ones change what easel does."""
+
+    applied: list[str] = Field(description="Keys easel applies (model, VAE, clip skip)")
+    not_applied: list[str] = Field(description="Keys only stored: they change nothing in easel")
+
+
+class A1111CmdFlags(BaseModel):
+    """The A1111 command-line flags that describe this server; the rest at A1111's defaults."""
+
+    model_config = Open
+
+    api: bool
+    listen: bool
+    port: int | None
+    nowebui: bool
+
+
+class PromptStyle(BaseModel):
+    """A prompt style (A1111 styles.csv row)."""
+
+    name: str
+    prompt: str | None
+    negative_prompt: str | None
+
+
+class A1111Memory(BaseModel):
+    ram: dict[str, Any] = Field(description="free, used, total (bytes)")
+    cuda: dict[str, Any] = Field(description='system {free, used, total} (bytes), or {"error": why}')
+
+
+class A1111ScriptInfo(BaseModel):
+    name: str
+    is_alwayson: bool
+    is_img2img: bool
+    args: list[Any]
+
+
+class A1111Upscaler(BaseModel):
+    name: str
+    model_name: str | None
+    model_path: str | None = Field(description="The file name within the server's upscaler folder")
+    model_url: str | None
+    scale: float | None = Field(description="The model's own factor (None: a file easel cannot use)")
+
+
+class A1111RealesrganModel(BaseModel):
+    name: str
+    path: str = Field(description="The file name within the server's upscaler folder")
+    scale: int
+
+
+class A1111ExtrasSingle(BaseModel):
+    html_info: str = Field(description="The postprocessing info text as HTML")
+    image: str = Field(description="PNG as base64 (the source's text chunks, plus `postprocessing`)")
+
+
+class A1111ExtrasBatch(BaseModel):
+    html_info: str = Field(description="The last image's postprocessing info text as HTML")
+    images: list[str] = Field(description="PNGs as base64, in the order sent")
 
 
 class ControlNetVersion(BaseModel):
