@@ -72,12 +72,16 @@
     model: "model", prompt: "prompt", negative_prompt: "negative", prompt_syntax: "syntax",
     width: "width", height: "height", steps: "steps", guidance_scale: "guidance", seed: "seed",
     num_images: "num-images", scheduler: "scheduler", vae: "vae", clip_skip: "clip-skip", init_image: "init-drop",
-    strength: "strength",
+    styles: "styles",
+    strength: "strength", tiling: "tiling", variation_seed: "variation-seed",
+    variation_strength: "variation-strength", seed_resize_from: "seed-resize-width",
     refiner: "refiner", refiner_at: "refiner-at", prior: "prior", prior_steps: "prior-steps",
     prior_guidance_scale: "prior-guidance", mask_image: "mask-editor", mask_blur: "mask-blur",
     invert_mask: "mask-invert", inpaint_area: "inpaint-area", inpaint_padding: "inpaint-padding",
     masked_content: "masked-content", outpaint: "outpaint-fields", paste_back: "paste-back",
     loras: "loras",
+    hires: "hires-enable", "hires.scale": "hires-scale", "hires.upscaler": "hires-upscaler",
+    "hires.steps": "hires-steps", "hires.strength": "hires-strength",
   };
   const UNIT_FIELDS = {
     model: "model", image: "file", preprocessor: "preprocessor", conditioning_scale: "scale",
@@ -108,8 +112,8 @@
       if (element && element.type === "file") element = element.closest("label");
     } else if (/^loras\[\d+\]/.test(field)) {
       element = loraElement(field);
-    } else if (FIELD_IDS[field]) {
-      element = $(FIELD_IDS[field]);
+    } else if (FIELD_IDS[field.replace(/\[\d+\]$/, "")]) {  // styles[1]: the styles list
+      element = $(FIELD_IDS[field.replace(/\[\d+\]$/, "")]);
     }
     if (element) element.classList.add("invalid");
   }
@@ -125,6 +129,59 @@
     const value = $(id).value.trim();
     return value === "" ? null : Number(value);
   };
+
+  // variation seeds: sent only when set (the server refuses them where they cannot apply)
+  function variationRequest() {
+    const fields = {};
+    if ($("variation").disabled) return fields;
+    const seed = number("variation-seed");
+    if (seed !== null && seed !== -1) fields.variation_seed = seed;
+    const strength = number("variation-strength");
+    if (strength !== null && (strength !== 0 || seed !== null)) fields.variation_strength = strength;
+    const width = number("seed-resize-width");
+    const height = number("seed-resize-height");
+    if (width !== null || height !== null) fields.seed_resize_from = [width, height];
+    return fields;
+  }
+
+  // hires fix: sent when ticked, for text to image (the server refuses it with an init image)
+  function hiresRequest() {
+    if ($("hires").disabled || !$("hires-enable").checked) return {};
+    const hires = { upscaler: $("hires-upscaler").value || "Latent" };
+    for (const [field, id] of [["scale", "hires-scale"], ["steps", "hires-steps"], ["strength", "hires-strength"]]) {
+      const value = number(id);
+      if (value !== null) hires[field] = value;
+    }
+    return { hires };
+  }
+
+  function fillHires(hires) {
+    $("hires-enable").checked = Boolean(hires);
+    const given = hires || {};
+    const upscaler = given.upscaler || "Latent";
+    if (![...$("hires-upscaler").options].some((o) => o.value === upscaler)) {
+      $("hires-upscaler").add(new Option(upscaler, upscaler));
+    }
+    $("hires-upscaler").value = upscaler;
+    $("hires-scale").value = given.scale ?? (given.width || given.height ? "" : 2);
+    $("hires-steps").value = given.steps ?? "";
+    $("hires-strength").value = given.strength ?? 0.7;
+  }
+
+  // the hires fix's upscalers: A1111's latent modes, then the picture upscalers the server lists
+  const LATENT_UPSCALERS = ["Latent", "Latent (antialiased)", "Latent (bicubic)",
+    "Latent (bicubic antialiased)", "Latent (nearest)", "Latent (nearest-exact)"];
+  async function loadHiresUpscalers() {
+    let names = ["None", "Lanczos", "Nearest"];
+    try {
+      names = await api("/api/v1/upscalers");
+    } catch (error) {
+      // an older server: the built-in ones
+    }
+    const chosen = $("hires-upscaler").value || "Latent";
+    $("hires-upscaler").replaceChildren(...[...LATENT_UPSCALERS, ...names].map((n) => new Option(n, n)));
+    $("hires-upscaler").value = chosen;
+  }
 
   function buildRequest() {
     const request = {
@@ -145,6 +202,11 @@
     if ($("vae").value) request.vae = $("vae").value;
     const clipSkip = number("clip-skip");
     if (clipSkip !== null && !$("clip-skip").disabled) request.clip_skip = clipSkip;
+    const styles = [...$("styles").selectedOptions].map((o) => o.value);
+    if (styles.length && !$("styles-row").hidden) request.styles = styles;
+    if ($("tiling").checked) request.tiling = true;
+    Object.assign(request, variationRequest());
+    Object.assign(request, hiresRequest());  // with an init image the server says hires is txt2img only
     if (state.initImage) {
       request.init_image = state.initImage;
       const strength = number("strength");
@@ -249,6 +311,12 @@
     if (vae && ![...$("vae").options].some((o) => o.value === vae)) $("vae").add(new Option(vae, vae));
     set("vae", vae);
     set("clip-skip", fields.clip_skip);
+    $("tiling").checked = fields.tiling === true;
+    set("variation-seed", fields.variation_seed);
+    set("variation-strength", fields.variation_strength || null);
+    set("seed-resize-width", (fields.seed_resize_from || [])[0]);
+    set("seed-resize-height", (fields.seed_resize_from || [])[1]);
+    fillHires(fields.hires);
     const isData = (value) => typeof value === "string" && value.startsWith("data:");
     await setInit(isData(fields.init_image) ? fields.init_image : null);
     if (fields.strength !== null && fields.strength !== undefined) set("strength", fields.strength);
@@ -283,9 +351,12 @@
   // ---- models, family fields, token counts ---------------------------------------------------
 
   async function loadOptions() {
-    const [models, schedulers, control, vaes] = await Promise.all([
+    const [models, schedulers, control, vaes, styles] = await Promise.all([
       api("/api/v1/models"), api("/api/v1/schedulers"), api("/api/v1/control"), api("/api/v1/vaes"),
+      api("/api/v1/styles"),
     ]);
+    for (const style of styles) $("styles").add(new Option(style.name, style.name));
+    $("styles-row").hidden = styles.length === 0;  // only offered when styles.csv has some
     state.models = models;
     state.control = control;
     for (const id of ["model", "refiner", "prior"]) {
@@ -315,6 +386,9 @@
     $("control-unavailable").hidden = info.controlnet;
     // Kandinsky's prior makes one CLIP embedding from the last layer: no clip skip there
     $("clip-skip").disabled = info.family.startsWith("kandinsky");
+    // its decoder's noise follows its prior's on one generator: no variation seeds there
+    $("variation").disabled = info.family.startsWith("kandinsky");
+    $("hires").disabled = !["sd15", "sdxl"].includes(info.family);  // easel.hires.HIRES_FAMILIES
     showLoraFields();
     state.canInpaint = info.tasks.includes("inpaint");
     $("img2img").disabled = !info.tasks.includes("img2img") && !state.canInpaint;
@@ -1028,6 +1102,7 @@
           ["send-img2img", "Send to img2img", () => sendToImg2img(image.url)],
           ["send-inpaint", "Send to inpaint", () => sendToInpaint(image.url)],
           ["reuse-settings", "Reuse settings", () => reuse(sent, image.seed)],
+          ["upscale", "Upscale ×2", () => upscaleImage(image.url)],
           ["new-seed", "Same settings, new seed", async () => {
             await fillForm({ ...sent, seed: null });
             generate();
@@ -1061,6 +1136,7 @@
           ["send-img2img", "Send to img2img", () => sendToImg2img(entry.url)],
           ["send-inpaint", "Send to inpaint", () => sendToInpaint(entry.url)],
           ["reuse-settings", "Reuse settings", () => reuse(entry.request || {}, entry.seed)],
+          ["upscale", "Upscale ×2", () => upscaleImage(entry.url)],
           ["gallery-delete", "Delete", async () => {
             try {
               await api(`/api/v1/images/${entry.id}`, { method: "DELETE" });
@@ -1072,6 +1148,48 @@
         ],
       });
       grid.append(node);
+    }
+  }
+
+  // ---- upscaling -----------------------------------------------------------------------------
+
+  async function loadUpscalers() {
+    const names = await api("/api/v1/upscalers");
+    $("upscaler").replaceChildren(...names.map((name) => new Option(name, name)));
+    $("upscaler").value = names.includes("Lanczos") ? "Lanczos" : names[0];
+  }
+
+  // POST /api/v1/upscale with the chosen upscaler; the result (its text kept, plus A1111's
+  // postprocessing line) is shown under the results with a download link
+  async function upscaleImage(url) {
+    showMessage("upscale-error", "");
+    showTab("panel-generate");
+    $("status").textContent = `Upscaling ×2 with ${$("upscaler").value}…`;
+    try {
+      const done = await api("/api/v1/upscale", {
+        body: { image: await urlToDataUrl(url), scale: 2, upscaler: $("upscaler").value },
+      });
+      const node = document.createElement("figure");
+      node.className = "upscaled";
+      const img = document.createElement("img");
+      img.src = done.image;
+      img.alt = done.postprocessing;
+      const caption = document.createElement("figcaption");
+      const title = document.createElement("span");
+      title.textContent = `${done.width}×${done.height} · ${done.postprocessing}`;
+      const download = document.createElement("a");
+      download.href = done.image;
+      download.download = `easel-upscaled-${done.width}x${done.height}.png`;
+      download.textContent = "Download";
+      download.className = "download";
+      caption.append(title, download);
+      node.append(img, caption);
+      $("upscaled").prepend(node);
+      $("status").textContent = `Upscaled to ${done.width}×${done.height}.`;
+      node.scrollIntoView({ block: "nearest" });
+    } catch (error) {
+      $("status").textContent = "";
+      showError(error, "upscale-error");
     }
   }
 
@@ -1151,6 +1269,8 @@
     try {
       await loadOptions();
       await loadLoras();
+      await loadUpscalers();
+      await loadHiresUpscalers();
       await modelChanged();
       document.body.dataset.ready = "true";   // tests wait for this
     } catch (error) {
