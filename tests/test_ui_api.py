@@ -35,7 +35,7 @@ def test_page_and_assets_are_served_with_stable_ids(client):
     ids = ("prompt", "generate", "cancel", "results", "gallery-grid", "pnginfo-drop", "control-add",
            "refiner-fields", "prior-fields", "mask-canvas", "inpaint-options", "outpaint-fields",
            "loras", "lora-rows", "lora-select", "lora-add", "lora-insert", "lora-empty",
-           "clip-skip")  # fmt: skip
+           "clip-skip", "error-top", "results-placeholder")  # fmt: skip
     for element_id in ids:
         assert f'id="{element_id}"' in page.text
     assert "default-src 'self'" in page.headers["content-security-policy"]
@@ -46,6 +46,12 @@ def test_page_and_assets_are_served_with_stable_ids(client):
     missing = client.get("/ui/../pyproject.toml")
     assert missing.status_code == 404
     assert client.get("/ui/secret.py").json()["error"]["type"] == "HTTPError"
+    for icon in ("/favicon.ico", "/ui/favicon.svg"):  # no 404 in every browser's first request
+        answer = client.get(icon)
+        assert answer.status_code == 200 and answer.headers["content-type"] == "image/svg+xml", icon
+    # the picker starts at the server's current model (here the bundled one), not the first listed
+    models = client.get("/api/v1/models").json()
+    assert [model["title"] for model in models if model["default"]] == ["easel-demo"]
 
 
 def test_page_needs_the_key_like_every_route(engine, tmp_path):

@@ -180,6 +180,9 @@ def test_api_key_is_required(driver, base_url):
 def test_generate_shows_images_and_token_counts(page, base_url):
     page.get(base_url + "/")
     wait(page, lambda: page.find_element("tag name", "body").get_attribute("data-ready") == "true")
+    # before the first image: what will appear there, and the server's current model selected
+    assert "Your images appear here" in by_id(page, "results-placeholder").text
+    assert by_id(page, "model").get_attribute("value") == "easel-demo"
     choose(page, "model", TINY_SD15)
     wait(page, lambda: "sd15" in by_id(page, "model-family").text)
     assert by_id(page, "refiner-fields").is_displayed() is False
@@ -239,6 +242,14 @@ def test_generate_shows_images_and_token_counts(page, base_url):
     by_id(page, "generate").click()
     wait(page, lambda: "width" in by_id(page, "error").text)
     assert "invalid" in by_id(page, "width").get_attribute("class")
+    # where the eye is: at the top of the form and under the field, which is scrolled into view
+    assert "width" in by_id(page, "error-top").text and by_id(page, "error-top").is_displayed()
+    note = page.find_element("css selector", ".field-error")
+    assert "width" in note.text and note.is_displayed()
+    assert page.execute_script(
+        "const box = arguments[0].getBoundingClientRect(); return box.top >= 0 && box.bottom <= innerHeight;",
+        by_id(page, "width"),
+    )
     fill(page, "width", 64)
 
 

@@ -152,7 +152,9 @@ def _version() -> str:
 
 
 def public_models(state: ServerState) -> list[dict[str, Any]]:
-    return [entry.public() for entry in state.models()]
+    """The models, the server's current one (A1111's sd_model_checkpoint, else the bundled
+    model) marked `default`: the web UI starts with it selected."""
+    return [{**entry.public(), "default": entry.reference == state.current_model} for entry in state.models()]
 
 
 def public_embeddings(state: ServerState) -> list[dict[str, Any]]:

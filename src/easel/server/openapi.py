@@ -253,6 +253,9 @@ class ModelEntry(BaseModel):
     title: str
     name: str
     pipeline: str | None
+    default: bool = Field(
+        False, description="The server's current model (A1111's sd_model_checkpoint; else the bundled one)"
+    )
 
 
 class LoraEntry(BaseModel):

@@ -20,6 +20,7 @@ ASSETS = {
     "index.html": "text/html; charset=utf-8",
     "app.js": "text/javascript; charset=utf-8",
     "app.css": "text/css; charset=utf-8",
+    "favicon.svg": "image/svg+xml",
 }
 HEADERS = {
     "Cache-Control": "no-cache",  # a new easel version must not run an old page
@@ -52,6 +53,10 @@ def build_router() -> APIRouter:
     @router.get("/")
     async def index() -> Response:
         return asset("index.html")
+
+    @router.get("/favicon.ico")
+    async def favicon() -> Response:  # browsers and tools ask for it whatever the page says
+        return asset("favicon.svg")
 
     @router.get("/ui/{name}")
     async def static_file(name: str) -> Response:

@@ -97,7 +97,9 @@
 
   function clearInvalid() {
     document.querySelectorAll(".invalid").forEach((el) => el.classList.remove("invalid"));
+    document.querySelectorAll(".field-error").forEach((el) => el.remove());
     showMessage("error", "");
+    showMessage("error-top", "");
     showMessage("notice", "", "notice");
   }
 
@@ -116,11 +118,28 @@
       element = $(FIELD_IDS[field.replace(/\[\d+\]$/, "")]);
     }
     if (element) element.classList.add("invalid");
+    return element;
   }
 
+  // a generation error shows where the eye is: at the top of the form and under the field it
+  // names (scrolled into view), as well as under the Generate button
   function showError(error, box = "error") {
-    showMessage(box, error.message || String(error), error.type === "Cancelled" ? "notice" : "error");
-    if (box === "error") markField(error.field);
+    const message = error.message || String(error);
+    const kind = error.type === "Cancelled" ? "notice" : "error";
+    showMessage(box, message, kind);
+    if (box !== "error" || kind !== "error") return;
+    showMessage("error-top", message);
+    const element = markField(error.field);
+    if (element) {
+      const note = document.createElement("p");
+      note.className = "field-error";
+      note.setAttribute("role", "alert");
+      note.textContent = message;
+      (element.closest("label, fieldset, .row, .control-unit, .lora-row") || element).after(note);
+      element.scrollIntoView({ block: "center" });
+    } else {
+      $("error-top").scrollIntoView({ block: "nearest" });
+    }
   }
 
   // ---- reading the form ----------------------------------------------------------------------
@@ -362,11 +381,12 @@
     for (const id of ["model", "refiner", "prior"]) {
       for (const model of models) $(id).add(new Option(model.title, model.title));
     }
-    const preferred = models.find((m) => m.title !== "easel-demo");
-    $("model").value = preferred ? preferred.title : "easel-demo";
+    // the server's current model (what a request without a model gets), not the first listed
+    const current = models.find((m) => m.default) || models[0];
+    if (current) $("model").value = current.title;
     for (const name of schedulers) $("scheduler").add(new Option(name, name));
     for (const name of vaes) $("vae").add(new Option(name, name));
-    $("connection").textContent = `${models.length} models`;
+    $("connection").textContent = `${models.length} ${models.length === 1 ? "model" : "models"}`;
   }
 
   async function modelChanged() {
