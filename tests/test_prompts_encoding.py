@@ -177,6 +177,8 @@ def test_token_counts(engine, hf_home):
     assert str(engine.count_tokens("a red circle", model=TINY_SD15)) == "3/75, 1 chunk"
     assert engine.count_tokens("a red BREAK circle", model=TINY_SD15, syntax="a1111").chunks == 2
     assert str(TokenCount(83, 2)) == "83/150, 2 chunks"
+    # which tokenizer counted is said (the tiny and bundled models' vocabularies are small)
+    assert count.counted_with == "stable-diffusion-v1-5" and 0 < count.vocabulary < 49408
 
 
 def test_cli_syntax_end_to_end_sd15_and_sdxl(hf_home, sdxl_models, tmp_path):

@@ -9,6 +9,7 @@ the concrete request. Third-party exceptions are translated into the EaselError 
 
 from __future__ import annotations
 
+import dataclasses
 import secrets
 import threading
 import time
@@ -140,7 +141,8 @@ class Easel:
             if tokenizer is None:
                 tokenizer = self._tokenizers[source.location] = _load_tokenizer(source)
             counts = [token_count(tokenizer, plan) for plan in plans]
-        return max(counts, key=lambda count: (count.chunks, count.tokens))
+        longest = max(counts, key=lambda count: (count.chunks, count.tokens))
+        return dataclasses.replace(longest, counted_with=source.display_name, vocabulary=len(tokenizer))
 
     def with_styles(self, request: GenerationRequest) -> GenerationRequest:
         """The request with its prompt styles applied and `styles` emptied (re-validated, so a

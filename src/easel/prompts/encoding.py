@@ -119,10 +119,14 @@ def _visible_text(compel_prompt: str) -> str:
 
 @dataclass(frozen=True)
 class TokenCount:
-    """What a prompt box shows: "83/150, 2 chunks"."""
+    """What a prompt box shows: "83/150, 2 chunks"; `counted_with` names the model whose
+    tokenizer counted and `vocabulary` its size (the bundled demo model's is small, so its counts
+    differ from CLIP's)."""
 
     tokens: int
     chunks: int
+    counted_with: str = ""
+    vocabulary: int = 0
 
     @property
     def capacity(self) -> int:
