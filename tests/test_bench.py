@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from conftest import TINY_SD15
 
-from easel.bench import measure_task_switching, run_benchmark
+from easel.bench import measure_task_switching, render_report, run_benchmark
 
 
 def test_benchmark_short_mode_reports_equal_images(hf_home):
@@ -13,6 +13,11 @@ def test_benchmark_short_mode_reports_equal_images(hf_home):
     assert len({report["easel_median_s"], report["diffusers_median_s"]}) >= 1
     assert report["size"] == "64x64" and report["steps"] == 2 and report["device"] == "cpu"
     assert set(report["rss_mb"]) == {"start", "easel_loaded", "both_loaded", "end"}
+    # what `easel bench` prints: a table, then one line per finding (no dict reprs)
+    table = render_report(report)
+    assert table.splitlines()[0].split() == ["easel", "diffusers"]
+    assert f"{report['easel_median_s']:.3f}" in table.splitlines()[1] and "images equal: yes" in table
+    assert "{" not in table
 
 
 def test_switching_to_img2img_adds_no_copy_of_the_weights(hf_home):

@@ -117,7 +117,10 @@ def run_benchmark(
     device = str(loaded.pipeline.device)
     dtype = loaded.pipeline.unet.dtype if hasattr(loaded.pipeline, "unet") else torch.float32
     location = loaded.source.location
-    plain = AutoPipelineForText2Image.from_pretrained(location, dtype=dtype).to(device)
+    from easel.models.cache import no_loading_bars
+
+    with no_loading_bars():  # the reference's loading is not the user's to watch either
+        plain = AutoPipelineForText2Image.from_pretrained(location, dtype=dtype).to(device)
     plain.set_progress_bar_config(disable=True)
     rss["both_loaded"] = _rss_mb()
 
@@ -240,3 +243,41 @@ def _graph_count() -> int:
         return int(counters["stats"]["unique_graphs"])
     except (ImportError, KeyError):
         return 0
+
+
+def render_report(report: dict[str, Any]) -> str:
+    """`easel bench`'s report as an aligned table for a terminal (--json gives the same data)."""
+    rows: list[tuple[str, str, str]] = [
+        ("", "easel", "diffusers"),
+        ("seconds per image (median)", f"{report['easel_median_s']:.3f}",
+         f"{report['diffusers_median_s']:.3f}"),
+        ("steps per second", f"{report['easel_steps_per_s']:.2f}", f"{report['diffusers_steps_per_s']:.2f}"),
+    ]
+    notes = [
+        f"{report['model']} on {report['device']} ({report['dtype']}, {report['threads']} thread(s)), "
+        f"{report['size']}, {report['steps']} steps, {report['rounds']} rounds",
+        f"easel / diffusers: {report['ratio_easel_over_diffusers']:.3f}; images equal: "
+        + ("yes" if report["images_equal"] else "NO"),
+    ]
+    rss = report.get("rss_mb") or {}
+    if rss:
+        readings = (f"{key.replace('_', ' ')} {value:.1f}" for key, value in rss.items())
+        notes.append("memory (RSS MB): " + ", ".join(readings))
+    if report.get("cuda_max_allocated_mb") is not None:
+        notes.append(f"peak GPU memory: {report['cuda_max_allocated_mb']:.1f} MB")
+    if report.get("recompiles") is not None:
+        notes.append(f"torch.compile recompiles: {report['recompiles']}")
+    switching = report.get("task_switching")
+    if switching:
+        notes.append(
+            f"task switching: RSS +{switching['rss_growth_over_3_switches_mb']:.1f} MB over 3 switches "
+            f"({switching['growth_fraction_of_base']:.0%} of the {switching['base_weights_mb']:.1f} MB base)"
+        )
+    cold = report.get("cold_start")
+    if cold:
+        notes.append(
+            f"cold start: --help {cold['help_s']:.2f} s, first image {cold['cold_first_image_s']:.2f} s"
+        )
+    width = max(len(label) for label, _, _ in rows)
+    lines = [f"{label:<{width}}  {first:>10}  {second:>10}" for label, first, second in rows]
+    return "\n".join([*lines, "", *notes])

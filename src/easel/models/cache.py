@@ -235,7 +235,7 @@ def _load(
 
     started = time.perf_counter()
     variant = variant_for(options, dtype)
-    with _no_loading_bars():
+    with no_loading_bars():
         pipe = _load_pipeline(
             source,
             family,
@@ -251,7 +251,7 @@ def _load(
 
 
 @contextmanager
-def _no_loading_bars() -> Iterator[None]:
+def no_loading_bars() -> Iterator[None]:
     """diffusers and transformers draw tqdm bars while loading; progress is the engine's to
     report (through its callback), so the bars are off while easel loads, restored afterwards."""
     from diffusers.utils import logging as diffusers_logging

@@ -85,10 +85,10 @@ def load_control(source: ModelSource, *, dtype: Any, device: str, allow_pickle: 
     from diffusers import ControlNetModel
 
     from easel.errors import UnsupportedFeature
-    from easel.models.cache import _no_loading_bars
+    from easel.models.cache import no_loading_bars
 
     try:
-        with _no_loading_bars(), warnings.catch_warnings():
+        with no_loading_bars(), warnings.catch_warnings():
             # diffusers still passes huggingface_hub a deprecated argument for single models
             warnings.filterwarnings("ignore", message=".*local_dir_use_symlinks.*")
             if source.kind == "single_file":

@@ -151,11 +151,11 @@ def load_vae(
 
     from diffusers import AutoencoderKL
 
-    from easel.models.cache import _no_loading_bars
+    from easel.models.cache import no_loading_bars
 
     reference = vae.source.reference
     try:
-        with _no_loading_bars(), warnings.catch_warnings():
+        with no_loading_bars(), warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*local_dir_use_symlinks.*")
             if vae.source.kind == "single_file":
                 with tempfile.TemporaryDirectory(prefix="easel-vae-") as scratch:
