@@ -162,15 +162,15 @@ def test_info_replay_and_gallery_commands(hf_home, tmp_path):
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--width", "513"], "error: invalid width=513: must be a multiple of 8"),
-        (["--image", "x.png", "--strength", "1.5"], "error: invalid strength=1.5"),
-        (["--steps", "0"], "error: invalid steps=0"),
+        (["--width", "513"], "error: invalid --width=513: must be a multiple of 8"),
+        (["--image", "x.png", "--strength", "1.5"], "error: invalid --strength=1.5"),
+        (["--steps", "0"], "error: invalid --steps=0"),
         (["--image", "x.png", "--steps", "2", "--strength", "0.3"], "0 denoising steps"),
-        (["--image", "missing.png"], "error: invalid init_image='missing.png': no such file"),
-        (["--scheduler", "Euler z"], "error: invalid scheduler='Euler z': unknown scheduler"),
+        (["--image", "missing.png"], "error: invalid --image='missing.png': no such file"),
+        (["--scheduler", "Euler z"], "error: invalid --scheduler='Euler z': unknown scheduler"),
         (["-m", "nobody/nothing"], "error: model 'nobody/nothing' is not in the Hugging Face cache"),
         (["-m", "model.ckpt"], "error: model file or folder 'model.ckpt' does not exist"),
-        (["-o", "out.gif"], "error: invalid output='out.gif'"),
+        (["-o", "out.gif"], "error: invalid --output='out.gif'"),
     ],
 )
 def test_bad_input_exits_2_with_one_line(hf_home, tmp_path, args, message):

@@ -76,15 +76,15 @@ def test_two_units_save_control_and_api_equality(tmp_path, engine):
             ["--control", "demo=a.png", "--control-scale", "1", "--control-scale", "1"],
             "given 2 times but there are 1",
         ),
-        (["--control", "demo=a.png", "--control-scale", "3"], "invalid controls[0].conditioning_scale=3.0"),
-        (["--control", "demo=a.png", "--preprocess", "sobel"], "invalid controls[0].preprocessor='sobel'"),
+        (["--control", "demo=a.png", "--control-scale", "3"], "invalid --control-scale=3.0 (unit 0)"),
+        (["--control", "demo=a.png", "--preprocess", "sobel"], "invalid --preprocess='sobel' (unit 0)"),
         (
             ["--control", "demo=a.png", "--control-start", "0.9", "--control-end", "0.1"],
-            "controls[0].guidance_start",
+            "invalid --control-start=0.9 (unit 0)",
         ),
         (
             ["--control", f"{TINY_CANNY}=missing.png", "-m", TINY_SD15],
-            "invalid controls[0].image='missing.png'",
+            "=missing.png' (unit 0): no such file",
         ),
     ],
 )

@@ -512,6 +512,4 @@ def test_cli_inpaints_and_names_the_flag_of_a_bad_value(hf_home, picture, mask_p
     bad = run_easel("generate", "x", "-m", TINY_SD15, "--image", str(picture), "--outpaint", "8,0,12,0")
     assert bad.returncode == 2
     lines = bad.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: --outpaint: invalid outpaint=(8, 0, 12, 0)"), (
-        bad.stderr
-    )
+    assert len(lines) == 1 and lines[0].startswith("error: invalid --outpaint=(8, 0, 12, 0)"), bad.stderr

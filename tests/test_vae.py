@@ -354,7 +354,7 @@ def test_cli_vae_flag(hf_home, vaes, tmp_path, engine):
     bad = run_easel("generate", "a", "-m", TINY_SD15, "--vae", str(tmp_path / "missing.safetensors"))
     assert bad.returncode == 2 and "--vae" in bad.stderr and "does not exist" in bad.stderr, bad.stderr
     wide = run_easel("generate", "a", "-m", TINY_SD15, "--vae", vaes["wide_folder"])
-    assert wide.returncode == 2 and "--vae: invalid vae=" in wide.stderr, wide.stderr
+    assert wide.returncode == 2 and "invalid --vae=" in wide.stderr, wide.stderr
     done = run_easel(
         "generate", "a red circle", "-m", TINY_SD15, "--vae", vaes["folder"], "--steps", "2", "--seed", "5",
         "--json", "--no-gallery", "-o", str(tmp_path / "out.png"),

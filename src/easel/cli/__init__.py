@@ -7,7 +7,7 @@ the traceback with --debug). Commands live in small modules that register on one
 importing this package imports no torch, so `easel --help` is instant.
 """
 
-from easel.cli import generate, images, serve, tools  # noqa: F401 - they register their commands
+from easel.cli import generate, images, serve, tools, upscale  # noqa: F401 - they register their commands
 from easel.cli.app import app, exit_code_for
 
 __all__ = ["app", "exit_code_for", "main"]

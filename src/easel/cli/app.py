@@ -12,6 +12,7 @@ from collections.abc import Callable
 from typing import Annotated, Any, TypeVar
 
 import typer
+from typer.core import TyperArgument, TyperCommand, TyperGroup, TyperOption
 
 from easel.errors import EaselError, InvalidRequest, ModelNotFound, UnsupportedFeature
 
@@ -26,7 +27,55 @@ ThreadsOption = Annotated[int | None, typer.Option(help="CPU threads for torch (
 DebugOption = Annotated[bool, typer.Option("--debug", help="Show library logs and tracebacks.")]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
 
-app = typer.Typer(
+
+class EaselCommand(TyperCommand):
+    """A command whose help reads well at 80 columns.
+
+    Why: this typer (0.2x, with its own copy of click) shows every option's type in the help
+    table, `<bool>` for flags too, and writes a required argument as `{prompt}` in the usage
+    line. A flag takes no value, so it shows no type (an empty metavar); an argument shows
+    as its metavar (PROMPT), bracketed only when optional, as click does."""
+
+    def get_params(self, ctx: Any) -> list[Any]:
+        params = super().get_params(ctx)
+        for param in params:  # --help is made here, not declared: hence not in __init__
+            if isinstance(param, TyperOption) and param.is_flag and param.metavar is None:
+                param.metavar = ""
+            elif isinstance(param, TyperArgument) and param.metavar is None and param.name:
+                param.metavar = param.name.upper()
+        return params
+
+    def collect_usage_pieces(self, ctx: Any) -> list[str]:
+        pieces = [self.options_metavar] if self.options_metavar else []
+        for param in self.get_params(ctx):
+            if isinstance(param, TyperArgument):
+                name = param.display_name_raw if param.required else f"[{param.display_name_raw}]"
+                pieces.append(name + ("..." if param.nargs != 1 else ""))
+            else:
+                pieces.extend(param.get_usage_pieces(ctx))
+        return pieces
+
+
+class EaselGroup(TyperGroup):
+    """The `easel` group: its own --help shows no `<bool>` either (see EaselCommand)."""
+
+    def get_params(self, ctx: Any) -> list[Any]:
+        params = super().get_params(ctx)
+        for param in params:
+            if isinstance(param, TyperOption) and param.is_flag and param.metavar is None:
+                param.metavar = ""
+        return params
+
+
+class EaselTyper(typer.Typer):
+    """typer.Typer whose commands are EaselCommands unless a command names its own class."""
+
+    def command(self, *args: Any, cls: type[TyperCommand] | None = None, **kwargs: Any) -> Any:
+        return super().command(*args, cls=cls or EaselCommand, **kwargs)
+
+
+app = EaselTyper(
+    cls=EaselGroup,
     add_completion=False,
     no_args_is_help=True,
     help="Generate images locally with Hugging Face diffusers.",
@@ -94,13 +143,15 @@ class ProgressDisplay:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
         self._bar = Progress(
-            "denoising", BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), transient=True
+            "{task.description}", BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), transient=True
         )
         self._bar.start()
-        task = self._bar.add_task("denoising", total=None)
+        # until the first step reports, the engine is loading the model (the first time) and
+        # encoding the prompts: say so rather than sit at "denoising 0/?"
+        task = self._bar.add_task("loading", total=None)
 
         def on_progress(progress: Any) -> None:
-            self._bar.update(task, completed=progress.step, total=progress.total)
+            self._bar.update(task, description="denoising", completed=progress.step, total=progress.total)
 
         return on_progress
 

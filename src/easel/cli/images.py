@@ -11,6 +11,8 @@ import typer
 
 from easel.cli.app import (
     DebugOption,
+    EaselGroup,
+    EaselTyper,
     JsonOption,
     ProgressDisplay,
     app,
@@ -18,7 +20,9 @@ from easel.cli.app import (
     run_door,
 )
 
-gallery_app = typer.Typer(help="Browse, search and delete the images easel has made.", no_args_is_help=True)
+gallery_app = EaselTyper(
+    cls=EaselGroup, help="Browse, search and delete the images easel has made.", no_args_is_help=True
+)
 app.add_typer(gallery_app, name="gallery")
 
 

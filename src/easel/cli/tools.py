@@ -33,9 +33,18 @@ def tokens(
 
     count = run_door(run, debug=False)
     if as_json:
-        typer.echo(json.dumps({"tokens": count.tokens, "chunks": count.chunks, "capacity": count.capacity}))
-    else:
-        typer.echo(str(count))
+        fields = ("tokens", "chunks", "capacity", "counted_with", "vocabulary")
+        typer.echo(json.dumps({name: getattr(count, name) for name in fields}))
+        return
+    typer.echo(str(count))
+    note = f"counted with {count.counted_with}'s tokenizer ({count.vocabulary:,} tokens)"
+    if count.vocabulary < CLIP_VOCABULARY:  # the bundled demo model's small vocabulary
+        note += (f"; SD 1.5 and SDXL count with CLIP's ({CLIP_VOCABULARY:,} tokens), usually fewer: "
+                 "--model NAME counts with a model's own")  # fmt: skip
+    typer.echo(note, err=True)
+
+
+CLIP_VOCABULARY = 49408  # the CLIP ViT-L/14 tokenizer of SD 1.5 and SDXL
 
 
 @app.command()
@@ -66,8 +75,9 @@ def loras(as_json: JsonOption = False) -> None:
 
 @app.command()
 def embeddings(as_json: JsonOption = False) -> None:
-    """List the textual-inversion embeddings in the embeddings folder (EASEL_EMBEDDINGS_DIR):
-    name, vectors, family, A1111 hash, or why a file cannot be used."""
+    """List the textual-inversion embeddings in the embeddings folder (EASEL_EMBEDDINGS_DIR).
+
+    Each with its name, vectors, family and A1111 hash, or why the file cannot be used."""
 
     def run() -> tuple[Any, list[dict[str, Any]]]:
         from easel.config import Settings
@@ -103,6 +113,31 @@ def schedulers() -> None:
 
     for name in known_scheduler_names():
         typer.echo(name)
+
+
+@app.command()
+def styles(as_json: JsonOption = False) -> None:
+    """List the prompt styles --style takes (styles.csv in EASEL_HOME, or EASEL_STYLES_FILE)."""
+
+    def run() -> tuple[Any, list[Any]]:
+        from easel.config import Settings
+        from easel.styles import load_styles
+
+        path = Settings.from_env().styles_path
+        return path, list(load_styles(path).values())
+
+    path, entries = run_door(run, debug=False)
+    if as_json:
+        listed = [{"name": s.name, "prompt": s.prompt, "negative_prompt": s.negative_prompt} for s in entries]
+        typer.echo(json.dumps({"file": str(path), "styles": listed}))
+        return
+    if not entries:
+        typer.echo(f"no styles in {path} (an A1111 styles.csv: name,prompt,negative_prompt)")
+        return
+    width = max(len(style.name) for style in entries)
+    for style in entries:
+        negative = f"  (negative: {style.negative_prompt})" if style.negative_prompt else ""
+        typer.echo(f"{style.name:<{width}}  {style.prompt}{negative}")
 
 
 @app.command()
@@ -143,5 +178,6 @@ def bench(
     if as_json:
         typer.echo(json.dumps(report))
         return
-    for key, value in report.items():
-        typer.echo(f"{key}: {value}")
+    from easel.bench import render_report
+
+    typer.echo(render_report(report))
