@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import ExitStack
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 from easel.config import Settings
 from easel.errors import Cancelled, EaselError, GenerationFailed, InvalidRequest, UnsupportedFeature
@@ -28,7 +28,7 @@ from easel.models.optimizations import check_options, prepare_task
 from easel.models.reference import ModelSource, resolve_reference
 from easel.models.vae import VaeSource
 from easel.request import DEFAULT_STRENGTH, GenerationRequest
-from easel.result import GenerationResult, Progress
+from easel.result import CancelToken, GenerationResult, Progress
 from easel.schedulers import a1111_name_for, canonical_label, scheduler_spec
 
 if TYPE_CHECKING:
@@ -38,12 +38,6 @@ if TYPE_CHECKING:
     from easel.inpaint import InpaintJob
     from easel.prompts.encoding import TokenCount
     from easel.upscalers import Upscalers
-
-
-class CancelToken(Protocol):
-    """Anything with is_set(), e.g. threading.Event."""
-
-    def is_set(self) -> bool: ...
 
 
 ProgressCallback = Callable[[Progress], None]

@@ -14,20 +14,31 @@ one CPU generator per image seeded seed + i again (A1111 reuses the seed).
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from easel.errors import Cancelled, GenerationFailed, InvalidRequest, UnsupportedFeature
 from easel.families.base import RunOutput
 from easel.request import GenerationRequest, effective_steps
-from easel.result import Progress
+from easel.result import CancelToken, Progress
 
 if TYPE_CHECKING:
-    from easel.engine import CancelToken, Easel
+    from easel.config import Settings
     from easel.families.base import Family
     from easel.limits import Limits
     from easel.models.cache import LoadedModel
 
 FIRST_PASS_MARK = "(hires fix: the first pass)"  # the second pass's init_image, never read as a path
+
+
+class Engine(Protocol):
+    """What the hires fix uses of the engine (easel.engine.Easel, which imports this module;
+    this one never imports the engine)."""
+
+    settings: Settings
+    task_pipeline: Callable[..., Any]
+    _run: Callable[..., RunOutput]
+
+    def _device_and_dtype(self) -> tuple[str, Any]: ...
 
 
 class HiresPass:
@@ -36,7 +47,7 @@ class HiresPass:
 
     def __init__(
         self,
-        easel: Easel,
+        easel: Engine,
         loaded: LoadedModel,
         request: GenerationRequest,
         *,
@@ -138,7 +149,7 @@ class _LatentFirstPass:
         return RunOutput(images=latents)
 
 
-def check_hires(easel: Easel, family: Family, request: GenerationRequest) -> None:
+def check_hires(easel: Engine, family: Family, request: GenerationRequest) -> None:
     """Refuse, before any weights load, a family the hires fix is not built for and an
     upscaler name that is neither a latent mode nor one of the engine's picture upscalers."""
     from easel.upscalers import LATENT_UPSCALERS
@@ -204,7 +215,7 @@ def second_pass_request(request: GenerationRequest) -> GenerationRequest:
     return request.model_copy(update=update)
 
 
-def upscalers_of(easel: Easel) -> Any:
+def upscalers_of(easel: Engine) -> Any:
     """The engine's upscalers (Easel.upscalers where the engine has them), else a set of
     its own from the settings."""
     found = getattr(easel, "upscalers", None)

@@ -21,8 +21,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from easel.errors import InvalidRequest
-
 if TYPE_CHECKING:
     from easel.request import GenerationRequest
 
@@ -106,19 +104,3 @@ def initial_latents(pipe: Any, request: GenerationRequest, generators: list[Any]
             base = slerp(strength, base, noise(request.variation_seed + index, from_shape))
         latents.append(base if from_shape == shape else paste_centred(base, main))
     return torch.cat(latents)
-
-
-def check_task(request: GenerationRequest) -> None:
-    """Variation needs the text-to-image pipelines' initial latents: image-to-image and inpainting
-    make their noise from the init image and the generator, so variation there is refused."""
-    if request.init_image is None:
-        return
-    for name in ("variation_seed", "variation_strength", "seed_resize_from"):
-        value = getattr(request, name)
-        if value is not None and value != 0:
-            raise InvalidRequest(
-                f"invalid {name}={value!r}: variation seeds work for text-to-image only (image-to-image "
-                "and inpainting noise the init image itself); remove it or the init image",
-                field=name,
-                value=value,
-            )

@@ -555,9 +555,20 @@ class GenerationRequest(BaseModel):
 
     @model_validator(mode="after")
     def _variation_for_text2img(self) -> GenerationRequest:
-        from easel.noise import check_task
-
-        check_task(self)  # image-to-image and inpainting take no initial latents
+        """Variation needs the text-to-image pipelines' initial latents (easel/noise.py):
+        image-to-image and inpainting make their noise from the init image and the generator,
+        so variation there is refused."""
+        if self.init_image is None:
+            return self
+        for name in ("variation_seed", "variation_strength", "seed_resize_from"):
+            value = getattr(self, name)
+            if value is not None and value != 0:
+                raise InvalidRequest(
+                    f"invalid {name}={value!r}: variation seeds work for text-to-image only (image-to-image "
+                    "and inpainting noise the init image itself); remove it or the init image",
+                    field=name,
+                    value=value,
+                )
         return self
 
     @field_validator("scheduler")

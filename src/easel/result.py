@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from easel.request import GenerationRequest, effective_steps
 
@@ -18,6 +18,12 @@ class Progress:
 
     step: int
     total: int
+
+
+class CancelToken(Protocol):
+    """Anything with is_set(), e.g. threading.Event."""
+
+    def is_set(self) -> bool: ...
 
 
 @dataclass

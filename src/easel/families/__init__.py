@@ -9,12 +9,13 @@ from __future__ import annotations
 from typing import Any
 
 from easel.errors import UnsupportedFeature
-from easel.families.base import Family
+from easel.families.base import Family, register
 from easel.families.kandinsky import KANDINSKY22, KANDINSKY22_INPAINT, KANDINSKY22_PRIOR
 from easel.families.sd15 import SD15
 from easel.families.sdxl import SDXL, SDXL_REFINER
 
 FAMILIES: tuple[Family, ...] = (SD15, SDXL, SDXL_REFINER, KANDINSKY22, KANDINSKY22_INPAINT, KANDINSKY22_PRIOR)
+register(FAMILIES)  # the hooks' errors name the families that take a field
 
 
 def _supported_classes() -> str:

@@ -32,20 +32,30 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from easel.errors import GenerationFailed, InvalidRequest, UnsupportedFeature
 
 if TYPE_CHECKING:
     from PIL.Image import Image
 
-    from easel.models.cache import LoadedModel
     from easel.models.reference import ModelSource
     from easel.request import GenerationRequest
 
 TASKS = ("text2img", "img2img")
 INPAINTING_TASKS = (*TASKS, "inpaint")
 INPAINTING_UNET_CHANNELS = 9  # latents 4 + mask 1 + masked-image latents 4: a dedicated inpainting model
+
+
+class Loaded(Protocol):
+    """What the hooks use of a loaded model (companions): easel.models.cache.LoadedModel is
+    one. The cache imports the families, so the families never import the cache."""
+
+    source: ModelSource
+    family: Family
+    pipeline: Any
+    state: dict[str, Any]
+
 
 # Resolves a model reference (repo id, folder, file) to its source and detected family.
 Identify = Callable[[str], "tuple[ModelSource, Family]"]
@@ -211,9 +221,7 @@ class Family:
 
     @staticmethod
     def families_using(option: str) -> list[str]:
-        from easel.families import FAMILIES
-
-        return [family.name for family in FAMILIES if option in family.options]
+        return [family.name for family in _families() if option in family.options]
 
     def companions(
         self, request: GenerationRequest, source: ModelSource, identify: Identify
@@ -273,7 +281,7 @@ class Family:
     # -- running -------------------------------------------------------------------------------
 
     def derive(
-        self, base: Any, task: str, *, companions: Mapping[str, LoadedModel] | None = None, **overrides: Any
+        self, base: Any, task: str, *, companions: Mapping[str, Loaded] | None = None, **overrides: Any
     ) -> Any:
         """The task's pipeline sharing `base`'s weights (from_pipe), with `overrides`
         (a fresh scheduler, safety_checker=None, ...) as its own components.
@@ -509,7 +517,7 @@ class Family:
         arguments: dict[str, Any],
         *,
         request: GenerationRequest,
-        companions: Mapping[str, LoadedModel],
+        companions: Mapping[str, Loaded],
     ) -> RunOutput:
         """Call the pipeline and return finite PIL images.
 
@@ -638,10 +646,20 @@ def _no_dtype_cast_notes() -> Iterator[None]:
         logger.setLevel(level)
 
 
-def _families() -> tuple[Family, ...]:
-    from easel.families import FAMILIES
+_REGISTERED: tuple[Family, ...] = ()
 
-    return FAMILIES
+
+def register(families: tuple[Family, ...]) -> None:
+    """Called by easel/families/__init__.py with every family (FAMILIES): the hooks name the
+    other families in their errors, and this module imports none of the family modules (they
+    import it). Python runs the package's __init__ before any of its modules, so the list is
+    always set before a hook runs."""
+    global _REGISTERED
+    _REGISTERED = families
+
+
+def _families() -> tuple[Family, ...]:
+    return _REGISTERED
 
 
 def _listed(value: Any) -> Any:

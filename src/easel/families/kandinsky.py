@@ -20,7 +20,7 @@ from easel.families.base import Family, Identify, RunOutput
 if TYPE_CHECKING:
     from PIL.Image import Image
 
-    from easel.models.cache import LoadedModel
+    from easel.families.base import Loaded
     from easel.models.reference import ModelSource
     from easel.request import GenerationRequest
 
@@ -81,7 +81,7 @@ class KandinskyDecoderFamily(Family):
         return {"prior_steps": DEFAULT_PRIOR_STEPS, "prior_guidance_scale": DEFAULT_PRIOR_GUIDANCE}
 
     def derive(
-        self, base: Any, task: str, *, companions: Mapping[str, LoadedModel] | None = None, **overrides: Any
+        self, base: Any, task: str, *, companions: Mapping[str, Loaded] | None = None, **overrides: Any
     ) -> Any:
         """The combined pipeline from the cached decoder and prior; both schedulers fresh
         (they keep step state), every weight shared."""
@@ -192,7 +192,7 @@ class KandinskyDecoderFamily(Family):
         arguments: dict[str, Any],
         *,
         request: GenerationRequest,
-        companions: Mapping[str, LoadedModel],
+        companions: Mapping[str, Loaded],
     ) -> RunOutput:
         """One combined-pipeline call per image, each with its own generator.
 

@@ -22,7 +22,7 @@ from easel.families.base import INPAINTING_TASKS, Family, Identify, RunOutput
 if TYPE_CHECKING:
     from PIL.Image import Image
 
-    from easel.models.cache import LoadedModel
+    from easel.families.base import Loaded
     from easel.models.reference import ModelSource
     from easel.request import GenerationRequest
 
@@ -134,7 +134,7 @@ class SDXLBaseFamily(SDXLFamily):
         arguments: dict[str, Any],
         *,
         request: GenerationRequest,
-        companions: Mapping[str, LoadedModel],
+        companions: Mapping[str, Loaded],
     ) -> RunOutput:
         refiner = companions.get("refiner")
         if refiner is None:
@@ -145,7 +145,7 @@ class SDXLBaseFamily(SDXLFamily):
         return output
 
     def _hand_off(
-        self, pipe: Any, arguments: dict[str, Any], request: GenerationRequest, refiner: LoadedModel
+        self, pipe: Any, arguments: dict[str, Any], request: GenerationRequest, refiner: Loaded
     ) -> RunOutput:
         """Base to denoising_end=refiner_at in latent space, refiner from there: the latents
         pass straight from one to the other, never decoded in between."""
@@ -253,7 +253,7 @@ class SDXLRefinerFamily(SDXLFamily):
         arguments: dict[str, Any],
         *,
         request: GenerationRequest,
-        companions: Mapping[str, LoadedModel],
+        companions: Mapping[str, Loaded],
     ) -> RunOutput:
         output = super().run(pipe, arguments, request=request, companions=companions)
         output.warnings[:0] = self.size_warnings(pipe, request)

@@ -17,9 +17,10 @@ from pathlib import Path
 from typing import Any
 
 from easel.errors import InvalidRequest, ModelNotFound
+from easel.model_names import DEMO_CONTROL, control_display_name  # noqa: F401 (control_display_name: its old home)
 from easel.models.reference import HUB_ID, PICKLE_SUFFIXES, SAFE_SUFFIXES, ModelSource, check_hub_id
 
-DEMO = "demo"
+DEMO = DEMO_CONTROL
 CONTROL_CLASSES = ("ControlNetModel",)
 WEIGHTS = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.fp16.safetensors")
 
@@ -118,17 +119,6 @@ def control_weights_file(source: ModelSource) -> Path | None:
         if isinstance(found, str):
             return Path(found)
     return None
-
-
-def control_display_name(reference: str) -> str:
-    """The short name A1111 metadata shows as a unit's Model (the repo or folder name)."""
-    if reference == DEMO:
-        return "easel-demo-controlnet"
-    return (
-        Path(reference.rstrip("/")).stem
-        if reference.lower().endswith(SAFE_SUFFIXES)
-        else Path(reference.rstrip("/")).name
-    )
 
 
 def _read_config(path: Path) -> dict[str, Any]:

@@ -15,9 +15,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 from easel.errors import InvalidRequest, ModelNotFound
+from easel.model_names import PICKLE_SUFFIXES, SAFE_SUFFIXES
 
-SAFE_SUFFIXES = (".safetensors",)
-PICKLE_SUFFIXES = (".ckpt", ".bin", ".pt", ".pth")
 BUNDLED = "bundled demo model"
 DEMO_INPAINT = "easel-demo-inpaint"  # the bundled inpainting model, by name (no path needed)
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")

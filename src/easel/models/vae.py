@@ -13,13 +13,13 @@ its own VAE are never touched.
 from __future__ import annotations
 
 import json
-import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from easel.errors import InvalidRequest, ModelNotFound, UnsupportedFeature
+from easel.model_names import vae_display_name  # noqa: F401 (its old home)
 from easel.models.reference import HUB_ID, PICKLE_SUFFIXES, SAFE_SUFFIXES, ModelSource, check_hub_id
 
 FIELD = "vae"
@@ -203,19 +203,6 @@ def vae_weights_file(vae: ModelSource, subfolder: str | None) -> Path | None:
         if isinstance(found, str):
             return Path(found)
     return None
-
-
-def vae_display_name(reference: str) -> str:
-    """The name A1111 metadata shows as "VAE": a file's name (as A1111 writes it,
-    "sdxl_vae.safetensors"), a folder's name, or the repo id (so the name reads back). Decided
-    from the text alone, so a replay writes the same metadata."""
-    looks_like_path = (
-        reference.lower().endswith(SAFE_SUFFIXES + PICKLE_SUFFIXES)
-        or reference.startswith((".", "/", "~"))
-        or "\\" in reference
-        or reference.count("/") != 1
-    )
-    return re.split(r"[/\\]", reference.rstrip("/\\"))[-1] if looks_like_path else reference
 
 
 def _named(error: Exception) -> Exception:

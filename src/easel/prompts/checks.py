@@ -23,6 +23,7 @@ naming the field; the CLI exits 2 and the HTTP doors answer 422.
 from __future__ import annotations
 
 import math
+import re
 from typing import Any
 
 from easel.errors import InvalidRequest
@@ -33,6 +34,7 @@ MAX_PROMPT_CHARS = 4000  # ~1000 CLIP tokens, 13 chunks: far beyond what a CLIP 
 MAX_COMPEL_SYNTAX_CHARS = 1000
 MAX_NESTING = 10  # (x) nested ten deep is weight 1.1**10 = 2.6 already
 PACKRAT_CACHE = 2**16  # entries of pyparsing's memo; bounded, so memory stays bounded too
+COMPEL_SPECIAL = re.compile(r'[()+\-"\\]|\.(?:and|blend|swap)\(')  # Compel's syntax characters
 
 
 def check_prompt(text: str, syntax: str, *, field: str = "prompt") -> None:
@@ -173,8 +175,6 @@ def _check_a1111(text: str, field: str) -> None:
 
 def _check_compel(text: str, field: str) -> None:
     """Parse with Compel's own grammar; any failure of the parser is the prompt's fault."""
-    from easel.prompts.encoding import COMPEL_SPECIAL
-
     if not COMPEL_SPECIAL.search(text):
         return  # no Compel syntax at all: read as written, Compel's parser never sees it
     if len(text) > MAX_COMPEL_SYNTAX_CHARS:

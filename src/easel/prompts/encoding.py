@@ -23,11 +23,11 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from easel.errors import InvalidRequest
+from easel.prompts.checks import COMPEL_SPECIAL, enable_packrat
 
 Syntax = Literal["compel", "a1111", "plain"]
 SYNTAXES: tuple[str, ...] = ("compel", "a1111", "plain")
 CHUNK_TOKENS = 75  # CLIP's 77 positions minus the start and end tokens
-COMPEL_SPECIAL = re.compile(r'[()+\-"\\]|\.(?:and|blend|swap)\(')
 LOOKS_LIKE_A1111 = re.compile(r"\([^()]*:\s*[-+]?\d*\.?\d+\s*\)")
 CACHE_SIZE = 32
 
@@ -159,7 +159,6 @@ class PromptEncoder:
         from compel import Compel, ReturnedEmbeddingsType
 
         from easel.models.embeddings import MultiVectorTokens
-        from easel.prompts.checks import enable_packrat
 
         enable_packrat()  # Compel parses every prompt it encodes; keep that polynomial
         self.clip_skip = clip_skip

@@ -1,6 +1,6 @@
 """The HTTP door: `easel serve`, or create_app(settings) for any ASGI server.
 
-Modules: app (create_app, ServerState), jobs (queue, workers, SQLite records), native / a1111 /
+Modules: app (create_app), state (ServerState), jobs (queue, workers, SQLite records), native / a1111 /
 openai (the three API flavours), policy (limits, what a remote caller may name), security
 (bind check, API key, body size), errors (the one exception -> status mapping, per-flavour
 bodies). Importing this package imports nothing heavy; create_app imports FastAPI.

@@ -54,10 +54,11 @@ from pydantic import BaseModel, ConfigDict, Field
 from easel.errors import InvalidRequest, ModelNotFound, UnsupportedFeature
 from easel.request import MAX_CLIP_SKIP, MAX_SEED, MAX_SIDE, SIDE_SCHEMA, GenerationRequest, shown_value
 from easel.server import openapi as api
-from easel.server.app import ServerState, state_of
+from easel.server.a1111_options import vae_setting
 from easel.server.jobs import Job
 from easel.server.native import gallery_entry, submit
 from easel.server.openapi import A1111, documented
+from easel.server.state import ServerState, state_of
 
 State = Annotated[ServerState, Depends(state_of)]
 
@@ -80,7 +81,6 @@ OVERRIDE_MODEL = "override_settings.sd_model_checkpoint"
 OVERRIDE_VAE = "override_settings.sd_vae"
 CLIP_OPTION = "CLIP_stop_at_last_layers"  # A1111's clip skip setting (1 = none)
 OVERRIDE_CLIP = f"override_settings.{CLIP_OPTION}"
-AUTOMATIC_VAE = ("", "automatic", "none")  # A1111's sd_vae values for "the model's own VAE"
 # ControlUnit field -> the sd-webui-controlnet unit field
 UNIT_FIELD = {"conditioning_scale": "weight", "preprocessor": "module", "canny_low": "threshold_a",
               "canny_high": "threshold_b"}  # fmt: skip
@@ -514,18 +514,6 @@ def _clip_skip(body: Txt2ImgRequest, state: ServerState) -> int | None:
     return None if value in (None, 1) else value
 
 
-def vae_setting(value: Any, state: ServerState, *, field: str) -> str | None:
-    """A1111's sd_vae -> the request's vae: "Automatic"/"None" -> None (the model's own), else a
-    VAE the server lists (/sd-vae); anything else is a 422 naming `field`."""
-    if not isinstance(value, str):
-        raise InvalidRequest(
-            f"invalid {field}={value!r}: expected a VAE name (a string)", field=field, value=value
-        )
-    if value.strip().lower() in AUTOMATIC_VAE:
-        return None
-    return state.policy.vae_reference(value, field=field, listed_only=True)
-
-
 def _inpaint_fields(body: Img2ImgRequest, state: ServerState) -> dict[str, Any]:
     """A1111's inpainting fields as GenerationRequest fields (A1111's own meanings: a
     `mask_blur` sets both directions; easel blurs both alike, so different ones are refused)."""
@@ -750,8 +738,8 @@ async def _run(state: ServerState, request: GenerationRequest, body: Txt2ImgRequ
 
 def _response(state: ServerState, job: Job, body: BaseModel) -> dict[str, Any]:
     """{"images", "parameters", "info"} as A1111 answers; info is a JSON string."""
+    from easel.model_names import vae_display_name
     from easel.models.hashing import short_hash
-    from easel.models.vae import vae_display_name
 
     summary = job.summary or {}
     request = summary.get("request", {})
@@ -839,7 +827,7 @@ def _after(state: ServerState, job: Job, body: Txt2ImgRequest) -> None:
 
 
 def _easel_version() -> str:
-    from easel.server.app import _version
+    from easel.server.state import _version
 
     return _version()
 
@@ -875,7 +863,7 @@ def build_router() -> APIRouter:
         """A1111's LoRA list; `name` is what <lora:name:weight> takes."""
         from starlette.concurrency import run_in_threadpool
 
-        from easel.server.app import public_loras
+        from easel.server.state import public_loras
 
         entries = await run_in_threadpool(public_loras, state)
         return [
@@ -894,7 +882,7 @@ def build_router() -> APIRouter:
         ones under `skipped` with easel's `reason`."""
         from starlette.concurrency import run_in_threadpool
 
-        from easel.server.app import public_embeddings
+        from easel.server.state import public_embeddings
 
         entries = await run_in_threadpool(public_embeddings, state)
         listed: dict[str, dict[str, Any]] = {"loaded": {}, "skipped": {}}

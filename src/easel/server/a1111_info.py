@@ -13,8 +13,8 @@ from fastapi import APIRouter, Depends
 
 from easel.errors import UnsupportedFeature
 from easel.server import openapi as api
-from easel.server.app import ServerState, state_of
 from easel.server.openapi import A1111, documented
+from easel.server.state import ServerState, state_of
 
 State = Annotated[ServerState, Depends(state_of)]
 

@@ -23,13 +23,26 @@ from easel.errors import EaselError, InvalidRequest, ModelNotFound
 from easel.request import MAX_CLIP_SKIP, shown_value
 
 if TYPE_CHECKING:
-    from easel.server.app import ServerState
+    from easel.server.state import ServerState
 
 log = logging.getLogger("easel.server")
 
 FILE_NAME = "a1111-options.json"
 CLIP_OPTION = "CLIP_stop_at_last_layers"
 APPLIED = ("sd_model_checkpoint", "sd_vae", CLIP_OPTION)
+AUTOMATIC_VAE = ("", "automatic", "none")  # A1111's sd_vae values for "the model's own VAE"
+
+
+def vae_setting(value: Any, state: ServerState, *, field: str) -> str | None:
+    """A1111's sd_vae -> the request's vae: "Automatic"/"None" -> None (the model's own), else a
+    VAE the server lists (/sd-vae); anything else is a 422 naming `field`."""
+    if not isinstance(value, str):
+        raise InvalidRequest(
+            f"invalid {field}={value!r}: expected a VAE name (a string)", field=field, value=value
+        )
+    if value.strip().lower() in AUTOMATIC_VAE:
+        return None
+    return state.policy.vae_reference(value, field=field, listed_only=True)
 
 
 def options_path(state: ServerState) -> Path:
@@ -68,7 +81,6 @@ def resolve_applied(state: ServerState, values: dict[str, Any]) -> dict[str, Any
     checked (blocking I/O: reads model configs); a bad value is an InvalidRequest (or
     ModelNotFound) naming its key, and nothing is set."""
     from easel.models.cache import detect_family
-    from easel.server.a1111 import vae_setting
 
     changes: dict[str, Any] = {}
     if values.get("sd_vae") is not None:

@@ -1,7 +1,7 @@
 """create_app(settings): the HTTP door, built fresh for each call (no module globals).
 
-The app holds one ServerState on app.state.easel: the settings, one Easel (the only path to
-the models), the gallery, the job queue and the door policy. The three routers (native,
+The app holds one ServerState (server/state.py) on app.state.easel: the settings, one Easel
+(the only path to the models), the gallery, the job queue and the door policy. The three routers (native,
 A1111, OpenAI) only translate their API's fields into GenerationRequests, submit them to the
 queue and render results; errors are mapped in server/errors.py, one shape per flavour.
 """
@@ -10,45 +10,25 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
-
-from starlette.requests import Request  # at runtime: FastAPI reads state_of's annotation
+from typing import TYPE_CHECKING
 
 from easel.config import Settings
+
+# the shared state lives in server/state.py (the routers import it, never this module); its
+# names stay importable from here
+from easel.server.state import (  # noqa: F401
+    ServerState,
+    _version,
+    public_embeddings,
+    public_loras,
+    public_models,
+    state_of,
+)
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
 
     from easel.engine import Easel
-    from easel.server.jobs import JobQueue
-    from easel.server.policy import DoorPolicy, ModelEntry
-    from easel.storage.gallery import Gallery
-
-
-@dataclass
-class ServerState:
-    """Everything the routes share, created by create_app and reachable from each request."""
-
-    settings: Settings
-    engine: Easel
-    gallery: Gallery
-    queue: JobQueue
-    policy: DoorPolicy
-    current_model: str | None = None  # A1111's sd_model_checkpoint (None: the bundled model)
-    current_vae: str | None = None  # A1111's sd_vae (None: "Automatic", the model's own VAE)
-    current_clip_skip: int | None = None  # A1111's CLIP_stop_at_last_layers (None: 1, no skip)
-    bind: tuple[str, int] | None = None  # host and port `easel serve` listens on (A1111 cmd-flags)
-
-    def models(self) -> list[ModelEntry]:
-        from easel.server.policy import list_models
-
-        return list_models()
-
-
-def state_of(request: Request) -> ServerState:
-    """FastAPI dependency: the state of the app serving this request."""
-    return request.app.state.easel
 
 
 def create_app(settings: Settings | None = None, *, engine: Easel | None = None) -> FastAPI:
@@ -140,41 +120,3 @@ def serve(settings: Settings, *, host: str, port: int, insecure: bool = False) -
     app = create_app(settings)
     app.state.easel.bind = (host, port)
     uvicorn.run(app, host=host, port=port, log_level="info", access_log=False)
-
-
-def _version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("easel")
-    except PackageNotFoundError:
-        return "0+unknown"
-
-
-def public_models(state: ServerState) -> list[dict[str, Any]]:
-    """The models, the server's current one (A1111's sd_model_checkpoint, else the bundled
-    model) marked `default`: the web UI starts with it selected."""
-    return [{**entry.public(), "default": entry.reference == state.current_model} for entry in state.models()]
-
-
-def public_embeddings(state: ServerState) -> list[dict[str, Any]]:
-    """The embeddings folder's files (read fresh), readable or not, without server paths:
-    name, vectors, width, family, sha256 and `error` (None when readable)."""
-    from easel.models.embeddings import list_embeddings
-
-    settings = state.settings
-    return [
-        {key: entry[key] for key in ("name", "vectors", "width", "family", "sha256", "error")}
-        for entry in list_embeddings(settings.embeddings_folder, settings.home / "hashes.json")
-    ]
-
-
-def public_loras(state: ServerState) -> list[dict[str, Any]]:
-    """The LoRA folder's files as the native API lists them (no server paths)."""
-    from easel.models.lora import list_loras
-
-    settings = state.settings
-    return [
-        {key: entry[key] for key in ("name", "family", "hash", "sha256")}
-        for entry in list_loras(settings.loras_folder, settings.home / "hashes.json")
-    ]

@@ -33,7 +33,6 @@ from easel.errors import (
     ModelNotFound,
     UnsupportedFeature,
 )
-from easel.server.jobs import JobConflict, JobNotFound, QueueFull
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
@@ -67,6 +66,22 @@ class Unauthorized(Exception):
 
 class ImageNotFound(Exception):
     """No gallery image has this id (HTTP 404)."""
+
+
+class QueueFull(Exception):
+    """The queue holds `queue_size` jobs already; retry after `retry_after` seconds."""
+
+    def __init__(self, size: int, retry_after: int) -> None:
+        super().__init__(f"the queue is full ({size} jobs waiting); retry in about {retry_after} s")
+        self.retry_after = retry_after
+
+
+class JobNotFound(Exception):
+    """No job has this id (HTTP 404)."""
+
+
+class JobConflict(Exception):
+    """The job is in a state that does not allow this (HTTP 409), e.g. cancelling a finished job."""
 
 
 # The EaselError tree, most specific first (as documented in easel/errors.py), then the server's.

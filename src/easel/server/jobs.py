@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 from easel.errors import Cancelled, EaselError, GenerationFailed, InvalidRequest
 from easel.request import GenerationRequest
+from easel.server.errors import JobConflict, JobNotFound, QueueFull, public_message
 from easel.storage.database import reading, transaction
 
 if TYPE_CHECKING:
@@ -45,22 +46,6 @@ log = logging.getLogger("easel.server")
 QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED = "queued", "running", "succeeded", "failed", "cancelled"
 FINISHED = (SUCCEEDED, FAILED, CANCELLED)
 INTERRUPTED = "interrupted by restart"
-
-
-class QueueFull(Exception):
-    """The queue holds `queue_size` jobs already; retry after `retry_after` seconds."""
-
-    def __init__(self, size: int, retry_after: int) -> None:
-        super().__init__(f"the queue is full ({size} jobs waiting); retry in about {retry_after} s")
-        self.retry_after = retry_after
-
-
-class JobNotFound(Exception):
-    """No job has this id (HTTP 404)."""
-
-
-class JobConflict(Exception):
-    """The job is in a state that does not allow this (HTTP 409), e.g. cancelling a finished job."""
 
 
 @dataclass
@@ -433,8 +418,6 @@ class JobQueue:
         """Record the end of a job and wake its waiters (called with the lock held)."""
         job.status, job.finished_at = status, _now()
         if error is not None:
-            from easel.server.errors import public_message  # (errors imports this module)
-
             job.error = {"type": _kind(error), "message": public_message(str(error)),
                          "field": getattr(error, "field", None)}  # fmt: skip
         job.version += 1

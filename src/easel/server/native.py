@@ -46,10 +46,10 @@ from easel.errors import InvalidRequest, UnsupportedFeature
 from easel.prompts.checks import MAX_PROMPT_CHARS
 from easel.request import GenerationRequest
 from easel.server import openapi as api
-from easel.server.app import ServerState, public_embeddings, public_loras, public_models, state_of
 from easel.server.errors import ImageNotFound
 from easel.server.jobs import Job, public_request
 from easel.server.openapi import NATIVE, documented
+from easel.server.state import ServerState, public_embeddings, public_loras, public_models, state_of
 from easel.storage.gallery import GalleryEntry
 
 State = Annotated[ServerState, Depends(state_of)]

@@ -33,10 +33,10 @@ from pydantic import BaseModel, ConfigDict, Field
 from easel.errors import InvalidRequest
 from easel.request import MAX_SEED, GenerationRequest
 from easel.server import openapi as api
-from easel.server.app import ServerState, state_of
 from easel.server.jobs import Job
 from easel.server.native import gallery_entry, submit
 from easel.server.openapi import OPENAI, documented
+from easel.server.state import ServerState, state_of
 
 State = Annotated[ServerState, Depends(state_of)]
 OPENAI_MODELS = ("dall-e-", "gpt-image-", "chatgpt-image-")

@@ -36,8 +36,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from easel.errors import InvalidRequest, UnsupportedFeature
 from easel.server import openapi as api
-from easel.server.app import ServerState, state_of
 from easel.server.openapi import A1111, NATIVE, documented
+from easel.server.state import ServerState, state_of
 
 if TYPE_CHECKING:
     from PIL.Image import Image

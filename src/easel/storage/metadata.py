@@ -20,7 +20,7 @@ import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any, Protocol
 
 from easel.errors import InvalidRequest
 
@@ -28,7 +28,6 @@ if TYPE_CHECKING:
     from PIL.Image import Image
 
     from easel.request import GenerationRequest
-    from easel.result import GenerationResult
 
 SCHEMA = "easel.image/1"
 PARAMETERS_KEY = "parameters"
@@ -40,6 +39,26 @@ UNICODE_PREFIX = b"UNICODE\x00"
 FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}
 # one "Key: value" item of the settings line; values may be JSON-quoted
 SETTING = re.compile(r'\s*([\w][\w \-/+.()]*?):\s*("(?:\\.|[^\\"])*"|[^,]*)(?:,|$)')
+
+
+class Recipe(Protocol):
+    """What image_document reads of a result (easel.result.GenerationResult is one; that
+    module imports this one, so this one names only the fields)."""
+
+    @property
+    def request(self) -> GenerationRequest: ...
+    @property
+    def seeds(self) -> list[int]: ...
+    @property
+    def sampler(self) -> str: ...
+    @property
+    def model_name(self) -> str: ...
+    @property
+    def model_family(self) -> str: ...
+    @property
+    def model_hashes(self) -> dict[str, str]: ...
+    @property
+    def nsfw(self) -> list[bool]: ...
 
 
 @dataclass(frozen=True)
@@ -97,7 +116,7 @@ def format_parameters(
         settings["Model hash"] = model_hash
     settings["Model"] = model_name
     if request.vae is not None:  # A1111's order and names: "VAE hash: 63aeecb90f, VAE: sdxl_vae.safetensors"
-        from easel.models.vae import vae_display_name
+        from easel.model_names import vae_display_name
 
         if vae_hash:
             settings["VAE hash"] = vae_hash
@@ -124,7 +143,7 @@ def format_parameters(
 def control_parameters(request: GenerationRequest, hashes: dict[str, str]) -> dict[str, object]:
     """One "ControlNet i" entry per unit, in the layout sd-webui-controlnet writes
     (`ControlNet 0: "Module: canny, Model: name [hash], Weight: 1, ..."`)."""
-    from easel.models.control import control_display_name
+    from easel.model_names import control_display_name
 
     entries: dict[str, object] = {}
     for index, unit in enumerate(request.controls):
@@ -248,7 +267,7 @@ def parse_parameters(text: str) -> dict[str, Any]:
 # -- the easel JSON document ------------------------------------------------------------------
 
 
-def image_document(result: GenerationResult, index: int) -> dict[str, Any]:
+def image_document(result: Recipe, index: int) -> dict[str, Any]:
     """Everything needed to make image `index` of `result` again."""
     return {
         "schema": SCHEMA,
