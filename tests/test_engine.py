@@ -384,3 +384,30 @@ def test_half_precision_bases_stay_in_their_dtype_across_runs(hf_home, init_png)
         (loaded,) = half.cache.loaded()
         pipe = loaded.pipeline
         assert {pipe.unet.dtype, pipe.vae.dtype, pipe.text_encoder.dtype} == {torch.bfloat16}, fields
+
+
+@pytest.mark.slow
+def test_the_python_api_prints_no_library_noise(hf_home, tmp_path):
+    """Loading bars, 'requires torchvision; falling back', 'Could not reach the Hub', dtype notes:
+    none of it reaches a Python API user's terminal on a normal run; EASEL_DEBUG=1 shows it."""
+    import os
+    import subprocess
+    import sys
+
+    script = (
+        "from easel import Easel, GenerationRequest\n"
+        f"Easel().generate(GenerationRequest(model={TINY_SD15!r}, prompt='a red circle', steps=2, seed=1))\n"
+        "print('done')\n"
+    )
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "EASEL_HOME": str(tmp_path), "EASEL_THREADS": "1"}
+    env.pop("EASEL_DEBUG", None)
+
+    def run(environment: dict[str, str]) -> subprocess.CompletedProcess[str]:
+        command = [sys.executable, "-c", script]
+        return subprocess.run(command, env=environment, capture_output=True, text=True, timeout=300)
+
+    quiet = run(env)
+    assert quiet.returncode == 0 and quiet.stdout == "done\n", quiet.stderr
+    assert quiet.stderr == ""
+    loud = run({**env, "EASEL_DEBUG": "1"})
+    assert loud.returncode == 0 and "Loading" in loud.stderr

@@ -119,10 +119,12 @@ def quiet_libraries(debug: bool) -> None:
 
     Set through the libraries' environment variables (read when they are first imported), so
     a run that fails before any model loads never pays for importing torch."""
-    if debug:
-        return
     import os
     import warnings
+
+    if debug:
+        os.environ["EASEL_DEBUG"] = "1"  # and the engine keeps the libraries' loading notes too
+        return
 
     warnings.filterwarnings("ignore", category=FutureWarning)
     for variable in ("DIFFUSERS_VERBOSITY", "TRANSFORMERS_VERBOSITY", "HF_HUB_VERBOSITY"):

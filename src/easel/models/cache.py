@@ -253,17 +253,33 @@ def _load(
 @contextmanager
 def no_loading_bars() -> Iterator[None]:
     """diffusers and transformers draw tqdm bars while loading; progress is the engine's to
-    report (through its callback), so the bars are off while easel loads, restored afterwards."""
+    report (through its callback), so the bars are off while easel loads, restored afterwards.
+    Their loading notes go too (warnings and below: "requires torchvision; falling back to ...",
+    "Could not reach the Hub ... using the cache"), for the Python API as for the CLI; errors
+    still reach the user, as easel's exceptions. EASEL_DEBUG=1 (the CLI's --debug) keeps them."""
+    import logging as std_logging
+    import os
+
     from diffusers.utils import logging as diffusers_logging
+    from huggingface_hub.utils import logging as hub_logging
     from transformers.utils import logging as transformers_logging
 
+    if os.environ.get("EASEL_DEBUG"):
+        yield
+        return
     # transformers draws its own ("Loading weights") for the text encoders
     was_enabled = diffusers_logging.is_progress_bar_enabled(), transformers_logging.is_progress_bar_enabled()
+    libraries = (diffusers_logging, transformers_logging, hub_logging)
+    levels = [library.get_verbosity() for library in libraries]  # the standard library's levels
     diffusers_logging.disable_progress_bar()
     transformers_logging.disable_progress_bar()
+    for library, level in zip(libraries, levels, strict=True):
+        library.set_verbosity(max(level, std_logging.ERROR))
     try:
         yield
     finally:
+        for library, level in zip(libraries, levels, strict=True):
+            library.set_verbosity(level)
         if was_enabled[0]:
             diffusers_logging.enable_progress_bar()
         if was_enabled[1]:
