@@ -153,11 +153,14 @@ def test_a_random_variation_seed_is_drawn_recorded_and_replays(engine, tmp_path)
     assert settings["Seed"] == "6" and settings["Variation seed"] == str(drawn + 1)  # image 1's
     again, index = engine.replay(saved)
     assert again.encode(index) == saved.read_bytes()
-    # the infotext alone (seed and variation seed of that image) makes that image again
+    # the infotext alone (seed and variation seed of that image) makes that image again, as a batch
+    # of one: batched and single runs may differ by one level in a few pixels (CPU kernels pick
+    # different paths for batch 2 and 1), so up to that
     alone = engine.generate(
         GenerationRequest(**{**BASE, "seed": 6}, variation_seed=drawn + 1, variation_strength=0.3)
     )
-    np.testing.assert_array_equal(pixels(alone.images[0]), pixels(result.images[1]))
+    difference = np.abs(pixels(alone.images[0]).astype(int) - pixels(result.images[1]).astype(int))
+    assert difference.max() <= 1 and (difference > 0).mean() < 0.01
     unused = engine.generate(GenerationRequest(**BASE, variation_seed=-1))
     assert unused.request.variation_seed is None  # strength 0: nothing to draw
 
