@@ -96,8 +96,12 @@ def run_benchmark(
     warmup: int = 1,
     seed: int = 0,
     settings: Settings | None = None,
+    num_images: int = 1,
 ) -> BenchReport:
-    """Time `rounds` alternating generations through easel and through diffusers."""
+    """Time `rounds` alternating generations of `num_images` images through easel and through
+    diffusers. With settings.channels_last / settings.compile, the plain pipeline gets diffusers'
+    own recipe for the same (UNet in channels_last, torch.compile(unet)), so both sides compare
+    like for like; the warm-up rounds (where compilation happens) are reported apart."""
     import numpy as np
     import torch
     from diffusers import AutoPipelineForText2Image
@@ -108,9 +112,12 @@ def run_benchmark(
     engine = Easel(settings)
     rss = {"start": _rss_mb()}
     request = GenerationRequest(
-        model=model, prompt=prompt, steps=steps, seed=seed, width=width, height=height, scheduler=None
-    )
+        model=model, prompt=prompt, steps=steps, seed=seed, width=width, height=height, scheduler=None,
+        num_images=num_images,
+    )  # fmt: skip
+    started = time.perf_counter()
     first = engine.generate(request)  # loads the model; also the warm-up's first round
+    first_image_s = {"easel": time.perf_counter() - started}  # loading (and compiling) included
     concrete = first.request
     rss["easel_loaded"] = _rss_mb()
     (loaded,) = [entry for entry in engine.cache.loaded() if entry.source.display_name == first.model_name]
@@ -119,31 +126,45 @@ def run_benchmark(
     location = loaded.source.location
     from easel.models.cache import no_loading_bars
 
+    started = time.perf_counter()
     with no_loading_bars():  # the reference's loading is not the user's to watch either
         plain = AutoPipelineForText2Image.from_pretrained(location, dtype=dtype).to(device)
     plain.set_progress_bar_config(disable=True)
+    if settings.channels_last:
+        plain.unet.to(memory_format=torch.channels_last)
+    if settings.compile:
+        plain.unet = torch.compile(
+            plain.unet, mode=settings.compile_mode, fullgraph=settings.compile_fullgraph
+        )
+    plain_loading_s = time.perf_counter() - started
     rss["both_loaded"] = _rss_mb()
 
     def run_easel() -> Any:
-        return engine.generate(concrete).images[0]
+        return engine.generate(concrete).images
 
     def run_plain() -> Any:
-        generator = [torch.Generator("cpu").manual_seed(seed)]
+        generator = [torch.Generator("cpu").manual_seed(seed + i) for i in range(num_images)]
         return plain(
             prompt,
             num_inference_steps=steps,
             guidance_scale=concrete.guidance_scale,
             width=concrete.width,
             height=concrete.height,
+            num_images_per_prompt=num_images,
             generator=generator,
-        ).images[0]
+        ).images
 
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
     compiled_before = _graph_count()
+    warmup_s = {"easel": 0.0, "diffusers": 0.0}
     for _ in range(warmup):
-        run_easel()
-        run_plain()
+        for side, run in (("easel", run_easel), ("diffusers", run_plain)):
+            started = time.perf_counter()
+            run()
+            warmup_s[side] += time.perf_counter() - started
+            if side == "diffusers" and "diffusers" not in first_image_s:
+                first_image_s["diffusers"] = plain_loading_s + time.perf_counter() - started
     report = BenchReport(
         model=first.model_name,
         device=device,
@@ -153,6 +174,11 @@ def run_benchmark(
         size=f"{concrete.width}x{concrete.height}",
         rounds=rounds,
     )
+    if num_images != 1:
+        report.extras["num_images"] = num_images
+    if warmup:  # easel's first image came before: loading and compiling are in first_image_s
+        report.extras["warmup_s"] = {side: round(value, 3) for side, value in warmup_s.items()}
+        report.extras["first_image_s"] = {side: round(value, 3) for side, value in first_image_s.items()}
     ours = theirs = None
     for _ in range(rounds):
         started = time.perf_counter()
@@ -161,7 +187,11 @@ def run_benchmark(
         started = time.perf_counter()
         theirs = run_plain()
         report.diffusers_s.append(time.perf_counter() - started)
-    report.images_equal = bool(np.array_equal(np.asarray(ours), np.asarray(theirs)))
+    ours, theirs = ours or [], theirs or []
+    report.images_equal = len(ours) == len(theirs) and all(
+        np.array_equal(np.asarray(mine), np.asarray(reference))
+        for mine, reference in zip(ours, theirs, strict=False)
+    )
     rss["end"] = _rss_mb()
     report.rss_mb = rss
     if device.startswith("cuda"):
@@ -246,11 +276,13 @@ def _graph_count() -> int:
 
 
 def render_report(report: dict[str, Any]) -> str:
-    """`easel bench`'s report as an aligned table for a terminal (--json gives the same data)."""
+    """`easel bench`'s report as an aligned table for a terminal (--json gives the same data;
+    its medians are per call, which makes `num_images` images)."""
+    batch = int(report.get("num_images", 1))
     rows: list[tuple[str, str, str]] = [
         ("", "easel", "diffusers"),
-        ("seconds per image (median)", f"{report['easel_median_s']:.3f}",
-         f"{report['diffusers_median_s']:.3f}"),
+        ("seconds per image (median)", f"{report['easel_median_s'] / batch:.3f}",
+         f"{report['diffusers_median_s'] / batch:.3f}"),
         ("steps per second", f"{report['easel_steps_per_s']:.2f}", f"{report['diffusers_steps_per_s']:.2f}"),
     ]
     notes = [
@@ -259,6 +291,19 @@ def render_report(report: dict[str, Any]) -> str:
         f"easel / diffusers: {report['ratio_easel_over_diffusers']:.3f}; images equal: "
         + ("yes" if report["images_equal"] else "NO"),
     ]
+    if report.get("num_images", 1) != 1:
+        notes.append(f"batch of {report['num_images']} images per call")
+    if report.get("architecture"):
+        counts = ", ".join(f"{key} {value / 1e6:.1f} M" for key, value in report["parameters"].items())
+        flags = [flag for flag in ("channels_last", "compile") if report.get(flag)]
+        notes.append(f"architecture {report['architecture']} with random weights ({counts})"
+                     + (f"; {' + '.join(flags)}" if flags else ""))  # fmt: skip
+    if report.get("first_image_s"):
+        first = report["first_image_s"]
+        notes.append(
+            f"first image (loading and compiling included): easel {first['easel']:.2f} s, "
+            f"diffusers {first['diffusers']:.2f} s"
+        )
     rss = report.get("rss_mb") or {}
     if rss:
         readings = (f"{key.replace('_', ' ')} {value:.1f}" for key, value in rss.items())

@@ -152,23 +152,53 @@ def bench(
     rounds: Annotated[int, typer.Option(help="Timed rounds (each runs easel then diffusers).")] = 5,
     warmup: Annotated[int, typer.Option(help="Untimed rounds first.")] = 1,
     extras: Annotated[
-        bool, typer.Option("--extras/--no-extras", help="Also measure task switching and cold start.")
+        bool,
+        typer.Option(
+            "--extras/--no-extras",
+            help="Also measure task switching and cold start (not with --architecture).",
+        ),
     ] = True,
+    architecture: Annotated[
+        str | None,
+        typer.Option(help="sd15 | sdxl: a published full-size architecture (with random weights)."),
+    ] = None,
+    random_weights: Annotated[
+        bool, typer.Option("--random-weights", help="Random weights for --architecture (no downloads).")
+    ] = False,
+    batch: Annotated[int, typer.Option(help="Images per call (1-64).")] = 1,
+    device: Annotated[
+        str | None, typer.Option(help="auto | cpu | cuda | cuda:N | mps (EASEL_DEVICE).")
+    ] = None,
+    dtype: Annotated[
+        str | None, typer.Option(help="auto | float32 | float16 | bfloat16 (EASEL_DTYPE).")
+    ] = None,
+    compile_unet: Annotated[
+        bool, typer.Option("--compile", help="torch.compile the UNet, on both sides (EASEL_COMPILE).")
+    ] = False,
+    channels_last: Annotated[
+        bool, typer.Option("--channels-last", help="UNet in channels_last, on both sides.")
+    ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
     debug: DebugOption = False,
 ) -> None:
-    """Time easel against a plain diffusers call (alternating rounds, medians, memory, equality)."""
+    """Time easel against a plain diffusers call (alternating rounds, medians, memory, equality).
+
+    With --architecture sd15|sdxl --random-weights: the full-size architectures, no downloads."""
+    run_door(lambda: _check_bench_flags(architecture, random_weights, model, batch), debug=debug)
 
     def run() -> dict[str, Any]:
         quiet_libraries(debug)
         from easel.bench import measure_cold_start, measure_task_switching, run_benchmark
         from easel.config import Settings
 
-        settings = Settings.from_env()
-        report = run_benchmark(
-            model=model, prompt=prompt, steps=steps, width=width, height=height, rounds=rounds,
-            warmup=warmup, settings=settings,
-        ).as_dict()  # fmt: skip
+        settings = Settings.from_env(
+            device=device, dtype=dtype, compile=compile_unet or None, channels_last=channels_last or None
+        )  # a flag not given leaves EASEL_COMPILE / EASEL_CHANNELS_LAST in charge
+        options = {"prompt": prompt, "steps": steps, "width": width, "height": height, "rounds": rounds,
+                   "warmup": warmup, "settings": settings, "num_images": batch}  # fmt: skip
+        if architecture is not None:
+            return _bench_architecture(architecture, settings, options)
+        report = run_benchmark(model=model, **options).as_dict()
         if extras:
             report["task_switching"] = measure_task_switching(model, settings)
             report["cold_start"] = measure_cold_start(prompt) if model is None else None
@@ -181,3 +211,44 @@ def bench(
     from easel.bench import render_report
 
     typer.echo(render_report(report))
+
+
+def _check_bench_flags(architecture: str | None, random_weights: bool, model: str | None, batch: int) -> None:
+    """--architecture needs --random-weights and the reverse (no trained weights can be had here)."""
+    from easel.bench_architectures import ARCHITECTURES
+    from easel.errors import InvalidRequest
+
+    if not 1 <= batch <= 64:
+        raise InvalidRequest(f"invalid --batch={batch}: use 1 to 64 images per call")
+
+    if architecture is not None and architecture not in ARCHITECTURES:
+        raise InvalidRequest(
+            f"invalid --architecture={architecture!r}: use one of {', '.join(ARCHITECTURES)}"
+        )
+    if architecture is not None and not random_weights:
+        raise InvalidRequest(
+            f"invalid --architecture={architecture!r} without --random-weights: an architecture alone has "
+            "no weights; add --random-weights (a random UNet costs what a trained one does per step)"
+        )
+    if random_weights and architecture is None:
+        raise InvalidRequest("invalid --random-weights without --architecture: add --architecture sd15|sdxl")
+    if architecture is not None and model is not None:
+        raise InvalidRequest(f"invalid --architecture={architecture!r} with --model: give one of them")
+
+
+def _bench_architecture(name: str, settings: Any, options: dict[str, Any]) -> dict[str, Any]:
+    """`easel bench --architecture NAME --random-weights`: build, save to a temporary folder,
+    measure both sides loading it, delete it."""
+    from easel.bench import run_benchmark
+    from easel.bench_architectures import PUBLISHED_PARAMETERS, random_weights_model
+    from easel.devices import resolve_device, resolve_dtype
+
+    device = resolve_device(settings.device)
+    with random_weights_model(name, device, resolve_dtype(settings.dtype, device)) as (folder, counts):
+        report = run_benchmark(model=str(folder), **options).as_dict()
+    report["architecture"] = name
+    report["parameters"] = counts
+    report["published_parameters"] = {key: int(value) for key, value in PUBLISHED_PARAMETERS[name].items()}
+    report["channels_last"] = settings.channels_last
+    report["compile"] = settings.compile
+    return report
