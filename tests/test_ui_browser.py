@@ -112,8 +112,9 @@ def wait(driver: Any, condition: Any, timeout: float = 60) -> Any:
     from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.support.ui import WebDriverWait
 
-    # a list re-rendered between finding and reading its elements is just "not yet"
-    stale = (StaleElementReferenceException,)
+    # a list re-rendered between finding and reading its elements (or read while it is being
+    # replaced: no card yet) is just "not yet"
+    stale = (StaleElementReferenceException, IndexError)
     waiting = WebDriverWait(driver, timeout, poll_frequency=0.1, ignored_exceptions=stale)
     return waiting.until(lambda d: condition())
 
