@@ -25,6 +25,7 @@ def run_easel(
     )
 
 
+@pytest.mark.slow
 def test_generate_writes_the_image_and_reports_it(hf_home, tmp_path):
     out = tmp_path / "out.png"
     done = run_easel(
@@ -36,6 +37,7 @@ def test_generate_writes_the_image_and_reports_it(hf_home, tmp_path):
     assert Image.open(out).size == (64, 64)
 
 
+@pytest.mark.slow
 def test_json_batch_grid_and_api_equality(hf_home, tmp_path, engine):
     from easel import GenerationRequest
 
@@ -75,6 +77,7 @@ def test_json_batch_grid_and_api_equality(hf_home, tmp_path, engine):
         np.testing.assert_array_equal(np.asarray(Image.open(item["path"])), np.asarray(image))
 
 
+@pytest.mark.slow
 def test_img2img_reports_the_steps_actually_run(hf_home, tmp_path, init_png):
     done = run_easel(
         "generate",
@@ -97,6 +100,7 @@ def test_img2img_reports_the_steps_actually_run(hf_home, tmp_path, init_png):
     assert json.loads(done.stdout)["effective_steps"] == 4
 
 
+@pytest.mark.slow
 def test_default_model_is_the_bundled_demo_and_images_go_to_the_gallery(tmp_path):
     done = run_easel("generate", "a red circle on a blue background", "--seed", "3", "--steps", "2", "--json")
     assert done.returncode == 0, done.stderr
@@ -107,6 +111,7 @@ def test_default_model_is_the_bundled_demo_and_images_go_to_the_gallery(tmp_path
     assert summary["model"] == "easel-demo"
 
 
+@pytest.mark.slow
 def test_no_gallery_writes_only_where_asked(tmp_path):
     done = run_easel(
         "generate", "a", "--seed", "4", "--steps", "1", "--no-gallery", cwd=tmp_path, home=tmp_path / "h"
@@ -116,6 +121,7 @@ def test_no_gallery_writes_only_where_asked(tmp_path):
     assert not (tmp_path / "h" / "gallery").exists()
 
 
+@pytest.mark.slow
 def test_info_replay_and_gallery_commands(hf_home, tmp_path):
     home = tmp_path / "home"
     made = run_easel(
@@ -181,6 +187,7 @@ def test_bad_input_exits_2_with_one_line(hf_home, tmp_path, args, message):
     assert len(lines) == 1 and message in lines[0], done.stderr
 
 
+@pytest.mark.slow
 def test_pickle_file_refused_then_allowed_flag_is_honoured(hf_home, tmp_path):
     checkpoint = tmp_path / "model.ckpt"
     checkpoint.write_bytes(b"not really a checkpoint")

@@ -17,6 +17,7 @@ def _installed(controlnet_models):
     """The tiny ControlNets must be in the HF cache."""
 
 
+@pytest.mark.slow
 def test_two_units_save_control_and_api_equality(tmp_path, engine):
     from easel import ControlUnit, GenerationRequest
     from easel.storage.metadata import read_metadata

@@ -150,6 +150,7 @@ def test_controlnet_puts_the_shape_on_the_mask(pipe: Any) -> None:
     assert mask_iou(images, masks).mean() > 0.6
 
 
+@pytest.mark.slow
 def test_training_script_smoke(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """A few steps of every stage on tiny settings; an interrupted run resumes to the same weights."""
     from dataclasses import replace

@@ -491,6 +491,7 @@ def test_records_and_replay_after_the_inputs_are_gone(engine, picture, mask_png,
     assert again.encode(index) == entries[1].path.read_bytes()
 
 
+@pytest.mark.slow
 def test_cli_inpaints_and_names_the_flag_of_a_bad_value(hf_home, picture, mask_png, tmp_path):
     from test_cli import run_easel
 

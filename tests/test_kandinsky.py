@@ -196,6 +196,7 @@ def test_bad_prior_values_are_refused_at_the_door(fields, field):
     assert caught.value.field == field
 
 
+@pytest.mark.slow
 def test_cli_prior_options(tmp_path, engine):
     from test_cli import run_easel
 

@@ -181,6 +181,7 @@ def test_token_counts(engine, hf_home):
     assert count.counted_with == "stable-diffusion-v1-5" and 0 < count.vocabulary < 49408
 
 
+@pytest.mark.slow
 def test_cli_syntax_end_to_end_sd15_and_sdxl(hf_home, sdxl_models, tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "EASEL_THREADS": "1"}
     for model in (TINY_SD15, TINY_SDXL):

@@ -291,6 +291,7 @@ def test_bad_values_are_refused_at_the_door(fields, field):
     assert caught.value.field == field
 
 
+@pytest.mark.slow
 def test_cli_hand_off_and_refiner_options(sdxl_models, tmp_path, engine):
     from test_cli import run_easel
 
