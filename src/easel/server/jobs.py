@@ -28,7 +28,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from easel.errors import Cancelled, EaselError, GenerationFailed, InvalidRequest
 from easel.request import GenerationRequest
@@ -36,9 +36,9 @@ from easel.server.errors import JobConflict, JobNotFound, QueueFull, public_mess
 from easel.storage.database import reading, transaction
 
 if TYPE_CHECKING:
-    from easel.engine import Easel
+    from easel.engine import Easel, ProgressCallback
     from easel.limits import Limits
-    from easel.result import Progress
+    from easel.result import GenerationResult, Progress
     from easel.storage.gallery import Gallery
 
 log = logging.getLogger("easel.server")
@@ -66,6 +66,7 @@ class Job:
     # [{"id", "seed", "nsfw", "parameters"}]: gallery ids and each image's A1111 parameters text
     images: list[dict[str, Any]] = field(default_factory=list)
     summary: dict[str, Any] | None = None  # GenerationResult.summary() (+ model_hashes), no pixels
+    worker: str | None = None  # who ran it: None in one process, the Ray Serve replica when scaled out
     version: int = 0
     cancel: threading.Event = field(default_factory=threading.Event, repr=False)
     done: threading.Event = field(default_factory=threading.Event, repr=False)
@@ -104,6 +105,7 @@ class Job:
             "error": self.error,
             "images": [{**image, "url": f"/api/v1/images/{image['id']}"} for image in self.images],
             "result": self.summary,
+            "worker": self.worker,
         }
 
 
@@ -134,7 +136,7 @@ class JobStore:
 
     COLUMNS = (
         "id", "created_at", "started_at", "finished_at", "status", "source", "request_json",
-        "error_json", "images_json", "summary_json",
+        "error_json", "images_json", "summary_json", "worker",
     )  # fmt: skip
 
     def __init__(self, database: Path) -> None:
@@ -146,6 +148,9 @@ class JobStore:
                 "request_json TEXT NOT NULL, error_json TEXT, images_json TEXT, summary_json TEXT)"
             )
             connection.execute("CREATE INDEX IF NOT EXISTS jobs_created ON jobs(created_at)")
+            columns = {row[1] for row in connection.execute("PRAGMA table_info(jobs)")}
+            if "worker" not in columns:  # a gallery made before scale-out: add the column
+                connection.execute("ALTER TABLE jobs ADD COLUMN worker TEXT")
 
     def save(self, job: Job) -> None:
         """Insert or replace the record. A finished job keeps its public request only (an
@@ -154,7 +159,7 @@ class JobStore:
         row = (
             job.id, job.created_at, job.started_at, job.finished_at, job.status, job.source,
             json.dumps(request, ensure_ascii=False), json.dumps(job.error), json.dumps(job.images),
-            json.dumps(job.summary, ensure_ascii=False),
+            json.dumps(job.summary, ensure_ascii=False), job.worker,
         )  # fmt: skip
         with transaction(self.database) as connection:
             connection.execute(
@@ -219,9 +224,19 @@ class JobStore:
         job.error = json.loads(row["error_json"] or "null")
         job.images = json.loads(row["images_json"] or "[]")
         job.summary = json.loads(row["summary_json"] or "null")
+        job.worker = row["worker"]
         if job.finished:
             job.done.set()
         return job
+
+
+class Runner(Protocol):
+    """What runs one job's generation for the queue: the server's own Easel by default, or
+    workers elsewhere (server/ray_serve.py). It may name who ran it in `job.worker`."""
+
+    def __call__(
+        self, job: Job, *, on_progress: ProgressCallback, limits: Limits | None
+    ) -> GenerationResult: ...
 
 
 class JobQueue:
@@ -236,8 +251,10 @@ class JobQueue:
         size: int,
         workers: int = 1,
         limits: Limits | None = None,
+        runner: Runner | None = None,
     ) -> None:
         self.engine, self.gallery, self.store = engine, gallery, store
+        self.runner: Runner = runner or self._run_here
         self.limits = limits  # checked by the engine on the concrete request (defaults filled in)
         self.size, self.workers = size, max(1, workers)
         self._lock = threading.Condition()
@@ -379,9 +396,7 @@ class JobQueue:
                 job.version += 1
 
         try:
-            result = self.engine.generate(
-                job.request, on_progress=on_progress, cancel=job.cancel, limits=self.limits
-            )
+            result = self.runner(job, on_progress=on_progress, limits=self.limits)
             saved, _ = save_result(result, gallery=self.gallery, output=None, grid=False)
         except Cancelled as error:
             with self._lock:
@@ -413,6 +428,12 @@ class JobQueue:
                 job.total = result.effective_steps
             job.step = job.total  # the pipeline's own count (PNDM runs one step more than asked)
             self._finish(job, SUCCEEDED)
+
+    def _run_here(
+        self, job: Job, *, on_progress: ProgressCallback, limits: Limits | None
+    ) -> GenerationResult:
+        """The default runner: this process's Easel."""
+        return self.engine.generate(job.request, on_progress=on_progress, cancel=job.cancel, limits=limits)
 
     def _finish(self, job: Job, status: str, error: EaselError | None = None) -> None:
         """Record the end of a job and wake its waiters (called with the lock held)."""
