@@ -47,8 +47,6 @@ def refused(answer, field: str) -> str:
         ("background", "transparent"),
         ("output_format", "webp"),
         ("output_compression", 50),
-        ("stream", True),
-        ("partial_images", 2),
         ("complexity", "low"),
         ("frame_count", 4),
         ("frame_duration_ms", 100),
@@ -90,7 +88,7 @@ def test_edits_check_their_fields_too(client, picture):
     same = client.post("/v1/images/edits", files=image, data={**form, **harmless})
     assert same.status_code == 200, same.text
     assert same.json()["data"] == plain.json()["data"]
-    for field, value in (("input_fidelity", "high"), ("stream", "true"), ("output_format", "jpeg")):
+    for field, value in (("input_fidelity", "high"), ("partial_images", "4"), ("output_format", "jpeg")):
         answer = client.post("/v1/images/edits", files=image, data={**form, field: value})
         assert refused(answer, field).startswith(f"invalid {field}=")
     assert refused(client.post("/v1/images/edits", files=image, data={**form, "svg[model]": "x"}), "svg")

@@ -91,6 +91,7 @@ def test_malformed_prompts_are_invalid_requests(text: str, syntax: str, reason: 
     assert caught.value.field == "prompt"
 
 
+@pytest.mark.slow  # over 4 s: the quick set stays under 8 minutes
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(st.sampled_from(COMPEL_PIECES), max_size=60).map("".join))
 def test_any_compel_prompt_is_accepted_or_refused_cleanly(text: str) -> None:

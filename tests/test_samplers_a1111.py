@@ -94,6 +94,7 @@ def test_schedule_types_set_the_options_and_switch_the_others_off(base_scheduler
     assert len(scheduler.timesteps) >= steps
 
 
+@pytest.mark.slow  # over 4 s: the quick set stays under 8 minutes
 def test_every_listed_name_is_accepted_and_runs_a_whole_schedule(base_scheduler):
     """Each name easel lists validates, builds, and steps through 4 steps to finite latents."""
     import inspect

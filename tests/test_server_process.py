@@ -155,3 +155,25 @@ def test_openai_client_unchanged(live_server, init_png):
     wrong = openai.OpenAI(base_url=f"http://127.0.0.1:{live_server}/v1", api_key="nope", max_retries=0)
     with pytest.raises(openai.AuthenticationError):
         wrong.images.generate(prompt="x")
+
+
+@pytest.mark.slow
+def test_openai_client_reads_the_image_stream(live_server):
+    import openai
+
+    client = openai.OpenAI(
+        base_url=f"http://127.0.0.1:{live_server}/v1", api_key=KEY, max_retries=0, timeout=120
+    )
+    # the server's default previews (every 5 steps) give the partial images
+    stream = client.images.generate(
+        prompt="a green triangle", model=TINY_SD15, size="64x64", stream=True, partial_images=2,
+        extra_body={"seed": 5, "steps": 20},
+    )  # fmt: skip
+    events = list(stream)
+    partials = [event for event in events if event.type == "image_generation.partial_image"]
+    assert 1 <= len(partials) <= 2 and [e.partial_image_index for e in partials] == list(range(len(partials)))
+    assert events[-1].type == "image_generation.completed" and len(events) == len(partials) + 1
+    for event in events:
+        assert Image.open(io.BytesIO(base64.b64decode(event.b64_json))).size == (64, 64)
+    final = Image.open(io.BytesIO(base64.b64decode(events[-1].b64_json)))
+    assert "Seed: 5," in final.info["parameters"]

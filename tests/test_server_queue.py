@@ -105,6 +105,7 @@ def images_of(kind: str, response) -> list[bytes]:
     return [base64.b64decode(item["b64_json"]) for item in body["data"]]
 
 
+@pytest.mark.slow  # over 4 s: the quick set stays under 8 minutes
 def test_concurrent_mixed_requests_give_the_same_bytes_as_one_by_one(engine, tmp_path, init_png):
     requests = mixed_requests(init_png)
     assert len(requests) >= 16

@@ -167,6 +167,7 @@ def test_controlnet_convolutions_tile_for_the_run_too(engine, controlnet_models,
     np.testing.assert_array_equal(pixels(engine.generate(request).images[0]), pixels(plain.images[0]))
 
 
+@pytest.mark.slow  # over 4 s: the quick set stays under 8 minutes
 def test_kandinsky_decoder_and_movq_tile(engine, kandinsky_models):
     request = GenerationRequest(model=TINY_KANDINSKY, prompt="tiles", steps=2, prior_steps=2, seed=4)
     plain = engine.generate(request)

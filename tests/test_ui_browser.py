@@ -573,9 +573,16 @@ def test_cancel_while_running(page):
     fill(page, "num-images", 4)
     by_id(page, "generate").click()
     wait(page, lambda: by_id(page, "status").text.startswith("Step"))
+    # the live preview (the server's default: every 5 steps) stands in the results area
+    wait(page, lambda: (src := page.execute_script(
+        "const img = document.querySelector('#live-preview img'); return img && img.src;"
+    )) and src.startswith("data:image/png;base64,"))  # fmt: skip
+    assert "previewing" in by_id(page, "results").get_attribute("class")
     by_id(page, "cancel").click()
     wait(page, lambda: by_id(page, "status").get_attribute("data-state") == "cancelled")
     assert "cancel" in by_id(page, "error").text.lower()
+    assert not page.find_elements("css selector", "#live-preview")  # the earlier results are back
+    assert "previewing" not in by_id(page, "results").get_attribute("class")
     assert by_id(page, "generate").is_enabled() and not by_id(page, "cancel").is_enabled()
     fill(page, "steps", 2)
     fill(page, "num-images", 1)

@@ -73,11 +73,18 @@ class Settings:
     api_key: str | None = field(default=None, repr=False)  # when set, every route requires it
     queue_size: int = 64  # jobs waiting at most; more is answered 429 with Retry-After
     server_workers: int = 1  # generation workers: one per device, pipelines never run concurrently
+    # batching (easel.batching): up to max_batch compatible queued jobs (1: off) gathered within
+    # batch_window_ms run as one pipeline call; batched pixels may differ from solo ones (README)
+    max_batch: int = 1
+    batch_window_ms: int = 50
     max_pixels: int = 2048 * 2048  # width x height of one image
     max_steps: int = 150  # steps (and prior steps) per request
     max_images: int = 8  # images per request
     max_upload_bytes: int = 20 * 1024 * 1024  # one uploaded image (base64 bodies may be 4/3 of it)
     allow_url_images: bool = False  # init images by http(s) URL; off: server-side request forgery
+    # live previews of running jobs (easel.previews): every N steps, 0 = off; how they are made
+    preview_every: int = 5
+    preview_method: str = "auto"  # auto (TAESD if cached and made for the VAE) | linear | taesd | none
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "home", Path(self.home).expanduser())  # accept str from callers
@@ -100,6 +107,25 @@ class Settings:
                 raise InvalidRequest(
                     f"invalid {name}={value!r}: use one of {', '.join(allowed)}", field=name, value=value
                 )
+        if self.preview_method not in ("auto", "linear", "taesd", "none"):  # easel.previews.PREVIEW_METHODS
+            raise InvalidRequest(
+                f"invalid preview_method={self.preview_method!r}: use one of auto, linear, taesd, none",
+                field="preview_method",
+                value=self.preview_method,
+            )
+        if self.preview_every < 0:
+            raise InvalidRequest(
+                f"invalid preview_every={self.preview_every!r}: must be >= 0 (0: no previews)",
+                field="preview_every",
+                value=self.preview_every,
+            )
+        if self.max_batch < 1 or self.batch_window_ms < 0:
+            name = "max_batch" if self.max_batch < 1 else "batch_window_ms"
+            raise InvalidRequest(
+                f"invalid {name}={getattr(self, name)!r}: must be >= {1 if name == 'max_batch' else 0}",
+                field=name,
+                value=getattr(self, name),
+            )
         if self.threads is not None and self.threads < 1:
             raise InvalidRequest(
                 f"invalid threads={self.threads!r}: must be >= 1", field="threads", value=self.threads

@@ -60,6 +60,7 @@ class HiresPass:
         assert request.hires is not None and request.width is not None and request.height is not None
         self.easel, self.loaded, self.request, self.hires = easel, loaded, request, request.hires
         self.on_progress, self.cancel = on_progress, cancel
+        self.previewer: Any = None  # the run's Previewer (easel.previews), set by the engine
         check_hires(easel, loaded.family, request)
         from easel.upscalers import LATENT_UPSCALERS
 
@@ -84,11 +85,17 @@ class HiresPass:
 
     def first_progress(self, progress: Progress) -> None:
         if self.on_progress is not None:
-            self.on_progress(Progress(progress.step, self.total))
+            self.on_progress(Progress(progress.step, self.total, preview=progress.preview))
 
     def _second_progress(self, progress: Progress) -> None:
         if self.on_progress is not None:
-            self.on_progress(Progress(self.first_total + progress.step, self.first_total + progress.total))
+            self.on_progress(
+                Progress(
+                    self.first_total + progress.step,
+                    self.first_total + progress.total,
+                    preview=progress.preview,
+                )
+            )
 
     def second_pass(self, first: RunOutput, family: Family) -> RunOutput:
         """Upscale the first pass's latents and denoise them again at the target size."""
@@ -105,6 +112,7 @@ class HiresPass:
             cancel=self.cancel,
             companions={},
             state=self.loaded.state,
+            previewer=self.previewer,
         )
         output.warnings[:0] = first.warnings
         return output

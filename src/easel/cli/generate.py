@@ -35,6 +35,26 @@ OUTPUT_PANEL = "Output"
 PERFORMANCE_PANEL = "Performance"
 
 
+def _writing_previews(path: Path | None, display: Any) -> Any:
+    """`display` (the progress callback), also writing each live preview to `path`."""
+    if path is None:
+        return display
+
+    def on_progress(progress: Any) -> None:
+        if progress.preview is not None:
+            import io
+
+            from easel.storage.files import write_atomically
+
+            buffer = io.BytesIO()
+            progress.preview.save(buffer, format="PNG")
+            write_atomically(path, buffer.getvalue())
+        if display is not None:
+            display(progress)
+
+    return on_progress
+
+
 @app.command()
 def generate(
     prompt: Annotated[str, typer.Argument(help="What to draw.")],
@@ -537,6 +557,22 @@ def generate(
             rich_help_panel=OUTPUT_PANEL,
         ),
     ] = False,
+    preview_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--preview-file",
+            help="While it runs, keep a live preview of the first image here (PNG, replaced atomically).",
+            rich_help_panel=OUTPUT_PANEL,
+        ),
+    ] = None,
+    preview_every: Annotated[
+        int | None,
+        typer.Option(
+            "--preview-every",
+            help="With --preview-file: a preview every N steps (env EASEL_PREVIEW_EVERY, 5).",
+            rich_help_panel=OUTPUT_PANEL,
+        ),
+    ] = None,
     debug: DebugOption = False,
 ) -> None:
     """Text-to-image, image-to-image with --image, inpainting with --image and --mask (or --outpaint)."""
@@ -640,8 +676,15 @@ def generate(
             channels_last=channels_last,
         )
         engine = Easel(settings)
+        if preview_every is not None and preview_file is None:
+            raise InvalidRequest("--preview-every needs --preview-file (where to write the previews)",
+                                 field="preview_every")  # fmt: skip
+        previews = None if preview_file is None else (preview_every if preview_every is not None
+                                                      else settings.preview_every)  # fmt: skip
         with ProgressDisplay(enabled=not as_json and sys.stderr.isatty()) as on_progress:
-            result = engine.generate(request, on_progress=on_progress)
+            result = engine.generate(
+                request, on_progress=_writing_previews(preview_file, on_progress), previews=previews
+            )
         from easel.storage.gallery import Gallery
         from easel.storage.outputs import save_result
 

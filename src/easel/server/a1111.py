@@ -975,9 +975,12 @@ def build_router() -> APIRouter:
         return {"txt2img": [], "img2img": []}
 
     @router.get("/progress", **documented(A1111, api.A1111Progress))
-    async def progress(state: State) -> dict[str, Any]:
+    async def progress(state: State, skip_current_image: bool = False) -> dict[str, Any]:
+        """The running job's progress; `current_image`: its latest live preview (base64 PNG of the
+        first image, easel serve --preview-every), unless skip_current_image=true."""
         now = state.queue.state()
         job: Job | None = now["running"]
+        preview = None if job is None or skip_current_image else job.preview  # read once: it may go
         fraction = job.step / job.total if job is not None and job.total else 0.0
         count = now["queued"] + (1 if job is not None else 0)
         eta = 0.0
@@ -995,7 +998,7 @@ def build_router() -> APIRouter:
                 "job_count": count, "job_timestamp": "0", "job_no": 0,
                 "sampling_step": job.step if job else 0, "sampling_steps": job.total if job else 0,
             },
-            "current_image": None,
+            "current_image": None if preview is None else base64.b64encode(preview).decode("ascii"),
             "textinfo": None,
             "current_task": job.id if job else None,
         }  # fmt: skip

@@ -68,6 +68,10 @@ class Job:
     summary: dict[str, Any] | None = None  # GenerationResult.summary() (+ model_hashes), no pixels
     worker: str | None = None  # who ran it: None in one process, the Ray Serve replica when scaled out
     version: int = 0
+    # the latest live preview (PNG bytes of the first image, at step `preview_step`); memory only,
+    # dropped when the job ends
+    preview: bytes | None = field(default=None, repr=False)
+    preview_step: int = 0
     cancel: threading.Event = field(default_factory=threading.Event, repr=False)
     done: threading.Event = field(default_factory=threading.Event, repr=False)
     _callbacks: list[Callable[[], None]] = field(default_factory=list, repr=False)
@@ -78,18 +82,7 @@ class Job:
 
     def exception(self) -> EaselError | None:
         """The error of a failed or cancelled job as the EaselError it was, for the doors to map."""
-        if self.error is None:
-            return None
-        kinds: dict[str, type[EaselError]] = {
-            cls.__name__: cls for cls in (Cancelled, GenerationFailed, *EaselError.__subclasses__())
-        }
-        kind = kinds.get(self.error.get("type", ""), GenerationFailed)
-        if kind is InvalidRequest:
-            return InvalidRequest(self.error["message"], field=self.error.get("field"))
-        error = kind(self.error["message"])
-        if self.error.get("field") is not None:  # an UnsupportedFeature may name its field too
-            error.field = self.error["field"]  # type: ignore[attr-defined]
-        return error
+        return None if self.error is None else error_from(self.error)
 
     def describe(self) -> dict[str, Any]:
         """The public record (no pixels, no uploaded image data, no server paths)."""
@@ -107,6 +100,20 @@ class Job:
             "result": self.summary,
             "worker": self.worker,
         }
+
+
+def error_from(record: dict[str, Any]) -> EaselError:
+    """An error record ({"type", "message", "field"}) as the EaselError it was."""
+    kinds: dict[str, type[EaselError]] = {
+        cls.__name__: cls for cls in (Cancelled, GenerationFailed, *EaselError.__subclasses__())
+    }
+    kind = kinds.get(record.get("type", ""), GenerationFailed)
+    if kind is InvalidRequest:
+        return InvalidRequest(record["message"], field=record.get("field"))
+    error = kind(record["message"])
+    if record.get("field") is not None:  # an UnsupportedFeature may name its field too
+        error.field = record["field"]  # type: ignore[attr-defined]
+    return error
 
 
 def public_request(request: GenerationRequest | dict[str, Any]) -> dict[str, Any]:
@@ -252,10 +259,24 @@ class JobQueue:
         workers: int = 1,
         limits: Limits | None = None,
         runner: Runner | None = None,
+        max_batch: int = 1,
+        batch_window_ms: int = 50,
     ) -> None:
+        if max_batch > 1 and runner is not None:
+            raise _batching_is_local(max_batch)
+        if max_batch < 1 or batch_window_ms < 0:
+            raise InvalidRequest(
+                f"invalid max_batch={max_batch} / batch_window_ms={batch_window_ms}: need >= 1 / >= 0",
+                field="max_batch" if max_batch < 1 else "batch_window_ms",
+                value=max_batch if max_batch < 1 else batch_window_ms,
+            )
+        # batching (easel.batching): up to max_batch compatible jobs gathered within the window
+        self.max_batch, self.batch_window = max_batch, batch_window_ms / 1000
+        self._keys: dict[str, str | None] = {}  # job id -> its batch key, computed once
         self.engine, self.gallery, self.store = engine, gallery, store
         self.runner: Runner = runner or self._run_here
         self.limits = limits  # checked by the engine on the concrete request (defaults filled in)
+        self.preview_every = 0  # live previews every N steps (0: off); create_app sets the server's
         self.size, self.workers = size, max(1, workers)
         self._lock = threading.Condition()
         self._waiting: deque[Job] = deque()
@@ -268,6 +289,8 @@ class JobQueue:
 
     def start(self) -> None:
         """Recover the records of an earlier run, then start the workers."""
+        if self.max_batch > 1 and self.runner != self._run_here:  # a runner set after construction
+            raise _batching_is_local(self.max_batch)
         with self._lock:
             for job in self.store.recover():
                 self._jobs[job.id] = job
@@ -383,7 +406,11 @@ class JobQueue:
                 job.status, job.started_at = RUNNING, _now()
                 job.version += 1
                 self.store.save(job)
-            self._run(job)
+            batch = self._gather(job) if self.max_batch > 1 else [job]
+            if len(batch) == 1:
+                self._run(job)
+            else:
+                self._run_batch(batch)
 
     def _run(self, job: Job) -> None:
         from easel.storage.outputs import save_result
@@ -391,8 +418,11 @@ class JobQueue:
         started = time.perf_counter()
 
         def on_progress(progress: Progress) -> None:
+            preview = None if progress.preview is None else _png(progress.preview)
             with self._lock:
                 job.step, job.total = progress.step, progress.total
+                if preview is not None:
+                    job.preview, job.preview_step = preview, progress.step
                 job.version += 1
 
         try:
@@ -413,11 +443,17 @@ class JobQueue:
             return
         finally:
             self._durations.append(time.perf_counter() - started)
+        self._succeed(job, result, saved)
+
+    def _succeed(self, job: Job, result: GenerationResult, saved: list[Any], batched: int = 1) -> None:
+        """Record a job's images and summary and finish it; `batched`: how many jobs shared
+        its pipeline call (1: it ran alone), in the summary as "batched"."""
         # Keep what the doors render (ids, seeds, parameters), not the pixels: the images are
         # in the gallery, and a long-running server must not hold every result in memory.
         summary = result.summary()
         summary["request"] = public_request(summary["request"])
         summary["model_hashes"] = dict(result.model_hashes)
+        summary["batched"] = batched
         images = [
             {"id": item.gallery_id, "seed": item.seed, "nsfw": item.nsfw, "parameters": result.parameters(i)}
             for i, item in enumerate(saved)
@@ -429,15 +465,118 @@ class JobQueue:
             job.step = job.total  # the pipeline's own count (PNDM runs one step more than asked)
             self._finish(job, SUCCEEDED)
 
+    def _gather(self, first: Job) -> list[Job]:
+        """The jobs that run with `first` (already taken) in one pipeline call: waiting jobs
+        compatible with it (easel.batching.batch_key), taken out of the queue in order within
+        the batch window, up to max_batch jobs and, together, the server's max images per
+        request; incompatible ones keep their place. Called without the lock held."""
+        key = self._key(first)
+        if key is None:
+            return [first]
+        batch, images = [first], first.request.num_images
+        most = None if self.limits is None else self.limits.max_images
+        deadline = time.monotonic() + self.batch_window
+        while True:
+            with self._lock:
+                for job in list(self._waiting):
+                    if len(batch) >= self.max_batch:
+                        break
+                    fits = most is None or images + job.request.num_images <= most
+                    if fits and job.id in self._keys and self._keys[job.id] == key:
+                        self._waiting.remove(job)
+                        job.status, job.started_at = RUNNING, _now()
+                        job.version += 1
+                        self.store.save(job)
+                        batch.append(job)
+                        images += job.request.num_images
+                remaining = deadline - time.monotonic()
+                if len(batch) >= self.max_batch or remaining <= 0 or self._stopping:
+                    if self._waiting:
+                        self._lock.notify()  # a submit may have woken this worker: pass it on
+                    return batch
+                unknown = [job for job in self._waiting if job.id not in self._keys]
+                if not unknown:
+                    self._lock.wait(remaining)
+                    unknown = [job for job in self._waiting if job.id not in self._keys]
+            for job in unknown:  # reads model configs and counts tokens: not under the lock
+                self._key(job)
+
+    def _key(self, job: Job) -> str | None:
+        from easel.batching import batch_key
+
+        if job.id not in self._keys:
+            self._keys[job.id] = batch_key(self.engine, job.request)
+        return self._keys[job.id]
+
+    def _run_batch(self, jobs: list[Job]) -> None:
+        """Run compatible jobs as one pipeline call (Easel.generate_batch). Every job sees the
+        batch's steps (previews: the first job's). Cancelling one job marks it cancelled when
+        the call ends and discards its images; the call stops when every job is cancelled. A
+        failure fails every job with the error."""
+        from easel.storage.outputs import save_result
+
+        started = time.perf_counter()
+
+        def on_progress(progress: Progress) -> None:
+            preview = None if progress.preview is None else _png(progress.preview)
+            with self._lock:
+                for job in jobs:
+                    job.step, job.total = progress.step, progress.total
+                    job.version += 1
+                if preview is not None:  # of the first request's first image
+                    jobs[0].preview, jobs[0].preview_step = preview, progress.step
+
+        error: EaselError | None = None
+        try:
+            results = self.engine.generate_batch(
+                [job.request for job in jobs],
+                on_progress=on_progress,
+                cancel=_AllCancelled(jobs),
+                limits=self.limits,
+                previews=self.preview_every,
+            )
+        except EaselError as failure:
+            error = failure
+        except Exception as failure:  # an easel bug: logged with its traceback, reported briefly
+            log.exception("batch of jobs %s failed unexpectedly", ", ".join(job.id for job in jobs))
+            error = GenerationFailed(f"unexpected {type(failure).__name__}")
+        finally:
+            self._durations.append(time.perf_counter() - started)
+        if error is not None:
+            with self._lock:
+                for job in jobs:
+                    self._finish(job, CANCELLED if isinstance(error, Cancelled) else FAILED, error=error)
+            return
+        for job, result in zip(jobs, results, strict=True):
+            if job.cancel.is_set():
+                with self._lock:
+                    self._finish(job, CANCELLED, error=Cancelled("cancelled while running in a batch"))
+                continue
+            try:
+                saved, _ = save_result(result, gallery=self.gallery, output=None, grid=False)
+            except EaselError as failure:
+                with self._lock:
+                    self._finish(job, FAILED, error=failure)
+                continue
+            self._succeed(job, result, saved, batched=len(jobs))
+
     def _run_here(
         self, job: Job, *, on_progress: ProgressCallback, limits: Limits | None
     ) -> GenerationResult:
         """The default runner: this process's Easel."""
-        return self.engine.generate(job.request, on_progress=on_progress, cancel=job.cancel, limits=limits)
+        return self.engine.generate(
+            job.request,
+            on_progress=on_progress,
+            cancel=job.cancel,
+            limits=limits,
+            previews=self.preview_every,
+        )
 
     def _finish(self, job: Job, status: str, error: EaselError | None = None) -> None:
         """Record the end of a job and wake its waiters (called with the lock held)."""
         job.status, job.finished_at = status, _now()
+        self._keys.pop(job.id, None)
+        job.preview = None  # previews are for watching a running job; the images are in the gallery
         if error is not None:
             job.error = {"type": _kind(error), "message": public_message(str(error)),
                          "field": getattr(error, "field", None)}  # fmt: skip
@@ -459,6 +598,34 @@ def _kind(error: EaselError) -> str:
     """The name of the error's class in the documented tree (subclasses report their parent)."""
     tree = {cls.__name__ for cls in EaselError.__subclasses__()}
     return next((cls.__name__ for cls in type(error).__mro__ if cls.__name__ in tree), "GenerationFailed")
+
+
+def _batching_is_local(max_batch: int) -> InvalidRequest:
+    return InvalidRequest(
+        f"invalid max_batch={max_batch}: batching runs compatible jobs as one call of this process's "
+        "engine, so it cannot go with another runner (scale-out, --ray); use --max-batch 1",
+        field="max_batch",
+        value=max_batch,
+    )
+
+
+class _AllCancelled:
+    """A batch's cancel token: set once every job of the batch is cancelled."""
+
+    def __init__(self, jobs: list[Job]) -> None:
+        self.jobs = jobs
+
+    def is_set(self) -> bool:
+        return all(job.cancel.is_set() for job in self.jobs)
+
+
+def _png(image: Any) -> bytes:
+    """A preview as PNG bytes (fast compression: it is made between denoising steps)."""
+    import io
+
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", compress_level=1)
+    return buffer.getvalue()
 
 
 def _now() -> str:

@@ -15,9 +15,15 @@ image route).
 
 Nothing is accepted and ignored: OpenAI's fields that cannot change an image (user,
 safety_identifier, moderation: easel has no moderation) are accepted; the ones easel does not
-build (NOT_BUILT: quality, style, background, output_format, stream, ...) are accepted only at
+build (NOT_BUILT: quality, style, background, output_format, ...) are accepted only at
 a value that leaves the image as easel makes it, and refused (422 naming the field) otherwise;
 fields neither OpenAI's API nor easel has are refused by name.
+
+`stream: true` answers text/event-stream as OpenAI does: up to `partial_images` (0..3)
+`image_generation.partial_image` events (edits: `image_edit.partial_image`), which are the
+server's live previews of the first image (easel serve --preview-every; the ones nearest to
+evenly spaced, so fewer when the run has fewer previews, as OpenAI allows), then one
+`...completed` event per image.
 """
 
 from __future__ import annotations
@@ -54,8 +60,6 @@ NOT_BUILT: dict[str, tuple[tuple[Any, ...], str]] = {
     "background": ((None, "auto", "opaque"), "easel makes opaque images only"),
     "output_format": ((None, "png"), "easel returns PNG images only"),
     "output_compression": ((None, 100), "easel returns lossless PNG images only (100)"),
-    "stream": ((None, False), "easel does not stream images; leave stream out or false"),
-    "partial_images": ((None, 0), "easel does not stream partial images"),
     "complexity": ((None,), "easel has no planning effort setting; steps set the effort"),
     "frame_count": ((None,), "easel makes no GIFs"),
     "frame_duration_ms": ((None,), "easel makes no GIFs"),
@@ -65,6 +69,8 @@ NOT_BUILT: dict[str, tuple[tuple[Any, ...], str]] = {
     "markup": ((None,), "easel does not read markup images; send a mask"),
 }  # fmt: skip
 EDIT_ONLY = {"input_fidelity", "markup"}
+STREAM_FIELDS = ("stream", "partial_images")
+MAX_PARTIAL_IMAGES = 3  # OpenAI's limit
 GENERATION_ONLY = {"style", "moderation"}
 
 
@@ -120,7 +126,7 @@ class GenerationsRequest(BaseModel):
     output_format: str | None = None
     output_compression: int | None = None
     stream: bool | None = None
-    partial_images: int | None = None
+    partial_images: int | None = Field(None, json_schema_extra={"minimum": 0, "maximum": MAX_PARTIAL_IMAGES})
     complexity: str | None = None
     frame_count: int | None = None
     frame_duration_ms: int | None = None
@@ -234,6 +240,8 @@ EDITS_SCHEMA = {
                         "guidance_scale": {"type": "number", "minimum": 0, "maximum": 100},
                         "strength": {"type": "number", "minimum": 0, "maximum": 1},
                         "prompt_syntax": {"type": "string", "enum": ["compel", "a1111", "plain"]},
+                        "stream": {"type": "boolean"},
+                        "partial_images": {"type": "integer", "minimum": 0, "maximum": MAX_PARTIAL_IMAGES},
                     },
                 }
             }
@@ -242,7 +250,8 @@ EDITS_SCHEMA = {
 }
 
 
-EDIT_FIELDS = {"image", "image[]", "mask", "prompt", "n", "size", "response_format", "model", *OUR_FIELDS}
+EDIT_FIELDS = {"image", "image[]", "mask", "prompt", "n", "size", "response_format", "model",
+               *OUR_FIELDS, *STREAM_FIELDS}  # fmt: skip
 
 
 def _check_form(form: Any) -> None:
@@ -280,22 +289,162 @@ def _transparent_mask(state: ServerState, data: bytes) -> str:
     return checked
 
 
+def _streaming(stream: bool | None, partial_images: int | None, response_format: str) -> int | None:
+    """How many partial images a streamed answer sends (None: not streamed); refused, naming
+    the field, outside OpenAI's 0..3, without stream, or with response_format url."""
+    if partial_images is not None and not 0 <= partial_images <= MAX_PARTIAL_IMAGES:
+        raise InvalidRequest(
+            f"invalid partial_images={partial_images!r}: use 0 to {MAX_PARTIAL_IMAGES}, as OpenAI's API",
+            field="partial_images",
+            value=partial_images,
+        )
+    if not stream:
+        if partial_images:
+            raise InvalidRequest(
+                f"invalid partial_images={partial_images!r}: partial images are sent only in a stream; "
+                "add stream: true (or leave partial_images out)",
+                field="partial_images",
+                value=partial_images,
+            )
+        return None
+    if response_format != "b64_json":
+        raise InvalidRequest(
+            f"invalid response_format={response_format!r}: a stream sends its images as b64_json",
+            field="response_format",
+            value=response_format,
+        )
+    return partial_images or 0
+
+
+def _form_flag(name: str, text: str | None) -> bool | None:
+    if text is None or text == "":
+        return None
+    if text.lower() in ("true", "false"):
+        return text.lower() == "true"
+    raise InvalidRequest(f"invalid {name}={text!r}: must be true or false", field=name, value=text)
+
+
+def _form_partials(text: dict[str, str]) -> int | None:
+    value = text.get("partial_images")
+    if value is None or value == "":
+        return None
+    if not NUMBER_TEXT[int].fullmatch(value):
+        raise InvalidRequest(
+            f"invalid partial_images={value!r}: must be an integer", field="partial_images", value=value
+        )
+    return int(value)
+
+
+def _stream(state: ServerState, job: Job, partials: int, kind: str) -> Any:
+    """OpenAI's image stream for `job`: `{kind}.partial_image` events from its live previews,
+    then `{kind}.completed` per image (or an `error` event), as text/event-stream."""
+    import asyncio
+    import json
+
+    from fastapi.responses import StreamingResponse
+
+    request = job.request
+    wanted = f"{request.width}x{request.height}" if request.width and request.height else "auto"
+    common = {"background": "opaque", "quality": "auto", "output_format": "png"}
+
+    def event(name: str, data: dict[str, Any]) -> str:
+        return f"event: {name}\ndata: {json.dumps({'type': name, **data})}\n\n"
+
+    async def events() -> Any:
+        sent, seen = 0, 0
+        while True:
+            finished = job.finished
+            step = job.preview_step  # read before the image, which is written first
+            preview = job.preview
+            total = job.total
+            if sent < partials and preview is not None and step != seen and total:
+                seen = step
+                if step >= total * (sent + 1) / (partials + 1):  # nearest to evenly spaced
+                    picture = await asyncio.to_thread(_partial_png, preview, request.width, request.height)
+                    yield event(f"{kind}.partial_image", {
+                        "b64_json": base64.b64encode(picture).decode("ascii"), "partial_image_index": sent,
+                        "created_at": int(time.time()), "size": wanted, **common,
+                    })  # fmt: skip
+                    sent += 1
+            if finished:
+                break
+            await asyncio.sleep(0.02)
+        error = job.exception()
+        if error is not None:
+            from easel.server.errors import RENDERERS, describe, public_message
+
+            problem = describe(error)
+            body = RENDERERS["openai"](problem)
+            body["error"]["message"] = public_message(problem.message)
+            field = body["error"].get("param")
+            body["error"]["param"] = THEIR_FIELD.get(field or "", field)
+            yield f"event: error\ndata: {json.dumps({'type': 'error', **body})}\n\n"
+            return
+        summary = job.summary or {}
+        size = f"{summary.get('request', {}).get('width')}x{summary.get('request', {}).get('height')}"
+        usage = {"input_tokens": 0, "input_tokens_details": {"image_tokens": 0, "text_tokens": 0},
+                 "output_tokens": 0, "total_tokens": 0}  # fmt: skip
+        for image in job.images:
+            png = await asyncio.to_thread(gallery_entry(state, image["id"]).path.read_bytes)
+            yield event(f"{kind}.completed", {
+                "b64_json": base64.b64encode(png).decode("ascii"), "created_at": int(time.time()),
+                "size": size, "usage": usage, **common,
+            })  # fmt: skip
+
+    return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+
+
+def _streamed(route: dict[str, Any]) -> dict[str, Any]:
+    """Route arguments whose 200 also documents the text/event-stream answer of stream: true."""
+    event = {
+        "type": "object",
+        "required": ["type"],
+        "properties": {
+            "type": {"type": "string", "description": "<kind>.partial_image, <kind>.completed or error"},
+            "b64_json": {"type": "string"},
+            "partial_image_index": {"type": "integer"},
+        },
+    }
+    route["responses"][200]["content"] = {"text/event-stream": {"itemSchema": event}}
+    return route
+
+
+def _partial_png(preview: bytes, width: int | None, height: int | None) -> bytes:
+    """A preview (PNG, at latent resolution for linear previews) at the requested size."""
+    import io
+
+    from PIL import Image
+
+    with Image.open(io.BytesIO(preview)) as image:
+        if width is None or height is None or image.size == (width, height):
+            return preview
+        buffer = io.BytesIO()
+        image.convert("RGB").resize((width, height), Image.Resampling.BILINEAR).save(buffer, format="PNG")
+        return buffer.getvalue()
+
+
 def build_router() -> APIRouter:
     """The routes of this API, built per app (create_app), so no router is shared module state."""
     router = APIRouter(prefix="/v1/images", tags=["OpenAI"])
 
-    @router.post("/generations", **documented(OPENAI, api.OpenAIImages, *api.GENERATION))
-    async def generations(body: GenerationsRequest, request: Request, state: State) -> dict[str, Any]:
+    @router.post("/generations", **_streamed(documented(OPENAI, api.OpenAIImages, *api.GENERATION)))
+    async def generations(body: GenerationsRequest, request: Request, state: State) -> Any:
         body.check_fields()
         response_format = _response_format(body.response_format)
-        fields = body.model_dump(exclude={"response_format", *HARMLESS, *NOT_BUILT})
+        partials = _streaming(body.stream, body.partial_images, response_format)
+        fields = body.model_dump(exclude={"response_format", *HARMLESS, *NOT_BUILT, *STREAM_FIELDS})
         generation = _request(state, fields)
-        return await _respond(state, request, await submit(state, generation, "openai"), response_format)
+        job = await submit(state, generation, "openai")
+        if partials is not None:
+            return _stream(state, job, partials, "image_generation")
+        return await _respond(state, request, job, response_format)
 
     @router.post(
-        "/edits", openapi_extra=EDITS_SCHEMA, **documented(OPENAI, api.OpenAIImages, *api.GENERATION)
+        "/edits",
+        openapi_extra=EDITS_SCHEMA,
+        **_streamed(documented(OPENAI, api.OpenAIImages, *api.GENERATION)),
     )
-    async def edits(request: Request, state: State) -> dict[str, Any]:
+    async def edits(request: Request, state: State) -> Any:
         """Image-to-image from an uploaded image (multipart, as the openai client sends it)."""
         from starlette.datastructures import UploadFile
 
@@ -341,7 +490,11 @@ def build_router() -> APIRouter:
         if mask_data is not None:
             fields.update(mask_image=_transparent_mask(state, mask_data), invert_mask=True)
         response_format = _response_format(text.get("response_format"))
+        partials = _streaming(_form_flag("stream", text.get("stream")), _form_partials(text), response_format)
         generation = _request(state, fields)
-        return await _respond(state, request, await submit(state, generation, "openai"), response_format)
+        job = await submit(state, generation, "openai")
+        if partials is not None:
+            return _stream(state, job, partials, "image_edit")
+        return await _respond(state, request, job, response_format)
 
     return router

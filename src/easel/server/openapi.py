@@ -194,6 +194,9 @@ PROGRESS_EVENT = {
         "total": {"type": "integer"},
         "position": {"anyOf": [{"type": "integer", "minimum": 1}, {"type": "null"}],
                      "description": "1: runs next; null once running"},
+        "preview": {"type": "string", "description": "data:image/png;base64 preview of the first image, "
+                    "only when a new one was made since the last event (easel serve --preview-every)"},
+        "preview_step": {"type": "integer", "description": "the step the preview shows"},
     },
 }  # fmt: skip
 # GET /api/v1/jobs/{id}/events: `progress` events on every change, then one `end` with the job

@@ -1026,12 +1026,39 @@
       $("progress").max = progress.total || 1;
       $("progress").value = progress.step;
     }
+    if (progress.preview) showPreview(progress.preview, progress.preview_step, progress.total);
+  }
+
+  // The latest live preview (sent only when a new one exists) in the results area while the job
+  // runs; the final images replace it, and a failed or cancelled run puts the earlier results back.
+  function showPreview(url, step, total) {
+    const results = $("results");
+    let figure = $("live-preview");
+    if (!figure) {
+      figure = document.createElement("figure");
+      figure.id = "live-preview";
+      const img = document.createElement("img");
+      img.alt = "preview of the image being made";
+      const caption = document.createElement("figcaption");
+      figure.append(img, caption);
+      results.prepend(figure);
+      results.classList.add("previewing");
+    }
+    figure.querySelector("img").src = url;
+    figure.querySelector("figcaption").textContent = `preview · step ${step}/${total}`;
+  }
+
+  function hidePreview() {
+    const figure = $("live-preview");
+    if (figure) figure.remove();
+    $("results").classList.remove("previewing");
   }
 
   function finish(record) {
     state.job = null;
     state.events = null;
     setBusy(false);
+    hidePreview();
     const status = $("status");
     status.dataset.state = record.status;
     if (record.status === "succeeded") {
