@@ -29,10 +29,14 @@ if TYPE_CHECKING:
     from fastapi import FastAPI
 
     from easel.engine import Easel
+    from easel.server.jobs import Runner
 
 
-def create_app(settings: Settings | None = None, *, engine: Easel | None = None) -> FastAPI:
-    """A new server app. `engine` lets tests share one loaded Easel between apps."""
+def create_app(
+    settings: Settings | None = None, *, engine: Easel | None = None, runner: Runner | None = None
+) -> FastAPI:
+    """A new server app. `engine` lets tests share one loaded Easel between apps; `runner`
+    runs the jobs elsewhere (Ray Serve workers, server/ray_serve.py) instead of in `engine`."""
     from fastapi import FastAPI
 
     from easel import ui
@@ -55,7 +59,11 @@ def create_app(settings: Settings | None = None, *, engine: Easel | None = None)
         size=settings.queue_size,
         workers=settings.server_workers,
         limits=Limits.of(settings),
+        runner=runner,  # scale-out (server/ray_serve.py); None: this process's engine
+        max_batch=settings.max_batch,  # easel serve --max-batch / --batch-window-ms (easel.batching)
+        batch_window_ms=settings.batch_window_ms,
     )
+    queue.preview_every = settings.preview_every  # easel serve --preview-every
     state = ServerState(settings, engine, gallery, queue, DoorPolicy(settings))
     a1111_options.restore_options(state)  # the A1111 model/VAE/clip skip set before a restart
 
@@ -108,8 +116,11 @@ def import_libraries() -> None:
         getattr(diffusers, name)
 
 
-def serve(settings: Settings, *, host: str, port: int, insecure: bool = False) -> None:
-    """Run the app on uvicorn (blocking); refuses a non-loopback bind without a key."""
+def serve(
+    settings: Settings, *, host: str, port: int, insecure: bool = False, runner: Runner | None = None
+) -> None:
+    """Run the app on uvicorn (blocking); refuses a non-loopback bind without a key. With a
+    `runner` (scale-out: server/ray_serve.py), jobs run there; it is closed when the server stops."""
     import uvicorn
 
     from easel.server.access_log import log_to_stderr
@@ -117,6 +128,11 @@ def serve(settings: Settings, *, host: str, port: int, insecure: bool = False) -
 
     check_bind(host, api_key=settings.api_key, insecure=insecure)
     log_to_stderr()
-    app = create_app(settings)
+    app = create_app(settings, runner=runner)
     app.state.easel.bind = (host, port)
-    uvicorn.run(app, host=host, port=port, log_level="info", access_log=False)
+    try:
+        uvicorn.run(app, host=host, port=port, log_level="info", access_log=False)
+    finally:
+        close = getattr(runner, "close", None)
+        if close is not None:  # scale-out: remove the workers this server deployed
+            close()

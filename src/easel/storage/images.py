@@ -114,7 +114,7 @@ def load_image(reference: str, *, field: str, stored_inputs: Path | None = None,
     from PIL import ImageOps
 
     if reference.startswith(INPUT_SCHEME):
-        reference = str(_stored_input(reference, field=field, folder=stored_inputs))
+        reference = str(stored_input_path(reference, field=field, folder=stored_inputs))
     data = _read_bytes(reference, field=field)
     with opened_image(data, field=field, value=reference) as opened:
         if opened.width * opened.height > MAX_PIXELS:
@@ -156,7 +156,7 @@ def fit_to_multiple_of_8(image: Image, width: int | None, height: int | None) ->
     return image.resize(target, PILImage.Resampling.LANCZOS)
 
 
-def _stored_input(reference: str, *, field: str, folder: Path | None) -> Path:
+def stored_input_path(reference: str, *, field: str, folder: Path | None) -> Path:
     name = reference[len(INPUT_SCHEME) :]
     if not STORED_INPUT.match(name):
         raise InvalidRequest(
