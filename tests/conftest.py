@@ -122,3 +122,16 @@ def inpaint_models(
     from easel.testing.tiny_models import install_tiny_inpainting
 
     return install_tiny_inpainting(hf_home)
+
+
+TINY_FLUX_DEV = "black-forest-labs/FLUX.1-dev"
+TINY_FLUX_SCHNELL = "black-forest-labs/FLUX.1-schnell"
+
+
+@pytest.fixture(scope="session")
+def flux_models(hf_home: Path) -> dict[str, Path]:
+    """Tiny FLUX.1-dev (guidance_embeds) and FLUX.1-schnell under their real repo ids (CLIP + T5
+    tokenizers built offline, 256x256 native); snapshot folders."""
+    from easel.testing.tiny_flux import install_tiny_flux
+
+    return install_tiny_flux(hf_home)

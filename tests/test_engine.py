@@ -371,6 +371,7 @@ def test_init_image_from_an_http_url(engine, init_png):
     np.testing.assert_array_equal(pixels(from_url.images[0]), pixels(from_path.images[0]))
 
 
+@pytest.mark.slow  # over 4 s: the quick set stays under 8 minutes
 def test_half_precision_bases_stay_in_their_dtype_across_runs(hf_home, init_png):
     """from_pipe casts to float32 unless given a dtype: a derived task pipeline must leave the
     cached base's shared modules in the dtype they were loaded in (bfloat16 here, float16 on GPUs)."""

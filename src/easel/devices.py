@@ -53,11 +53,13 @@ def cpu_threads_for(unet_parameters: int, requested: int | None) -> int | None:
     return 1 if unet_parameters < SMALL_MODEL_PARAMETERS else None
 
 
-def resolve_dtype(name: str, device: str) -> Any:
+def resolve_dtype(name: str, device: str, accelerator_default: str = "float16") -> Any:
+    """`name` as a torch dtype; "auto" is float32 on the CPU and `accelerator_default` (the
+    family's: float16 for SD, bfloat16 for FLUX, whose activations overflow float16) elsewhere."""
     import torch
 
     if name == "auto":
-        return torch.float32 if device == "cpu" else torch.float16
+        return torch.float32 if device == "cpu" else getattr(torch, accelerator_default)
     if name not in DTYPES:
         raise InvalidRequest(
             f"invalid dtype={name!r}: use auto or one of {', '.join(DTYPES)}", field="dtype", value=name

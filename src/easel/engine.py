@@ -36,6 +36,7 @@ if TYPE_CHECKING:
 
     from easel.hires import HiresPass
     from easel.inpaint import InpaintJob
+    from easel.previews import Previewer
     from easel.prompts.encoding import TokenCount
     from easel.upscalers import Upscalers
 
@@ -51,10 +52,11 @@ class Easel:
         self.cache = cache if cache is not None else PipelineCache(self.settings.max_cached_models)
         # Pipelines, schedulers and fast tokenizers are not thread-safe: one run at a time.
         self._run_lock = threading.Lock()
-        self._placement: tuple[str, Any] | None = None
+        self._device: str | None = None  # resolved once (auto: cuda > mps > cpu)
         self._tokenizers: dict[str, Any] = {}
         self._tokenizer_lock = threading.Lock()
         self._upscalers: Upscalers | None = None
+        self._taesd: dict[tuple[str, str, str], Any] = {}  # TAESD preview decoders, loaded once
 
     # -- public API -------------------------------------------------------------------------
 
@@ -115,7 +117,7 @@ class Easel:
         file), as A1111 counts them.
         """
         from easel.models.embeddings import counted_embeddings, for_counting
-        from easel.prompts.encoding import SYNTAXES, plan_prompt, token_count
+        from easel.prompts.encoding import SYNTAXES, plan_prompt, token_count, window_count
 
         if syntax not in SYNTAXES:
             raise InvalidRequest(
@@ -130,11 +132,17 @@ class Easel:
         if embeddings:
             plans = [plan_prompt(for_counting(text, embeddings, tokens=False), syntax) for text in texts]
         source = self.resolve_model(model)
+        window = detect_family(source).token_window()  # FLUX: (T5's folder, its window); None: CLIP chunks
+        folder = None if window is None else window[0]
+        key = source.location if folder is None else f"{source.location}#{folder}"
         with self._tokenizer_lock:
-            tokenizer = self._tokenizers.get(source.location)
+            tokenizer = self._tokenizers.get(key)
             if tokenizer is None:
-                tokenizer = self._tokenizers[source.location] = _load_tokenizer(source)
-            counts = [token_count(tokenizer, plan) for plan in plans]
+                tokenizer = self._tokenizers[key] = _load_tokenizer(source, folder)
+            if window is None:
+                counts = [token_count(tokenizer, plan) for plan in plans]
+            else:
+                counts = [window_count(tokenizer, plan, window[1]) for plan in plans]
         longest = max(counts, key=lambda count: (count.chunks, count.tokens))
         return dataclasses.replace(longest, counted_with=source.display_name, vocabulary=len(tokenizer))
 
@@ -166,8 +174,15 @@ class Easel:
         on_progress: ProgressCallback | None = None,
         cancel: CancelToken | None = None,
         limits: Limits | None = None,
+        *,
+        previews: int | None = None,
+        preview_method: str | None = None,
     ) -> GenerationResult:
         """Make the images `request` describes.
+
+        `previews` N > 0: every N steps (not after the last) `on_progress` gets a preview of
+        the first image in Progress.preview, made by `preview_method` (auto | linear | taesd |
+        none; default: the settings'), see easel.previews; the final pixels are the same.
 
         `cancel` is looked at before loading, after loading, after encoding the prompts and
         after every denoising step; `limits` (a server's) are checked on the concrete request,
@@ -182,6 +197,7 @@ class Easel:
         source = self.resolve_model(request.model)
         family = detect_family(source)
         family.check_request(request)
+        preview_method = self._preview_method(family, previews, preview_method)  # taesd: cached?
         if request.hires is not None:  # family and upscaler name, before any weights load
             from easel.hires import check_hires
 
@@ -214,7 +230,7 @@ class Easel:
 
         mask = load_mask(request, stored_inputs=inputs_folder(self.settings.home))
         input_warnings = check_inputs(request, init_image, mask)  # mask shape, empty mask, canvas size
-        device, dtype = self._device_and_dtype()
+        device, dtype = self._device_and_dtype(family)
         options = self.settings.performance
         check_options(options, device)
         from easel.tiling import check_tiling
@@ -297,6 +313,9 @@ class Easel:
             hires = None
             if request.hires is not None:
                 hires = self._hires_pass(loaded, request, pipe, vae_component, on_progress, cancel, limits)
+            previewer = self._previewer(previews, preview_method, pipe, loaded, device, dtype)
+            if hires is not None:
+                hires.previewer = previewer  # the second pass previews too
             output = self._run(
                 family if hires is None else hires.first_family(family),
                 pipe,
@@ -308,6 +327,7 @@ class Easel:
                 loaded.state,
                 control_images if inpaint is None else inpaint.crop_controls(control_images),
                 inpaint,
+                previewer,
             )
             if hires is not None:
                 output = hires.second_pass(output, family)
@@ -341,6 +361,7 @@ class Easel:
             warnings=list(output.warnings),
             control_inputs=control_inputs,
             control_images=control_images,
+            family_parameters=family.a1111_parameters(request),  # FLUX: "Distilled CFG Scale"
         )
 
     def _hires_pass(
@@ -358,6 +379,24 @@ class Easel:
 
         return HiresPass(self, loaded, request, first_pipe=pipe, vae=None if vae is None else vae.module,
                          on_progress=on_progress, cancel=cancel, limits=limits)  # fmt: skip
+
+    def generate_batch(
+        self,
+        requests: Sequence[GenerationRequest],
+        on_progress: ProgressCallback | None = None,
+        cancel: CancelToken | None = None,
+        limits: Limits | None = None,
+        **options: Any,
+    ) -> list[GenerationResult]:
+        """Make the images of several compatible requests (easel.batching.batch_key) in one
+        pipeline call; one result per request, in order, each as if it ran alone (its own
+        concrete request, seeds and generators; pixels may differ from a solo run in the last
+        bits, see easel.batching). Progress and `cancel` are the batch's; `limits` apply to
+        each request, and the batch's images together stay within max_images. `options` are
+        generate's (previews: of the first request's first image)."""
+        from easel.batching import generate_batch
+
+        return generate_batch(self, requests, on_progress, cancel, limits, **options)
 
     def replay(
         self,
@@ -439,13 +478,16 @@ class Easel:
 
     # -- steps --------------------------------------------------------------------------------
 
-    def _device_and_dtype(self) -> tuple[str, Any]:
-        if self._placement is None:
-            from easel.devices import resolve_device, resolve_dtype
+    def _device_and_dtype(self, family: Family | None = None) -> tuple[str, Any]:
+        """The device, and the dtype models of `family` load in (dtype "auto" on a GPU: the
+        family's accelerator_dtype)."""
+        from easel.devices import resolve_device, resolve_dtype
 
-            device = resolve_device(self.settings.device)
-            self._placement = device, resolve_dtype(self.settings.dtype, device)
-        return self._placement
+        if self._device is None:
+            self._device = resolve_device(self.settings.device)
+        device = self._device
+        preferred = "float16" if family is None else family.accelerator_dtype
+        return device, resolve_dtype(self.settings.dtype, device, preferred)
 
     def _model_hashes(
         self,
@@ -525,7 +567,8 @@ class Easel:
             return
         from easel.models.lora import activate, check_fits
 
-        unet_config = dict(loaded.pipeline.unet.config)
+        denoiser = getattr(loaded.pipeline, "unet", None) or loaded.pipeline.transformer  # FLUX: transformer
+        unet_config = dict(denoiser.config)
         for index, (_, file) in enumerate(loras):
             check_fits(file, unet_config, loaded.family.name, field=f"loras[{index}].name")
         chosen = [(file, spec.weight) for spec, file in loras]
@@ -582,7 +625,7 @@ class Easel:
 
         unet_config = dict(loaded.pipeline.unet.config)
         loaded.family.check_control(index, control.source.reference, control.config, unet_config)
-        device, dtype = self._device_and_dtype()
+        device, dtype = self._device_and_dtype(loaded.family)
         # with CPU offload the task pipeline's hooks move it, like the base's modules
         placement = device if self.settings.performance.offload == "none" else "cpu"
         component = leases.enter_context(
@@ -633,7 +676,7 @@ class Easel:
             raise error
         base_config = dict(own.config)
         check_fits(vae.source.reference, vae.config, base_config)
-        device, dtype = self._device_and_dtype()
+        device, dtype = self._device_and_dtype(loaded.family)
         options = self.settings.performance
         # with CPU offload the task pipeline's hooks move it, like the base's modules
         placement = device if options.offload == "none" else "cpu"
@@ -665,13 +708,44 @@ class Easel:
             component.hashes = {} if weights is None else {"weights": sha256_of(weights, cache_file)}
         return component
 
+    def _preview_method(self, family: Family, previews: int | None, method: str | None) -> str:
+        """The preview method this run uses ("none" when previews are off), checked before
+        loading: "taesd" is refused when the family's TAESD is not in the HF cache."""
+        from easel.previews import check_method, resolve_method
+
+        method = method or self.settings.preview_method
+        check_method(method)
+        if not previews or previews < 0 or method == "none":
+            return "none"
+        return resolve_method(method, family.name)
+
+    def _previewer(
+        self, previews: int | None, method: str, pipe: Any, loaded: LoadedModel, device: str, dtype: Any
+    ) -> Previewer | None:
+        """The run's previewer (None: off); a TAESD decoder is loaded once and kept on the engine."""
+        from easel.previews import load_taesd, make_previewer, taesd_repo
+
+        if not previews or method == "none":
+            return None
+
+        def taesd() -> Any:
+            repo = taesd_repo(loaded.family.name)
+            assert repo is not None  # resolve_method refused the family otherwise
+            key = (repo, str(device), str(dtype))
+            if key not in self._taesd:
+                self._taesd[key] = load_taesd(repo, device, dtype)
+            return self._taesd[key]
+
+        return make_previewer(previews, method, pipe, loaded.state, taesd)
+
     def _set_cpu_threads(self, loaded: LoadedModel) -> None:
         """torch's thread count is process state: set it from the settings and model size."""
         import torch
 
         from easel.devices import cpu_threads_for
 
-        unet_parameters = sum(p.numel() for p in loaded.pipeline.unet.parameters())
+        denoiser = getattr(loaded.pipeline, "unet", None) or loaded.pipeline.transformer  # FLUX: transformer
+        unet_parameters = sum(p.numel() for p in denoiser.parameters())
         threads = cpu_threads_for(unet_parameters, self.settings.threads)
         if threads is not None and torch.get_num_threads() != threads:
             torch.set_num_threads(threads)
@@ -736,6 +810,7 @@ class Easel:
         state: dict[str, Any],
         control_images: list[Image] | None = None,
         inpaint: InpaintJob | None = None,
+        previewer: Previewer | None = None,
     ) -> RunOutput:
         import torch
 
@@ -746,7 +821,9 @@ class Easel:
             if cancel is not None and cancel.is_set():
                 raise Cancelled(f"cancelled after step {step + 1}")
             if on_progress is not None:
-                on_progress(Progress(step + 1, int(pipeline.num_timesteps)))
+                total = int(pipeline.num_timesteps)
+                preview = None if previewer is None else previewer(step + 1, total, tensors)
+                on_progress(Progress(step + 1, total, preview=preview))
             return tensors
 
         kwargs = family.call_arguments(pipe, request, init_image if inpaint is None else inpaint.image)
@@ -769,6 +846,9 @@ class Easel:
         if latents is not None:
             kwargs["latents"] = latents
         prompt_warnings = family.apply_prompts(pipe, request, kwargs, state)
+        from easel.batching import merge_batch
+
+        merge_batch(family, pipe, request, kwargs, state)  # generate_batch: the others join this call
         _stop_if_cancelled(cancel, "after encoding the prompts, before the first step")
         try:
             tiled = [pipe, *(companion.pipeline for companion in companions.values())]
@@ -805,19 +885,24 @@ def _scheduled_texts(prompt: str, syntax: str) -> list[str]:
     return list(dict.fromkeys(text for _, text in schedule))
 
 
-def _load_tokenizer(source: ModelSource) -> Any:
-    """The model's first CLIP tokenizer, from its files (the `tokenizer` folder)."""
-    from transformers import CLIPTokenizer
+def _load_tokenizer(source: ModelSource, folder: str | None = None) -> Any:
+    """The model's first CLIP tokenizer, from its files (the `tokenizer` folder), or the one in
+    `folder` (FLUX's T5: tokenizer_2), of the class model_index.json names for it."""
+    import transformers
 
     if source.kind == "single_file":
         raise UnsupportedFeature(
             "token counting needs a diffusers folder or repo, not a single checkpoint file"
         )
     try:
-        return CLIPTokenizer.from_pretrained(source.location, subfolder="tokenizer")
+        if folder is not None:
+            declared = (source.read_model_index() or {}).get(folder) or [None, "AutoTokenizer"]
+            tokenizer_class = getattr(transformers, str(declared[-1]), transformers.AutoTokenizer)
+            return tokenizer_class.from_pretrained(source.location, subfolder=folder)
+        return transformers.CLIPTokenizer.from_pretrained(source.location, subfolder="tokenizer")
     except (OSError, ValueError) as error:
         raise UnsupportedFeature(
-            f"model {source.reference!r} has no CLIP tokenizer to count with ({error})"
+            f"model {source.reference!r} has no {folder or 'CLIP'} tokenizer to count with ({error})"
         ) from None
 
 

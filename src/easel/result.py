@@ -14,10 +14,12 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class Progress:
-    """One denoising step finished: `step` of `total` (1-based)."""
+    """One denoising step finished: `step` of `total` (1-based); `preview`: a picture of the
+    first image's current latents, at the steps the run was asked to preview (easel.previews)."""
 
     step: int
     total: int
+    preview: Image | None = field(default=None, compare=False, repr=False)
 
 
 class CancelToken(Protocol):
@@ -51,6 +53,8 @@ class GenerationResult:
     # replay) and the conditioning image its preprocessor made from it (what steered)
     control_inputs: list[Image] = field(default_factory=list)
     control_images: list[Image] = field(default_factory=list)
+    # A1111 `parameters` entries the family writes its own way (FLUX: "CFG scale: 1, Distilled CFG Scale")
+    family_parameters: dict[str, object] = field(default_factory=dict)
 
     @property
     def seeds(self) -> list[int]:
@@ -97,6 +101,7 @@ class GenerationResult:
             model_hash=short_hash(self.model_hashes.get("base")),
             vae_hash=short_hash(self.model_hashes.get("vae")),
             extra={
+                **self.family_parameters,
                 **inpaint_parameters(self.request),
                 **hires_parameters(self.request),
                 **control_parameters(self.request, self.model_hashes),

@@ -38,7 +38,7 @@ def tokens(
         return
     typer.echo(str(count))
     note = f"counted with {count.counted_with}'s tokenizer ({count.vocabulary:,} tokens)"
-    if count.vocabulary < CLIP_VOCABULARY:  # the bundled demo model's small vocabulary
+    if count.vocabulary < CLIP_VOCABULARY and count.window == 75:  # the demo model's small vocabulary
         note += (f"; SD 1.5 and SDXL count with CLIP's ({CLIP_VOCABULARY:,} tokens), usually fewer: "
                  "--model NAME counts with a model's own")  # fmt: skip
     typer.echo(note, err=True)

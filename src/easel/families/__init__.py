@@ -10,11 +10,21 @@ from typing import Any
 
 from easel.errors import UnsupportedFeature
 from easel.families.base import Family, register
+from easel.families.flux import FLUX_DEV, FLUX_SCHNELL
 from easel.families.kandinsky import KANDINSKY22, KANDINSKY22_INPAINT, KANDINSKY22_PRIOR
 from easel.families.sd15 import SD15
 from easel.families.sdxl import SDXL, SDXL_REFINER
 
-FAMILIES: tuple[Family, ...] = (SD15, SDXL, SDXL_REFINER, KANDINSKY22, KANDINSKY22_INPAINT, KANDINSKY22_PRIOR)
+FAMILIES: tuple[Family, ...] = (
+    SD15,
+    SDXL,
+    SDXL_REFINER,
+    KANDINSKY22,
+    KANDINSKY22_INPAINT,
+    KANDINSKY22_PRIOR,
+    FLUX_DEV,
+    FLUX_SCHNELL,
+)
 register(FAMILIES)  # the hooks' errors name the families that take a field
 
 

@@ -8,6 +8,7 @@ needs subclasses Family and overrides just those methods.
 
 The hooks, in the order the engine calls them:
 
+    variant(source)                         the family of this model (FLUX.1 dev vs schnell)
     check_request(request)                  refuse tasks/fields this family cannot serve
     companions(request, source, identify)   other models the request needs, by role
     check_embeddings(used)                  refuse embeddings a prompt names (no textual inversion)
@@ -25,6 +26,9 @@ The hooks, in the order the engine calls them:
     call_arguments(pipe, request, image)    the pipeline's keyword arguments
     control_arguments(request, images, ...) the ControlNet ones (images, scales, start/end)
     run(pipe, arguments, request, ...)      call it; check the pixels are finite; PIL images
+    a1111_parameters(request)               `parameters` entries written the family's way (FLUX)
+
+and, outside generate: token_window() (Easel.count_tokens: CLIP chunks, or FLUX's T5 window).
 """
 
 from __future__ import annotations
@@ -105,12 +109,21 @@ class Family:
     # textual-inversion embeddings (easel.models.embeddings): the base pipeline has diffusers'
     # textual-inversion loader; embedding_targets names the text encoders it loads into
     embeddings: bool = False
+    # what dtype "auto" means on a GPU: float16 for the UNet families; bfloat16 where float16
+    # overflows (FLUX's T5 and transformer)
+    accelerator_dtype: str = "float16"
 
     # -- detection and checks -------------------------------------------------------------
 
     def matches(self, model_index: Mapping[str, Any]) -> bool:
         """Whether a model_index.json describes a model of this family."""
         return str(model_index.get("_class_name", "")) in self.pipeline_classes
+
+    def variant(self, source: ModelSource) -> Family:
+        """The family of this particular model, for families whose models share a
+        model_index.json and differ in a component's config (FLUX.1 dev vs schnell: the
+        transformer's guidance_embeds); reads small JSON files only. Default: this family."""
+        return self
 
     def check_request(self, request: GenerationRequest) -> None:
         """Refuse, before anything loads, what this family cannot do: a task it lacks or a
@@ -234,6 +247,17 @@ class Family:
     def field_defaults(self, request: GenerationRequest) -> dict[str, Any]:
         """Family-only fields to fill when the request leaves them None, so the concrete
         request records what actually ran."""
+        return {}
+
+    def token_window(self) -> tuple[str, int] | None:
+        """How Easel.count_tokens counts this family's prompts: None, CLIP's 75-token chunks
+        (the `tokenizer` folder); or (tokenizer folder, window) for a family that reads one
+        window of another tokenizer (FLUX: T5's tokenizer_2, 512 or 256 tokens)."""
+        return None
+
+    def a1111_parameters(self, request: GenerationRequest) -> dict[str, object]:
+        """Entries of the A1111 `parameters` text this family writes its own way (FLUX:
+        "CFG scale: 1, Distilled CFG Scale: 3.5", as Forge writes them). Default: none."""
         return {}
 
     # -- loading ------------------------------------------------------------------------------

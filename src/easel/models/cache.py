@@ -53,7 +53,7 @@ def detect_family(source: ModelSource) -> Family:
     """The family of a source, from model_index.json or the checkpoint's tensor names."""
     index = source.read_model_index()
     if index is not None:
-        return family_for_index(index)
+        return family_for_index(index).variant(source)  # FLUX.1 dev / schnell: the transformer's config
     from diffusers.loaders.single_file_utils import infer_diffusers_model_type, load_single_file_checkpoint
 
     try:

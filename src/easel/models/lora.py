@@ -281,6 +281,17 @@ def _load(pipe: Any, file: LoraFile, family: str, field: str) -> None:
             field=field,
             value=file.name,
         ) from None
+    # diffusers skips keys no module of this pipeline has (an SD LoRA on FLUX loads nothing): refuse
+    if not any(file.adapter in names for names in pipe.get_list_adapters().values()):
+        _forget(pipe, file.adapter)
+        made_for = lora_family(file.path)
+        raise InvalidRequest(
+            f"invalid {field}={file.name!r}: none of {file.path.name}'s layers are in this {family} model"
+            + (f" (it was made for {made_for} models)" if made_for else "")
+            + "; use a LoRA made for it",
+            field=field,
+            value=file.name,
+        )
 
 
 @contextlib.contextmanager

@@ -127,13 +127,20 @@ class TokenCount:
     chunks: int
     counted_with: str = ""
     vocabulary: int = 0
+    window: int = CHUNK_TOKENS  # tokens per chunk (FLUX's T5: one window of 512 or 256)
 
     @property
     def capacity(self) -> int:
-        return self.chunks * CHUNK_TOKENS
+        return self.chunks * self.window
 
     def __str__(self) -> str:
         return f"{self.tokens}/{self.capacity}, {self.chunks} chunk{'s' if self.chunks != 1 else ''}"
+
+
+def window_count(tokenizer: Any, plan: PromptPlan, window: int) -> TokenCount:
+    """Tokens of the plain text in one window of `window` tokens, the end-of-text token
+    included (FLUX's T5: no chunks; what is past the window is dropped)."""
+    return TokenCount(len(tokenizer(plan.text).input_ids), 1, window=window)
 
 
 def token_count(tokenizer: Any, plan: PromptPlan) -> TokenCount:

@@ -89,6 +89,7 @@ A1111_FIELDS = {
     "Steps": ("steps", int), "CFG scale": ("guidance_scale", float), "Seed": ("seed", int),
     "Denoising strength": ("strength", float), "Clip skip": ("clip_skip", int),
     "Variation seed": ("variation_seed", int), "Variation seed strength": ("variation_strength", float),
+    "Distilled CFG Scale": ("guidance_scale", float),  # Forge's FLUX.1-dev guidance (after "CFG scale": 1)
 }  # fmt: skip
 
 
@@ -162,11 +163,14 @@ def build_router() -> APIRouter:
     )
     async def job_events(job_id: JobId, state: State) -> StreamingResponse:
         """Server-sent events: `progress` ({status, step, total, position}: 1 = next to run,
-        null once running) on every change, then `end` with the full job record."""
+        null once running) on every change, then `end` with the full job record. A progress
+        event carries `preview` (a PNG data URL of the first image so far) and `preview_step`
+        when a new preview was made since the last event (easel serve --preview-every)."""
         job = state.queue.get(job_id)
 
         async def events() -> AsyncIterator[str]:
             seen: tuple[int, int | None] | None = None
+            sent_preview = 0  # the step of the last preview sent
             while True:
                 version, finished = job.version, job.finished
                 position = state.queue.position(job)  # changes while jobs ahead finish
@@ -174,6 +178,12 @@ def build_router() -> APIRouter:
                     seen = (version, position)
                     progress = {"status": job.status, "step": job.step, "total": job.total,
                                 "position": position}  # fmt: skip
+                    preview_step = job.preview_step  # read before the image, which is written first
+                    preview = job.preview
+                    if preview is not None and preview_step != sent_preview:
+                        sent_preview = preview_step
+                        progress["preview"] = "data:image/png;base64," + base64.b64encode(preview).decode()
+                        progress["preview_step"] = preview_step
                     yield f"event: progress\ndata: {json.dumps(progress)}\n\n"
                 if finished:
                     yield f"event: end\ndata: {json.dumps(job.describe(), ensure_ascii=False)}\n\n"

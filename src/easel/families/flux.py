@@ -1,0 +1,314 @@
+"""FLUX.1 [dev] and [schnell]: a rectified-flow transformer reading CLIP-L (pooled) and T5.
+
+What differs from the SD families, and what easel does about it:
+
+- Both models' model_index.json say FluxPipeline; the transformer's `guidance_embeds` tells them
+  apart (variant() reads transformer/config.json, a small JSON file, before any weights load).
+- `guidance_scale` means, for FLUX.1-dev, its distilled-guidance input (the transformer is
+  conditioned on it; one model evaluation per step, no CFG), default 3.5. FLUX.1-schnell is
+  distilled to 4 steps without guidance: its guidance_scale is recorded as 1 (no guidance, as
+  Forge writes "CFG scale: 1") and any other value is refused, never silently ignored.
+- Negative prompts are refused: FluxPipeline's negative_prompt works only with true CFG
+  (true_cfg_scale > 1, twice the evaluations), which easel has no request field for yet.
+- Prompts are plain text for both encoders: weighting (Compel/A1111) and BREAK have nowhere to
+  go and are refused, as are prompt editing/alternation and clip skip. T5 reads
+  max_sequence_length tokens: 512 for dev, 256 for schnell (its model card's value); a longer
+  prompt gets a warning saying how many tokens are dropped.
+- LoRAs go through easel's adapter mechanism (diffusers' FluxLoraLoaderMixin loads them).
+- Latents are packed (batch, sequence, 64): variation seeds, tiling, the hires fix, the latent
+  masked-content fills, ControlNet and textual inversion are refused by name; live
+  previews skip FLUX latents (no picture, no failure). Inpainting (FluxInpaintPipeline) takes
+  easel's mask steps (blur, fill, only-masked crop, paste-back) as the SD families do.
+- Native size: diffusers' own rule, default_sample_size (128) x the VAE's scale factor (8): 1024.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from easel.errors import InvalidRequest, UnsupportedFeature
+from easel.families.base import INPAINTING_TASKS, Family, Loaded, RunOutput, _catching_latents, _numpy_to_pil
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+    from PIL.Image import Image
+
+    from easel.models.reference import ModelSource
+    from easel.request import GenerationRequest
+
+NO_GUIDANCE = 1.0  # what schnell records: Forge's "CFG scale: 1" (no guidance)
+REFUSED_AS_NONE = ("variation_seed", "variation_strength", "seed_resize_from")
+
+
+def _refusal(field: str, message: str) -> UnsupportedFeature:
+    error = UnsupportedFeature(message)
+    error.field = field  # type: ignore[attr-defined]
+    return error
+
+
+@dataclass(frozen=True)
+class FluxFamily(Family):
+    """FLUX.1: text-to-image, image-to-image and inpainting (FluxImg2ImgPipeline and
+    FluxInpaintPipeline, from_pipe on the base)."""
+
+    title: str = "FLUX.1"
+    distilled_guidance: bool = True  # dev: guidance_scale is the transformer's guidance input
+    max_sequence_length: int = 512
+
+    # -- detection ------------------------------------------------------------------------------
+
+    def variant(self, source: ModelSource) -> Family:
+        """dev or schnell, from the transformer's config (guidance_embeds); unreadable: self."""
+        config = _transformer_config(source)
+        if config is None:
+            return self
+        return FLUX_DEV if config.get("guidance_embeds", False) else FLUX_SCHNELL
+
+    # -- checks -----------------------------------------------------------------------------------
+
+    def check_request(self, request: GenerationRequest) -> None:
+        """Refuse, naming the field, everything FLUX.1 here would otherwise ignore or break on."""
+        super().check_request(request)
+        title = self.title
+        if request.negative_prompt:
+            raise _refusal(
+                "negative_prompt",
+                f"negative_prompt: {title} takes no negative prompt here (it is guidance-distilled; "
+                "diffusers' true-CFG negative prompt is not built in easel yet); leave negative_prompt empty",
+            )
+        if not self.distilled_guidance and request.guidance_scale not in (None, NO_GUIDANCE):
+            raise _refusal(
+                "guidance_scale",
+                f"guidance_scale={request.guidance_scale!r}: {title} is distilled to run without guidance, "
+                f"so a guidance scale would be ignored; leave guidance_scale out (or at {NO_GUIDANCE:g})",
+            )
+        if request.scheduler is not None:
+            raise _refusal(
+                "scheduler",
+                f"scheduler={request.scheduler!r}: {title} runs its own flow-matching Euler scheduler; the "
+                "SD samplers do not apply; leave scheduler out",
+            )
+        if request.clip_skip not in (None, 1):
+            raise _refusal(
+                "clip_skip",
+                f"clip_skip={request.clip_skip}: {title} reads CLIP's pooled output and T5, so clip skip "
+                "does not apply; leave clip_skip out or at 1",
+            )
+        for name in REFUSED_AS_NONE:
+            if getattr(request, name) not in (None, 0):
+                raise _refusal(
+                    name,
+                    f"{name}={getattr(request, name)!r}: variation seeds are not built for {title} (its "
+                    "latents are packed); variation seeds work with SD 1.x/2.x and SDXL models",
+                )
+        if request.tiling:
+            raise _refusal(
+                "tiling",
+                f"tiling=True: seamless tiling is not built for {title} (its transformer has no "
+                "convolutions to pad); tiling works with SD 1.x/2.x and SDXL models",
+            )
+        if request.is_inpaint and request.masked_content.startswith("latent_"):
+            raise _refusal(
+                "masked_content",
+                f"masked_content={request.masked_content!r}: the latent fills are not built for {title} "
+                "(its latents are packed); use original or fill",
+            )
+        if request.hires is not None:
+            raise _refusal(
+                "hires",
+                f"hires: the hires fix is not built for {title} yet; generate at the size you want "
+                f"(its native size is 1024x1024) or upscale the result",
+            )
+        self._check_prompt_syntax(request)
+
+    def _check_prompt_syntax(self, request: GenerationRequest) -> None:
+        from easel.prompts.encoding import plan_prompt
+        from easel.prompts.scheduling import parse_schedule
+
+        for field, text in (("prompt", request.prompt), ("negative_prompt", request.negative_prompt)):
+            if parse_schedule(text, request.prompt_syntax) is not None:
+                raise _refusal(
+                    field,
+                    f"{field}={text!r} uses prompt editing or alternation ('[from:to:when]', '[a|b]'), which "
+                    f"is not built for {self.title}; write one prompt",
+                )
+            if plan_prompt(text, request.prompt_syntax, field=field).weighted:
+                raise _refusal(
+                    field,
+                    f"{field}={text!r} uses {request.prompt_syntax} weighting or BREAK syntax, which "
+                    f"{self.title} cannot honour (its T5 and CLIP encoders read the plain text); remove the "
+                    "weights or use prompt_syntax='plain'",
+                )
+
+    def token_window(self) -> tuple[str, int] | None:
+        """T5 (tokenizer_2) reads one window of max_sequence_length tokens; CLIP only gives the
+        pooled embedding of its first 77, so T5's count is the one that says what is dropped."""
+        return "tokenizer_2", self.max_sequence_length
+
+    # -- running ----------------------------------------------------------------------------------
+
+    def default_size(self, pipe: Any) -> tuple[int, int]:
+        """diffusers' own default: default_sample_size x the VAE scale factor (1024 for FLUX.1)."""
+        side = int(pipe.default_sample_size) * int(pipe.vae_scale_factor)
+        return side, side
+
+    def call_arguments(
+        self, pipe: Any, request: GenerationRequest, init_image: Image | None
+    ) -> dict[str, Any]:
+        # FLUX packs 2x2 latent patches: diffusers would silently shrink any other size
+        multiple = 2 * int(pipe.vae_scale_factor)  # 16 for FLUX.1's VAE
+        for field in ("width", "height"):
+            value = getattr(request, field)
+            if value is not None and value % multiple:
+                raise InvalidRequest(
+                    f"invalid {field}={value}: {self.title} makes sizes in multiples of {multiple} (its "
+                    f"latents are packed in 2x2 patches); use {value // multiple * multiple} or "
+                    f"{(value // multiple + 1) * multiple}",
+                    field=field,
+                    value=value,
+                )
+        arguments: dict[str, Any] = {
+            "prompt": request.prompt,
+            "num_inference_steps": request.steps,
+            "num_images_per_prompt": request.num_images,
+            "max_sequence_length": self.max_sequence_length,
+            # img2img too: FluxImg2ImgPipeline resizes the image to height x width (1024 when not given)
+            "width": request.width,
+            "height": request.height,
+        }
+        if self.distilled_guidance:
+            arguments["guidance_scale"] = request.guidance_scale
+        if init_image is not None:
+            arguments.update(image=init_image, strength=request.strength)
+        return arguments
+
+    def apply_prompts(
+        self,
+        pipe: Any,
+        request: GenerationRequest,
+        arguments: dict[str, Any],
+        state: dict[str, Any],
+        *,
+        first_step: int = 0,
+    ) -> list[str]:
+        """The prompt as plain text to both encoders (check_request refused weights); warnings
+        say how many tokens each encoder drops."""
+        from easel.prompts.encoding import plan_prompt
+
+        text = plan_prompt(request.prompt, request.prompt_syntax).text
+        arguments["prompt"] = text
+        warnings = []
+        t5 = len(pipe.tokenizer_2(text).input_ids)  # with its </s>, as the pipeline pads it
+        if t5 > self.max_sequence_length:
+            warnings.append(
+                f"prompt has {t5} T5 tokens; {self.title} reads the first {self.max_sequence_length}, so "
+                f"{t5 - self.max_sequence_length} are dropped"
+            )
+        clip = len(pipe.tokenizer(text).input_ids)
+        limit = int(pipe.tokenizer.model_max_length)
+        if clip > limit:
+            warnings.append(
+                f"prompt has {clip} CLIP tokens; {self.title}'s pooled CLIP embedding reads the first "
+                f"{limit} (T5 reads the rest)"
+            )
+        return warnings
+
+    def run(
+        self,
+        pipe: Any,
+        arguments: dict[str, Any],
+        *,
+        request: GenerationRequest,
+        companions: Mapping[str, Loaded],
+    ) -> RunOutput:
+        """As Family.run (numpy output, non-finite images decoded again in float32), with the
+        caught latents unpacked from (batch, sequence, 64) to (batch, channels, h, w) first."""
+        caught: dict[str, Any] = {}
+        output = pipe(**_catching_latents(arguments, caught), output_type="np")
+        latents = caught.get("latents")
+        if latents is not None:  # at the size the pipeline worked at (inpaint_area=masked: the native size)
+            height, width = int(arguments["height"]), int(arguments["width"])
+            latents = pipe._unpack_latents(latents, height, width, pipe.vae_scale_factor)
+        images, warnings = self.finite_images(pipe, output.images, latents)
+        return RunOutput(images=_numpy_to_pil(images), nsfw_content_detected=None, warnings=warnings)
+
+    def decode_float32(self, pipe: Any, latents: Any) -> Any:
+        """Decode unpacked latents in float32 as FluxPipeline does (scaling, then shift)."""
+        import torch
+
+        vae = pipe.vae
+        original = vae.dtype
+        try:
+            vae.to(dtype=torch.float32)
+            latents = latents.to(device=vae.device, dtype=torch.float32)
+            with torch.inference_mode():
+                latents = latents / vae.config.scaling_factor + vae.config.shift_factor
+                image = vae.decode(latents, return_dict=False)[0]
+                return pipe.image_processor.postprocess(image, output_type="np")
+        finally:
+            vae.to(dtype=original)
+
+    def a1111_parameters(self, request: GenerationRequest) -> dict[str, object]:
+        """As Forge writes FLUX: "CFG scale: 1" (no true CFG) and, for dev, the distilled guidance."""
+        entries: dict[str, object] = {"CFG scale": "1"}
+        if self.distilled_guidance and request.guidance_scale is not None:
+            value = request.guidance_scale
+            entries["Distilled CFG Scale"] = f"{value:g}" if value != int(value) else str(int(value))
+        return entries
+
+
+def _transformer_config(source: ModelSource) -> dict[str, Any] | None:
+    """transformer/config.json of a folder or hub model (None: single file, or not readable)."""
+    try:
+        if source.kind == "folder":
+            path = Path(source.location) / "transformer" / "config.json"
+        elif source.kind == "single_file":
+            return None
+        else:
+            from huggingface_hub import hf_hub_download
+
+            path = Path(hf_hub_download(source.location, "transformer/config.json"))
+        return json.loads(path.read_text("utf-8"))
+    except Exception:  # not cached, offline, not JSON: the family's own defaults (loading reports it)
+        return None
+
+
+FLUX_CLASSES = ("FluxPipeline", "FluxImg2ImgPipeline", "FluxInpaintPipeline")
+
+FLUX_DEV = FluxFamily(
+    name="flux1_dev",
+    pipeline_classes=FLUX_CLASSES,
+    single_file_types=(),
+    text2img_class="FluxPipeline",
+    img2img_class="FluxImg2ImgPipeline",
+    tasks=INPAINTING_TASKS,
+    inpaint_class="FluxInpaintPipeline",
+    loras=True,  # FluxLoraLoaderMixin: transformer and CLIP text encoder adapters
+    default_steps=28,
+    default_guidance=3.5,  # distilled guidance (the transformer's guidance input), not CFG
+    title="FLUX.1-dev",
+    distilled_guidance=True,
+    max_sequence_length=512,
+    accelerator_dtype="bfloat16",  # float16 overflows in T5 and the transformer
+)
+
+FLUX_SCHNELL = FluxFamily(
+    name="flux1_schnell",
+    pipeline_classes=FLUX_CLASSES,
+    single_file_types=(),
+    text2img_class="FluxPipeline",
+    img2img_class="FluxImg2ImgPipeline",
+    tasks=INPAINTING_TASKS,
+    inpaint_class="FluxInpaintPipeline",
+    loras=True,  # FluxLoraLoaderMixin: transformer and CLIP text encoder adapters
+    default_steps=4,
+    default_guidance=NO_GUIDANCE,  # no guidance at all; recorded as 1, other values refused
+    title="FLUX.1-schnell",
+    distilled_guidance=False,
+    max_sequence_length=256,  # the model card's value (diffusers' pipeline default is 512)
+    accelerator_dtype="bfloat16",  # float16 overflows in T5 and the transformer
+)

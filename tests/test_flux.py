@@ -1,0 +1,421 @@
+"""FLUX.1 dev and schnell (tiny random models under the real repo ids), offline, against plain
+diffusers; the family's defaults and refusals; the doors."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import TINY_FLUX_DEV, TINY_FLUX_SCHNELL
+from PIL import Image
+
+from easel import EaselError, GenerationRequest, InvalidRequest, UnsupportedFeature
+
+SMALL = {"width": 32, "height": 32}  # the tiny models' native size is 256x256
+SEQUENCE = {TINY_FLUX_DEV: 512, TINY_FLUX_SCHNELL: 256}
+
+
+def pixels(image: Image.Image) -> np.ndarray:
+    return np.asarray(image.convert("RGB"))
+
+
+def generators(seed: int, count: int) -> list[torch.Generator]:
+    return [torch.Generator("cpu").manual_seed(seed + i) for i in range(count)]
+
+
+@pytest.fixture(autouse=True)
+def _installed(flux_models):
+    """Every test here needs the tiny FLUX.1 models in the HF cache."""
+
+
+@pytest.fixture(scope="module")
+def plain(flux_models):
+    """Plain diffusers pipelines for both models, loaded once."""
+    from diffusers import FluxPipeline
+
+    pipes = {}
+    for repo in (TINY_FLUX_DEV, TINY_FLUX_SCHNELL):
+        pipes[repo] = FluxPipeline.from_pretrained(repo)
+        pipes[repo].set_progress_bar_config(disable=True)
+    return pipes
+
+
+@pytest.mark.parametrize(
+    ("repo", "family", "guidance"),
+    [(TINY_FLUX_DEV, "flux1_dev", 5.0), (TINY_FLUX_SCHNELL, "flux1_schnell", None)],
+)
+def test_text2img_equals_plain_diffusers(engine, plain, repo, family, guidance):
+    result = engine.generate(
+        GenerationRequest(
+            model=repo, prompt="a red cat", steps=3, seed=7, num_images=2, guidance_scale=guidance, **SMALL
+        )
+    )
+    assert result.model_family == family
+    extra = {"guidance_scale": guidance} if guidance is not None else {}
+    expected = plain[repo](
+        "a red cat",
+        num_inference_steps=3,
+        num_images_per_prompt=2,
+        generator=generators(7, 2),
+        max_sequence_length=SEQUENCE[repo],
+        **extra,
+        **SMALL,
+    ).images
+    for ours, theirs in zip(result.images, expected, strict=True):
+        np.testing.assert_array_equal(pixels(ours), pixels(theirs))
+    # image i is what seed 7 + i gives alone
+    alone = engine.generate(
+        GenerationRequest(model=repo, prompt="a red cat", steps=3, seed=8, guidance_scale=guidance, **SMALL)
+    )
+    np.testing.assert_array_equal(pixels(alone.images[0]), pixels(result.images[1]))
+
+
+def test_img2img_equals_plain_diffusers(engine, init_png):
+    from diffusers import FluxImg2ImgPipeline
+
+    result = engine.generate(
+        GenerationRequest(
+            model=TINY_FLUX_DEV, prompt="a blue dog", init_image=str(init_png), strength=0.5, steps=4, seed=3
+        )
+    )
+    assert (result.request.width, result.request.height) == (64, 64)  # the init image's size
+    pipe = FluxImg2ImgPipeline.from_pretrained(TINY_FLUX_DEV)
+    pipe.set_progress_bar_config(disable=True)
+    expected = pipe(
+        "a blue dog",
+        image=Image.open(init_png).convert("RGB"),
+        strength=0.5,
+        num_inference_steps=4,
+        guidance_scale=3.5,
+        width=64,
+        height=64,
+        generator=generators(3, 1),
+    ).images[0]
+    np.testing.assert_array_equal(pixels(result.images[0]), pixels(expected))
+
+
+def test_dev_defaults_are_recorded_and_replay_is_byte_identical(engine, tmp_path):
+    result = engine.generate(GenerationRequest(model=TINY_FLUX_DEV, prompt="a green square", seed=5, **SMALL))
+    concrete = result.request
+    assert (concrete.steps, concrete.guidance_scale, concrete.scheduler) == (28, 3.5, None)
+    parameters = result.parameters()
+    assert "Steps: 28, Sampler: FlowMatchEulerDiscreteScheduler, CFG scale: 1, Seed: 5" in parameters
+    assert "Distilled CFG Scale: 3.5" in parameters
+    original = result.save(tmp_path / "dev.png")
+    again, index = engine.replay(original)
+    assert index == 0 and again.encode(0) == original.read_bytes()
+
+
+def test_schnell_defaults_native_size_and_guidance(engine):
+    result = engine.generate(GenerationRequest(model=TINY_FLUX_SCHNELL, prompt="a cat", seed=1))
+    concrete = result.request
+    # 4 steps, no guidance (recorded as 1), diffusers' native size (128 x the VAE factor: 1024 for the
+    # real VAE, 256 for the tiny one)
+    assert (concrete.steps, concrete.guidance_scale, concrete.width, concrete.height) == (4, 1.0, 256, 256)
+    assert result.images[0].size == (256, 256)
+    parameters = result.parameters()
+    assert "CFG scale: 1," in parameters and "Distilled CFG Scale" not in parameters
+    # the recorded guidance is accepted again (replay), and is the image the default gives
+    same = engine.generate(
+        GenerationRequest(
+            model=TINY_FLUX_SCHNELL, prompt="a cat", seed=1, guidance_scale=1.0, steps=1, **SMALL
+        )
+    )
+    default = engine.generate(
+        GenerationRequest(model=TINY_FLUX_SCHNELL, prompt="a cat", seed=1, steps=1, **SMALL)
+    )
+    np.testing.assert_array_equal(pixels(same.images[0]), pixels(default.images[0]))
+
+
+@pytest.mark.parametrize(
+    ("repo", "fields", "field"),
+    [
+        (TINY_FLUX_DEV, {"prompt": "a red++ cat"}, "prompt"),  # Compel weighting
+        (TINY_FLUX_DEV, {"prompt": "a (red:1.2) cat", "prompt_syntax": "a1111"}, "prompt"),
+        (TINY_FLUX_SCHNELL, {"prompt": "a cat BREAK red", "prompt_syntax": "a1111"}, "prompt"),
+        (TINY_FLUX_DEV, {"prompt": "a [cat:dog:0.5]", "prompt_syntax": "a1111"}, "prompt"),  # editing
+        (TINY_FLUX_DEV, {"negative_prompt": "blue"}, "negative_prompt"),
+        (TINY_FLUX_SCHNELL, {"guidance_scale": 3.5}, "guidance_scale"),
+        (TINY_FLUX_SCHNELL, {"guidance_scale": 0.0}, "guidance_scale"),
+        (TINY_FLUX_DEV, {"clip_skip": 2}, "clip_skip"),
+        (TINY_FLUX_DEV, {"hires": {"scale": 2}}, "hires"),
+        (TINY_FLUX_DEV, {"variation_strength": 0.3}, "variation_strength"),
+        (TINY_FLUX_DEV, {"tiling": True}, "tiling"),
+        (TINY_FLUX_DEV, {"scheduler": "Euler"}, "scheduler"),
+        (TINY_FLUX_DEV, {"refiner": "stabilityai/stable-diffusion-xl-refiner-1.0"}, "refiner"),
+        (TINY_FLUX_DEV, {"controls": [{"model": "demo", "image": "x.png"}]}, "controls"),
+    ],
+)
+def test_what_flux_cannot_do_is_refused_by_name(engine, repo, fields, field):
+    request = GenerationRequest(**{"model": repo, "prompt": "a cat", "steps": 2, **SMALL, **fields})
+    with pytest.raises(EaselError) as caught:
+        engine.generate(request)
+    named = getattr(caught.value, "field", None) or str(caught.value).split("=")[0].split(":")[0]
+    assert named == field, str(caught.value)
+
+
+@pytest.fixture(scope="module")
+def mask_png(tmp_path_factory) -> Path:
+    """64x64: repaint the right half (white), keep the left."""
+    path = tmp_path_factory.mktemp("flux-mask") / "mask.png"
+    mask = Image.new("L", (64, 64), 0)
+    mask.paste(255, (32, 0, 64, 64))
+    mask.save(path)
+    return path
+
+
+@pytest.mark.slow  # over 4 s: the quick set stays under 8 minutes
+def test_inpaint_equals_plain_diffusers(engine, init_png, mask_png):
+    from diffusers import FluxInpaintPipeline
+
+    fields = {"model": TINY_FLUX_DEV, "prompt": "a cat", "init_image": str(init_png), "steps": 4, "seed": 2}
+    result = engine.generate(
+        GenerationRequest(**fields, mask_image=str(mask_png), strength=0.75, mask_blur=0, paste_back=False)
+    )
+    assert result.request.task == "inpaint"
+    pipe = FluxInpaintPipeline.from_pretrained(TINY_FLUX_DEV)
+    pipe.set_progress_bar_config(disable=True)
+    expected = pipe(
+        "a cat",
+        image=Image.open(init_png).convert("RGB"),
+        mask_image=Image.open(mask_png),
+        strength=0.75,
+        num_inference_steps=4,
+        guidance_scale=3.5,
+        width=64,
+        height=64,
+        generator=generators(2, 1),
+    ).images[0]
+    np.testing.assert_array_equal(pixels(result.images[0]), pixels(expected))
+    # with paste-back (the default) the kept half is the original's pixels exactly
+    pasted = engine.generate(GenerationRequest(**fields, mask_image=str(mask_png), strength=0.75))
+    kept = pixels(pasted.images[0])[:, :16]
+    np.testing.assert_array_equal(kept, pixels(Image.open(init_png))[:, :16])
+    # only the masked area: worked at the native size (256 here) and pasted back
+    masked = engine.generate(
+        GenerationRequest(**{**fields, "steps": 2}, mask_image=str(mask_png), inpaint_area="masked")
+    )
+    assert masked.images[0].size == (64, 64)
+    with pytest.raises(UnsupportedFeature) as caught:
+        engine.generate(GenerationRequest(**fields, mask_image=str(mask_png), masked_content="latent_noise"))
+    assert caught.value.field == "masked_content"  # type: ignore[attr-defined]
+
+
+def test_a_vae_override_equals_plain_diffusers(engine, plain):
+    from diffusers import AutoencoderKL, FluxPipeline
+
+    fields = {"model": TINY_FLUX_DEV, "prompt": "a red cat", "seed": 3, "steps": 2, **SMALL}
+    result = engine.generate(GenerationRequest(**fields, vae=TINY_FLUX_SCHNELL))  # its repo's vae folder
+    assert "VAE: black-forest-labs/FLUX.1-schnell" in result.parameters()
+    vae = AutoencoderKL.from_pretrained(TINY_FLUX_SCHNELL, subfolder="vae")
+    pipe = FluxPipeline.from_pipe(plain[TINY_FLUX_DEV], vae=vae)
+    expected = pipe("a red cat", num_inference_steps=2, generator=generators(3, 1), **SMALL).images[0]
+    np.testing.assert_array_equal(pixels(result.images[0]), pixels(expected))
+
+
+def test_a_lora_equals_plain_diffusers_and_switches_off(plain, tmp_path):
+    from diffusers import FluxPipeline
+    from safetensors.torch import save_file
+
+    from easel import Easel, Settings
+    from easel.testing.tiny_flux import write_tiny_flux_lora
+
+    folder = tmp_path / "loras"
+    write_tiny_flux_lora(plain[TINY_FLUX_DEV], folder / "flux-style.safetensors", seed=1)
+    sd_key = "unet.down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k.lora_{}.weight"
+    save_file(
+        {sd_key.format("A"): torch.ones(2, 768), sd_key.format("B"): torch.ones(32, 2)},
+        folder / "sd.safetensors",
+    )
+    own = Easel(Settings.from_env(lora_dir=folder, home=tmp_path / "home"))
+    fields = {"model": TINY_FLUX_DEV, "prompt": "a red cat", "steps": 2, "seed": 4, **SMALL}
+    with_lora = own.generate(GenerationRequest(**fields, loras=[{"name": "flux-style", "weight": 0.8}]))
+    assert "Lora hashes: " in with_lora.parameters()
+
+    pipe = FluxPipeline.from_pretrained(TINY_FLUX_DEV)
+    pipe.set_progress_bar_config(disable=True)
+    pipe.load_lora_weights(str(folder), weight_name="flux-style.safetensors", adapter_name="style")
+    pipe.set_adapters(["style"], adapter_weights=[0.8])
+    expected = pipe("a red cat", num_inference_steps=2, generator=generators(4, 1), **SMALL).images[0]
+    np.testing.assert_array_equal(pixels(with_lora.images[0]), pixels(expected))
+
+    without = own.generate(GenerationRequest(**fields))  # the adapter is switched off, not fused
+    never = plain[TINY_FLUX_DEV]("a red cat", num_inference_steps=2, generator=generators(4, 1), **SMALL)
+    np.testing.assert_array_equal(pixels(without.images[0]), pixels(never.images[0]))
+    with pytest.raises(InvalidRequest, match=r"none of sd\.safetensors's layers are in this flux1_dev model"):
+        own.generate(GenerationRequest(**fields, loras=[{"name": "sd"}]))
+
+
+def test_sizes_flux_would_shrink_are_refused():
+    # diffusers shrinks a size that is no multiple of 2 x the VAE factor (16 for FLUX.1; the tiny VAE's
+    # 4 takes every multiple of 8 the request allows), so the hook is asked with the real factor
+    from types import SimpleNamespace
+
+    from easel.families.flux import FLUX_DEV
+
+    request = GenerationRequest(model=TINY_FLUX_DEV, prompt="a cat", steps=1, width=1024, height=1000)
+    with pytest.raises(InvalidRequest, match=r"^invalid height=1000: .* multiples of 16 .* use 992 or 1008"):
+        FLUX_DEV.call_arguments(SimpleNamespace(vae_scale_factor=8), request, None)
+    assert FLUX_DEV.call_arguments(
+        SimpleNamespace(vae_scale_factor=8), request.model_copy(update={"height": 992}), None
+    )
+
+
+def test_embeddings_are_refused_by_name(tmp_path):
+    from safetensors.torch import save_file
+
+    from easel import Easel, Settings
+
+    folder = tmp_path / "embeddings"
+    folder.mkdir()
+    save_file({"emb_params": torch.zeros(1, 32)}, folder / "sparkle.safetensors")
+    own = Easel(Settings.from_env(embeddings_dir=folder, home=tmp_path / "home"))
+    with pytest.raises(UnsupportedFeature, match=r"^prompt: 'sparkle' is a textual-inversion embedding"):
+        own.generate(GenerationRequest(model=TINY_FLUX_DEV, prompt="a sparkle cat", steps=1, **SMALL))
+
+
+def test_token_counts_use_t5_and_long_prompts_warn(engine):
+    # T5's window: 256 tokens on schnell, 512 on dev, the end-of-text token counted; no CLIP chunks
+    count = engine.count_tokens("a red cat", model=TINY_FLUX_SCHNELL)
+    assert (count.tokens, count.chunks, count.capacity, str(count)) == (4, 1, 256, "4/256, 1 chunk")
+    long = engine.count_tokens(" ".join(["red"] * 600), model=TINY_FLUX_DEV, syntax="plain")
+    assert (long.tokens, long.capacity) == (601, 512)
+    result = engine.generate(
+        GenerationRequest(model=TINY_FLUX_SCHNELL, prompt=" ".join(["red"] * 300), steps=1, seed=0, **SMALL)
+    )
+    assert any("301 T5 tokens" in w and "first 256, so 45 are dropped" in w for w in result.warnings)
+
+
+def test_previews_skip_packed_latents_and_change_nothing(engine):
+    request = GenerationRequest(model=TINY_FLUX_SCHNELL, prompt="a cat", steps=3, seed=2, **SMALL)
+    seen = []
+    with_previews = engine.generate(request, on_progress=seen.append, previews=1)
+    assert [(p.step, p.total) for p in seen] == [(1, 3), (2, 3), (3, 3)]
+    assert all(p.preview is None for p in seen)  # no preview of FLUX's packed latents, and no failure
+    np.testing.assert_array_equal(pixels(with_previews.images[0]), pixels(engine.generate(request).images[0]))
+
+
+def test_forge_flux_parameters_read_the_distilled_guidance():
+    from easel.server.native import _fields_from_parameters
+    from easel.storage.metadata import parse_parameters
+
+    text = "a cat\nSteps: 20, Sampler: Euler, CFG scale: 1, Distilled CFG Scale: 3.5, Size: 1024x1024"
+    fields = _fields_from_parameters(parse_parameters(text))
+    assert (fields["guidance_scale"], fields["steps"], fields["width"]) == (3.5, 20, 1024)
+
+
+# -- the doors ----------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def client(hf_home, flux_models, engine, tmp_path_factory):
+    from server_support import server
+
+    with server(tmp_path_factory.mktemp("flux-server-home"), engine) as client:
+        yield client
+
+
+def png(data: bytes) -> Image.Image:
+    image = Image.open(io.BytesIO(data))
+    image.load()
+    return image
+
+
+def test_native_job(client, engine):
+    body = {"model": TINY_FLUX_SCHNELL, "prompt": "a red circle", "steps": 2, "seed": 4, **SMALL}
+    response = client.post("/api/v1/generate?include_images=true", json=body)
+    assert response.status_code == 200, response.text
+    record = response.json()
+    assert record["status"] == "succeeded" and record["result"]["model_family"] == "flux1_schnell"
+    image = png(base64.b64decode(record["images"][0]["b64_png"]))
+    assert "CFG scale: 1," in image.text["parameters"]
+    direct = engine.generate(GenerationRequest(**body))
+    np.testing.assert_array_equal(pixels(image), pixels(direct.images[0]))
+    count = client.post("/api/v1/tokens", json={"prompt": "a red cat", "model": TINY_FLUX_SCHNELL}).json()
+    assert (count["tokens"], count["capacity"], count["text"]) == (4, 256, "4/256, 1 chunk")
+
+
+def test_a1111_txt2img_with_the_model_override(client, engine):
+    body = {
+        "prompt": "a blue square",
+        "steps": 2,
+        "seed": 6,
+        **SMALL,
+        "override_settings": {"sd_model_checkpoint": TINY_FLUX_SCHNELL},
+    }
+    response = client.post("/sdapi/v1/txt2img", json=body)
+    assert response.status_code == 200, response.text
+    answer = response.json()
+    info = json.loads(answer["info"])
+    assert info["seed"] == 6 and "CFG scale: 1," in info["infotexts"][0]
+    direct = engine.generate(
+        GenerationRequest(
+            model=TINY_FLUX_SCHNELL, prompt="a blue square", prompt_syntax="a1111", steps=2, seed=6, **SMALL
+        )
+    )
+    np.testing.assert_array_equal(
+        pixels(png(base64.b64decode(answer["images"][0]))), pixels(direct.images[0])
+    )
+    weighted = client.post("/sdapi/v1/txt2img", json={**body, "prompt": "a (blue:1.3) square"})
+    assert weighted.status_code == 422, weighted.text
+    assert "weighting" in weighted.text
+
+
+def test_openai_generations_with_the_model(client, engine):
+    body = {"prompt": "a green triangle", "model": TINY_FLUX_SCHNELL, "size": "32x32", "steps": 2, "seed": 9}
+    response = client.post("/v1/images/generations", json=body)
+    assert response.status_code == 200, response.text
+    image = png(base64.b64decode(response.json()["data"][0]["b64_json"]))
+    direct = engine.generate(
+        GenerationRequest(
+            model=TINY_FLUX_SCHNELL,
+            prompt="a green triangle",
+            prompt_syntax="plain",
+            steps=2,
+            seed=9,
+            **SMALL,
+        )
+    )
+    np.testing.assert_array_equal(pixels(image), pixels(direct.images[0]))
+
+
+@pytest.mark.slow
+def test_cli_generate(tmp_path, engine):
+    from test_cli import run_easel
+
+    out = tmp_path / "flux.png"
+    done = run_easel(
+        "generate", "a cat", "-m", TINY_FLUX_SCHNELL, "--steps", "2", "--seed", "5",
+        "--width", "32", "--height", "32", "-o", str(out),
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    api = engine.generate(
+        GenerationRequest(model=TINY_FLUX_SCHNELL, prompt="a cat", steps=2, seed=5, **SMALL)
+    )
+    np.testing.assert_array_equal(pixels(Image.open(out)), pixels(api.images[0]))
+    refused = run_easel(
+        "generate", "a (cat:1.2)", "-m", TINY_FLUX_SCHNELL, "--syntax", "a1111", "-o", str(out)
+    )
+    assert refused.returncode != 0 and "weighting" in refused.stderr
+
+
+def test_dtype_auto_is_bfloat16_for_flux_on_a_gpu() -> None:
+    """float16 overflows in FLUX's T5 and transformer: "auto" picks bfloat16 on accelerators for
+    FLUX, float16 for the UNet families, float32 on the CPU (no GPU needed: the device is set)."""
+    import torch
+
+    from easel import Easel, Settings
+    from easel.families import FLUX_DEV, FLUX_SCHNELL, SD15
+
+    engine = Easel(Settings(device="cpu"))
+    engine._device = "cuda"  # what resolve_device would say on a GPU machine
+    assert engine._device_and_dtype(FLUX_DEV)[1] is torch.bfloat16
+    assert engine._device_and_dtype(FLUX_SCHNELL)[1] is torch.bfloat16
+    assert engine._device_and_dtype(SD15)[1] is torch.float16
+    assert Easel(Settings(device="cpu"))._device_and_dtype(FLUX_DEV)[1] is torch.float32
+    assert Easel(Settings(device="cpu", dtype="float16"))._device_and_dtype()[1] is torch.float16
