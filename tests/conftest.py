@@ -135,3 +135,15 @@ def flux_models(hf_home: Path) -> dict[str, Path]:
     from easel.testing.tiny_flux import install_tiny_flux
 
     return install_tiny_flux(hf_home)
+
+
+TINY_SD35_MEDIUM = "stabilityai/stable-diffusion-3.5-medium"
+
+
+@pytest.fixture(scope="session")
+def sd3_models(hf_home: Path) -> dict[str, Path]:
+    """Tiny SD 3.5 medium (CLIP-L + CLIP-G + T5, tokenizers built offline, 16-channel VAE, 64x64
+    native) under its real repo id; snapshot folders."""
+    from easel.testing.tiny_sd3 import install_tiny_sd3
+
+    return install_tiny_sd3(hf_home)

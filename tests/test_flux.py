@@ -78,20 +78,26 @@ def test_text2img_equals_plain_diffusers(engine, plain, repo, family, guidance):
 def test_img2img_equals_plain_diffusers(engine, init_png):
     from diffusers import FluxImg2ImgPipeline
 
+    check_img2img(engine, TINY_FLUX_DEV, FluxImg2ImgPipeline, init_png, guidance=3.5)
+
+
+def check_img2img(engine, repo: str, pipeline_class, init_png: Path, *, guidance: float) -> None:
+    """Image-to-image with `repo` equals plain diffusers' `pipeline_class` at the init image's size
+    (FLUX.1 here, SD 3.5 in test_sd3)."""
     result = engine.generate(
         GenerationRequest(
-            model=TINY_FLUX_DEV, prompt="a blue dog", init_image=str(init_png), strength=0.5, steps=4, seed=3
+            model=repo, prompt="a blue dog", init_image=str(init_png), strength=0.5, steps=4, seed=3
         )
     )
     assert (result.request.width, result.request.height) == (64, 64)  # the init image's size
-    pipe = FluxImg2ImgPipeline.from_pretrained(TINY_FLUX_DEV)
+    pipe = pipeline_class.from_pretrained(repo)
     pipe.set_progress_bar_config(disable=True)
     expected = pipe(
         "a blue dog",
         image=Image.open(init_png).convert("RGB"),
         strength=0.5,
         num_inference_steps=4,
-        guidance_scale=3.5,
+        guidance_scale=guidance,
         width=64,
         height=64,
         generator=generators(3, 1),
@@ -173,12 +179,21 @@ def mask_png(tmp_path_factory) -> Path:
 def test_inpaint_equals_plain_diffusers(engine, init_png, mask_png):
     from diffusers import FluxInpaintPipeline
 
-    fields = {"model": TINY_FLUX_DEV, "prompt": "a cat", "init_image": str(init_png), "steps": 4, "seed": 2}
+    check_inpaint(engine, TINY_FLUX_DEV, FluxInpaintPipeline, init_png, mask_png, guidance=3.5)
+
+
+def check_inpaint(
+    engine, repo: str, pipeline_class, init_png: Path, mask_png: Path, *, guidance: float
+) -> None:
+    """Inpainting `repo` equals plain diffusers' `pipeline_class` (no blur, no paste-back); paste-back
+    keeps the unmasked half exactly; only-masked areas work; the latent fills are refused by name
+    (FLUX.1 here, SD 3.5 in test_sd3)."""
+    fields = {"model": repo, "prompt": "a cat", "init_image": str(init_png), "steps": 4, "seed": 2}
     result = engine.generate(
         GenerationRequest(**fields, mask_image=str(mask_png), strength=0.75, mask_blur=0, paste_back=False)
     )
     assert result.request.task == "inpaint"
-    pipe = FluxInpaintPipeline.from_pretrained(TINY_FLUX_DEV)
+    pipe = pipeline_class.from_pretrained(repo)
     pipe.set_progress_bar_config(disable=True)
     expected = pipe(
         "a cat",
@@ -186,7 +201,7 @@ def test_inpaint_equals_plain_diffusers(engine, init_png, mask_png):
         mask_image=Image.open(mask_png),
         strength=0.75,
         num_inference_steps=4,
-        guidance_scale=3.5,
+        guidance_scale=guidance,
         width=64,
         height=64,
         generator=generators(2, 1),
@@ -196,7 +211,7 @@ def test_inpaint_equals_plain_diffusers(engine, init_png, mask_png):
     pasted = engine.generate(GenerationRequest(**fields, mask_image=str(mask_png), strength=0.75))
     kept = pixels(pasted.images[0])[:, :16]
     np.testing.assert_array_equal(kept, pixels(Image.open(init_png))[:, :16])
-    # only the masked area: worked at the native size (256 here) and pasted back
+    # only the masked area: worked at the native size (the model's) and pasted back
     masked = engine.generate(
         GenerationRequest(**{**fields, "steps": 2}, mask_image=str(mask_png), inpaint_area="masked")
     )
@@ -267,6 +282,11 @@ def test_sizes_flux_would_shrink_are_refused():
 
 
 def test_embeddings_are_refused_by_name(tmp_path):
+    check_embeddings_refused(tmp_path, TINY_FLUX_DEV)
+
+
+def check_embeddings_refused(tmp_path: Path, repo: str) -> None:
+    """A textual-inversion embedding named in a prompt is refused naming the prompt field."""
     from safetensors.torch import save_file
 
     from easel import Easel, Settings
@@ -276,7 +296,7 @@ def test_embeddings_are_refused_by_name(tmp_path):
     save_file({"emb_params": torch.zeros(1, 32)}, folder / "sparkle.safetensors")
     own = Easel(Settings.from_env(embeddings_dir=folder, home=tmp_path / "home"))
     with pytest.raises(UnsupportedFeature, match=r"^prompt: 'sparkle' is a textual-inversion embedding"):
-        own.generate(GenerationRequest(model=TINY_FLUX_DEV, prompt="a sparkle cat", steps=1, **SMALL))
+        own.generate(GenerationRequest(model=repo, prompt="a sparkle cat", steps=1, **SMALL))
 
 
 def test_token_counts_use_t5_and_long_prompts_warn(engine):
@@ -341,21 +361,29 @@ def test_native_job(client, engine):
 
 
 def test_a1111_txt2img_with_the_model_override(client, engine):
+    check_a1111_door(client, engine, TINY_FLUX_SCHNELL, cfg="1")
+
+
+def check_a1111_door(client, engine, repo: str, *, cfg: str, **fields) -> None:
+    """A1111 txt2img with override_settings.sd_model_checkpoint=`repo` (and `fields`, easel's names:
+    guidance_scale goes as cfg_scale) gives what the Python API gives; a weighted prompt is a 422."""
+    a1111 = {"cfg_scale" if name == "guidance_scale" else name: value for name, value in fields.items()}
     body = {
         "prompt": "a blue square",
         "steps": 2,
         "seed": 6,
         **SMALL,
-        "override_settings": {"sd_model_checkpoint": TINY_FLUX_SCHNELL},
+        **a1111,
+        "override_settings": {"sd_model_checkpoint": repo},
     }
     response = client.post("/sdapi/v1/txt2img", json=body)
     assert response.status_code == 200, response.text
     answer = response.json()
     info = json.loads(answer["info"])
-    assert info["seed"] == 6 and "CFG scale: 1," in info["infotexts"][0]
+    assert info["seed"] == 6 and f"CFG scale: {cfg}," in info["infotexts"][0]
     direct = engine.generate(
         GenerationRequest(
-            model=TINY_FLUX_SCHNELL, prompt="a blue square", prompt_syntax="a1111", steps=2, seed=6, **SMALL
+            model=repo, prompt="a blue square", prompt_syntax="a1111", steps=2, seed=6, **SMALL, **fields
         )
     )
     np.testing.assert_array_equal(
@@ -367,13 +395,18 @@ def test_a1111_txt2img_with_the_model_override(client, engine):
 
 
 def test_openai_generations_with_the_model(client, engine):
-    body = {"prompt": "a green triangle", "model": TINY_FLUX_SCHNELL, "size": "32x32", "steps": 2, "seed": 9}
+    check_openai_door(client, engine, TINY_FLUX_SCHNELL)
+
+
+def check_openai_door(client, engine, repo: str) -> None:
+    """OpenAI's images/generations with `repo` as the model gives what the Python API gives."""
+    body = {"prompt": "a green triangle", "model": repo, "size": "32x32", "steps": 2, "seed": 9}
     response = client.post("/v1/images/generations", json=body)
     assert response.status_code == 200, response.text
     image = png(base64.b64decode(response.json()["data"][0]["b64_json"]))
     direct = engine.generate(
         GenerationRequest(
-            model=TINY_FLUX_SCHNELL,
+            model=repo,
             prompt="a green triangle",
             prompt_syntax="plain",
             steps=2,

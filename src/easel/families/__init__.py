@@ -12,6 +12,7 @@ from easel.errors import UnsupportedFeature
 from easel.families.base import Family, register
 from easel.families.flux import FLUX_DEV, FLUX_SCHNELL
 from easel.families.kandinsky import KANDINSKY22, KANDINSKY22_INPAINT, KANDINSKY22_PRIOR
+from easel.families.sd3 import SD3, SD35_LARGE, SD35_LARGE_TURBO, SD35_MEDIUM
 from easel.families.sd15 import SD15
 from easel.families.sdxl import SDXL, SDXL_REFINER
 
@@ -24,6 +25,10 @@ FAMILIES: tuple[Family, ...] = (
     KANDINSKY22_PRIOR,
     FLUX_DEV,
     FLUX_SCHNELL,
+    SD35_MEDIUM,  # the first detected for StableDiffusion3Pipeline; variant() picks the model's
+    SD35_LARGE,
+    SD35_LARGE_TURBO,
+    SD3,
 )
 register(FAMILIES)  # the hooks' errors name the families that take a field
 

@@ -58,6 +58,9 @@ class FluxFamily(Family):
     title: str = "FLUX.1"
     distilled_guidance: bool = True  # dev: guidance_scale is the transformer's guidance input
     max_sequence_length: int = 512
+    t5_tokenizer: str = "tokenizer_2"  # the pipeline's T5 tokenizer (SD 3.5: tokenizer_3)
+    latents_note: str = "its latents are packed"  # why the latent-level features are not built
+    clip_reads: str = " (its pooled embedding) reads"  # SD 3.5: both CLIPs' hidden states too
 
     # -- detection ------------------------------------------------------------------------------
 
@@ -86,6 +89,12 @@ class FluxFamily(Family):
                 f"guidance_scale={request.guidance_scale!r}: {title} is distilled to run without guidance, "
                 f"so a guidance scale would be ignored; leave guidance_scale out (or at {NO_GUIDANCE:g})",
             )
+        self._check_transformer_request(request)
+
+    def _check_transformer_request(self, request: GenerationRequest) -> None:
+        """The refusals FLUX.1 and SD 3.5 share: SD samplers, clip skip, the latent-level
+        features (variation seeds, tiling, latent fills, hires) and prompt syntax."""
+        title = self.title
         if request.scheduler is not None:
             raise _refusal(
                 "scheduler",
@@ -102,8 +111,8 @@ class FluxFamily(Family):
             if getattr(request, name) not in (None, 0):
                 raise _refusal(
                     name,
-                    f"{name}={getattr(request, name)!r}: variation seeds are not built for {title} (its "
-                    "latents are packed); variation seeds work with SD 1.x/2.x and SDXL models",
+                    f"{name}={getattr(request, name)!r}: variation seeds are not built for {title} "
+                    f"({self.latents_note}); variation seeds work with SD 1.x/2.x and SDXL models",
                 )
         if request.tiling:
             raise _refusal(
@@ -115,7 +124,7 @@ class FluxFamily(Family):
             raise _refusal(
                 "masked_content",
                 f"masked_content={request.masked_content!r}: the latent fills are not built for {title} "
-                "(its latents are packed); use original or fill",
+                f"({self.latents_note}); use original or fill",
             )
         if request.hires is not None:
             raise _refusal(
@@ -145,9 +154,9 @@ class FluxFamily(Family):
                 )
 
     def token_window(self) -> tuple[str, int] | None:
-        """T5 (tokenizer_2) reads one window of max_sequence_length tokens; CLIP only gives the
-        pooled embedding of its first 77, so T5's count is the one that says what is dropped."""
-        return "tokenizer_2", self.max_sequence_length
+        """T5 (tokenizer_2; SD 3.5: tokenizer_3) reads one window of max_sequence_length tokens;
+        CLIP reads only its first 77, so T5's count is the one that says what is dropped."""
+        return self.t5_tokenizer, self.max_sequence_length
 
     # -- running ----------------------------------------------------------------------------------
 
@@ -201,8 +210,10 @@ class FluxFamily(Family):
 
         text = plan_prompt(request.prompt, request.prompt_syntax).text
         arguments["prompt"] = text
+        if arguments.get("negative_prompt"):  # SD 3.5 (FLUX.1 refuses negative prompts)
+            arguments["negative_prompt"] = plan_prompt(request.negative_prompt, request.prompt_syntax).text
         warnings = []
-        t5 = len(pipe.tokenizer_2(text).input_ids)  # with its </s>, as the pipeline pads it
+        t5 = len(getattr(pipe, self.t5_tokenizer)(text).input_ids)  # with its </s>, as the pipeline pads it
         if t5 > self.max_sequence_length:
             warnings.append(
                 f"prompt has {t5} T5 tokens; {self.title} reads the first {self.max_sequence_length}, so "
@@ -212,7 +223,7 @@ class FluxFamily(Family):
         limit = int(pipe.tokenizer.model_max_length)
         if clip > limit:
             warnings.append(
-                f"prompt has {clip} CLIP tokens; {self.title}'s pooled CLIP embedding reads the first "
+                f"prompt has {clip} CLIP tokens; {self.title}'s CLIP encoder{self.clip_reads} the first "
                 f"{limit} (T5 reads the rest)"
             )
         return warnings

@@ -43,12 +43,54 @@ def build_t5_tokenizer(words: list[str]) -> Any:
         return T5Tokenizer.from_pretrained(scratch)
 
 
+def tiny_flow_vae(latent_channels: int, *, scaling_factor: float) -> Any:
+    """A 2-block AutoencoderKL (scale factor 2) without quant convolutions and with a shift factor,
+    as the FLUX.1 and SD 3.5 VAEs are."""
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(
+        sample_size=32,
+        in_channels=3,
+        out_channels=3,
+        block_out_channels=(16, 32),
+        layers_per_block=1,
+        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
+        latent_channels=latent_channels,
+        norm_num_groups=8,
+        use_quant_conv=False,
+        use_post_quant_conv=False,
+        shift_factor=0.0609,
+        scaling_factor=scaling_factor,
+    )
+
+
+def tiny_t5_encoder(tokenizer: Any, *, width: int) -> Any:
+    """A 2-layer T5EncoderModel of `width` (d_model) for `tokenizer` (build_t5_tokenizer's)."""
+    from transformers import T5Config, T5EncoderModel
+
+    return T5EncoderModel(
+        T5Config(
+            vocab_size=len(tokenizer),
+            d_model=width,
+            d_kv=8,
+            d_ff=37,
+            num_layers=2,
+            num_heads=4,
+            relative_attention_num_buckets=8,
+            pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            decoder_start_token_id=tokenizer.pad_token_id,
+        )
+    )
+
+
 def build_tiny_flux(*, dev: bool) -> Any:
     """A tiny FluxPipeline: dev (guidance_embeds=True) or schnell (False); 2-block VAE (scale
     factor 2), so its native size by diffusers' rule (default_sample_size 128 x 2) is 256."""
     import torch
-    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
-    from transformers import CLIPTextModel, T5Config, T5EncoderModel
+    from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+    from transformers import CLIPTextModel
 
     torch.manual_seed(10 if dev else 11)
     transformer = FluxTransformer2DModel(
@@ -63,38 +105,11 @@ def build_tiny_flux(*, dev: bool) -> Any:
         guidance_embeds=dev,
         axes_dims_rope=(4, 6, 6),
     )
-    vae = AutoencoderKL(
-        sample_size=32,
-        in_channels=3,
-        out_channels=3,
-        block_out_channels=(16, 32),
-        layers_per_block=1,
-        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
-        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
-        latent_channels=LATENT_CHANNELS,
-        norm_num_groups=8,
-        use_quant_conv=False,
-        use_post_quant_conv=False,
-        shift_factor=0.0609,
-        scaling_factor=1.5035,
-    )
+    vae = tiny_flow_vae(LATENT_CHANNELS, scaling_factor=1.5035)
     tokenizer = _tiny_tokenizer()
     text_encoder = CLIPTextModel(_tiny_clip_text_config(tokenizer))
     tokenizer_2 = build_t5_tokenizer(list(CAPTION_WORDS))
-    text_encoder_2 = T5EncoderModel(
-        T5Config(
-            vocab_size=len(tokenizer_2),
-            d_model=32,
-            d_kv=8,
-            d_ff=37,
-            num_layers=2,
-            num_heads=4,
-            relative_attention_num_buckets=8,
-            pad_token_id=tokenizer_2.pad_token_id,
-            eos_token_id=tokenizer_2.eos_token_id,
-            decoder_start_token_id=tokenizer_2.pad_token_id,
-        )
-    )
+    text_encoder_2 = tiny_t5_encoder(tokenizer_2, width=32)
     # the published schedulers: dev shifts its sigmas by resolution, schnell does not
     scheduler = FlowMatchEulerDiscreteScheduler(
         num_train_timesteps=1000,

@@ -1,0 +1,130 @@
+"""Stable Diffusion 3.5 (medium, large, large turbo) and SD3 medium: an MMDiT reading CLIP-L,
+CLIP-G and T5.
+
+What differs from the SD families, and what easel does about it:
+
+- All four models' model_index.json say StableDiffusion3Pipeline; variant() tells them apart from
+  the transformer's config (a small JSON file, read before any weights load): 3.5 medium has
+  `dual_attention_layers` (its MMDiT-X blocks), 3.5 large has `qk_norm` and none, SD3 medium
+  neither. 3.5 large turbo has large's config exactly: it is told apart by its name (the repo id
+  or folder name containing "turbo"), a documented fallback; the user's explicit steps and
+  guidance always win over the defaults.
+- Defaults, from the model cards: 3.5 medium 40 steps, guidance 4.5; 3.5 large 28 steps, 3.5;
+  large turbo 4 steps, guidance 0 (no CFG); SD3 medium 28 steps, 7.0.
+- guidance_scale is real classifier-free guidance (above 1 the pipeline runs the negative prompt
+  beside the prompt); negative prompts go to all three encoders. At guidance 1 or below there is
+  no CFG, so a negative prompt would be ignored: it is refused, naming negative_prompt.
+- Prompts are plain text for the three encoders, as for FLUX.1 (its checks are shared): weighting
+  and BREAK, prompt editing, clip skip, the SD samplers, variation seeds, tiling, the hires fix,
+  the latent masked-content fills, ControlNet and textual inversion are refused by name. T5 reads
+  max_sequence_length tokens (256, diffusers' default); token counts use T5.
+- LoRAs go through easel's adapter mechanism (diffusers' SD3LoraLoaderMixin loads them).
+- Latents are (batch, 16, h/8, w/8): live previews use the least-squares fit of the VAE.
+- Native size: diffusers' own rule, default_sample_size (128) x the VAE's scale factor (8): 1024.
+- dtype auto on a GPU: bfloat16 (the model card's; float16 overflows in T5).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from easel.families.base import INPAINTING_TASKS, Family
+from easel.families.flux import FluxFamily, _refusal, _transformer_config
+
+if TYPE_CHECKING:
+    from PIL.Image import Image
+
+    from easel.models.reference import ModelSource
+    from easel.request import GenerationRequest
+
+NO_CFG = 1.0  # guidance_scale at or below this: the pipeline runs without classifier-free guidance
+
+
+@dataclass(frozen=True)
+class SD3Family(FluxFamily):
+    """SD 3.5 / SD3: text-to-image, image-to-image and inpainting (StableDiffusion3Img2ImgPipeline
+    and StableDiffusion3InpaintPipeline, from_pipe on the base). Shares FLUX.1's prompt handling,
+    refusals, size rule and float32 re-decode (scaling, then shift); its own guidance, negative
+    prompts and latents (not packed)."""
+
+    title: str = "SD 3.5"
+    distilled_guidance: bool = False  # unused here: guidance_scale is always real CFG
+    max_sequence_length: int = 256
+    t5_tokenizer: str = "tokenizer_3"
+    latents_note: str = "not checked against its 16-channel latents yet"
+    clip_reads: str = "s (CLIP-L and CLIP-G) read"
+
+    def variant(self, source: ModelSource) -> Family:
+        """Medium, large, large turbo or SD3 medium, from the transformer's config (and, for turbo,
+        the name); unreadable config: by name, else self."""
+        name = f"{source.reference} {source.location}".lower()  # repo id, or the folder's path
+        config = _transformer_config(source)
+        if config is None:
+            for marker, family in (("turbo", SD35_LARGE_TURBO), ("3.5-large", SD35_LARGE), ("3-medium", SD3)):
+                if marker in name:
+                    return family
+            return self
+        if config.get("dual_attention_layers"):
+            return SD35_MEDIUM
+        if config.get("qk_norm"):
+            return SD35_LARGE_TURBO if "turbo" in name else SD35_LARGE
+        return SD3
+
+    def check_request(self, request: GenerationRequest) -> None:
+        """Refuse, naming the field, what SD 3.5 here would otherwise ignore or break on."""
+        Family.check_request(self, request)
+        guidance = self.default_guidance if request.guidance_scale is None else request.guidance_scale
+        if request.negative_prompt and guidance <= NO_CFG:
+            raise _refusal(
+                "negative_prompt",
+                f"negative_prompt: at guidance_scale={guidance:g} {self.title} runs without classifier-free "
+                f"guidance, so a negative prompt would be ignored; raise guidance_scale above {NO_CFG:g} or "
+                "leave negative_prompt empty",
+            )
+        self._check_transformer_request(request)
+
+    def call_arguments(
+        self, pipe: Any, request: GenerationRequest, init_image: Image | None
+    ) -> dict[str, Any]:
+        """FLUX.1's (sizes in multiples of 2 x the VAE factor: 2x2 patches), with real guidance
+        and the negative prompt."""
+        arguments = super().call_arguments(pipe, request, init_image)
+        arguments.update(
+            guidance_scale=request.guidance_scale, negative_prompt=request.negative_prompt or None
+        )
+        return arguments
+
+    run = Family.run  # the latents are not packed (FluxFamily.run unpacks them)
+
+    a1111_parameters = Family.a1111_parameters  # as Forge writes SD3: the plain "CFG scale" (real CFG)
+
+
+SD3_CLASSES = (
+    "StableDiffusion3Pipeline",
+    "StableDiffusion3Img2ImgPipeline",
+    "StableDiffusion3InpaintPipeline",
+)
+
+
+def _sd3(name: str, title: str, steps: int, guidance: float) -> SD3Family:
+    return SD3Family(
+        name=name,
+        pipeline_classes=SD3_CLASSES,
+        single_file_types=(),
+        text2img_class="StableDiffusion3Pipeline",
+        img2img_class="StableDiffusion3Img2ImgPipeline",
+        tasks=INPAINTING_TASKS,
+        inpaint_class="StableDiffusion3InpaintPipeline",
+        loras=True,  # SD3LoraLoaderMixin: transformer and CLIP text encoder adapters
+        default_steps=steps,
+        default_guidance=guidance,
+        title=title,
+        accelerator_dtype="bfloat16",  # the model card's; float16 gives NaNs in T5
+    )
+
+
+SD35_MEDIUM = _sd3("sd35_medium", "SD 3.5 Medium", 40, 4.5)
+SD35_LARGE = _sd3("sd35_large", "SD 3.5 Large", 28, 3.5)
+SD35_LARGE_TURBO = _sd3("sd35_large_turbo", "SD 3.5 Large Turbo", 4, 0.0)  # no CFG
+SD3 = _sd3("sd3_medium", "SD3 Medium", 28, 7.0)

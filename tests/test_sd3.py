@@ -1,0 +1,274 @@
+"""Stable Diffusion 3.5 (a tiny random 3.5 medium under the real repo id), offline, against plain
+diffusers; the variants' detection and defaults; refusals; the doors."""
+
+from __future__ import annotations
+
+import base64
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from conftest import TINY_SD35_MEDIUM
+from test_flux import (
+    check_a1111_door,
+    check_embeddings_refused,
+    check_img2img,
+    check_inpaint,
+    check_openai_door,
+    generators,
+    pixels,
+    png,
+)
+from test_flux import mask_png as mask_png  # the fixture: a 64x64 mask of the right half
+
+from easel import EaselError, GenerationRequest, InvalidRequest
+
+SMALL = {"width": 32, "height": 32}  # the tiny model's native size is 64x64
+
+
+@pytest.fixture(autouse=True)
+def _installed(sd3_models):
+    """Every test here needs the tiny SD 3.5 medium in the HF cache."""
+
+
+@pytest.fixture(scope="module")
+def plain(sd3_models):
+    """The plain diffusers pipeline, loaded once."""
+    from diffusers import StableDiffusion3Pipeline
+
+    pipe = StableDiffusion3Pipeline.from_pretrained(TINY_SD35_MEDIUM)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def test_text2img_with_a_negative_prompt_equals_plain_diffusers(engine, plain):
+    fields = {"prompt": "a red cat", "negative_prompt": "blue", "steps": 3, "guidance_scale": 5.0, **SMALL}
+    result = engine.generate(GenerationRequest(model=TINY_SD35_MEDIUM, seed=7, num_images=2, **fields))
+    assert result.model_family == "sd35_medium"
+    expected = plain(
+        "a red cat",
+        negative_prompt="blue",
+        num_inference_steps=3,
+        guidance_scale=5.0,
+        num_images_per_prompt=2,
+        max_sequence_length=256,
+        generator=generators(7, 2),
+        **SMALL,
+    ).images
+    for ours, theirs in zip(result.images, expected, strict=True):
+        np.testing.assert_array_equal(pixels(ours), pixels(theirs))
+    # image i is what seed 7 + i gives alone (to a level: a batch of 4 through the MMDiT rounds differently
+    # from a batch of 2 on this CPU, in plain diffusers too); the negative prompt does change the picture
+    alone = engine.generate(GenerationRequest(model=TINY_SD35_MEDIUM, seed=8, **fields))
+    difference = np.abs(pixels(alone.images[0]).astype(int) - pixels(result.images[1]))
+    assert difference.max() <= 1
+    positive_only = engine.generate(
+        GenerationRequest(model=TINY_SD35_MEDIUM, seed=8, **{**fields, "negative_prompt": ""})
+    )
+    assert not np.array_equal(pixels(positive_only.images[0]), pixels(alone.images[0]))
+
+
+def test_img2img_equals_plain_diffusers(engine, init_png):
+    from diffusers import StableDiffusion3Img2ImgPipeline
+
+    check_img2img(engine, TINY_SD35_MEDIUM, StableDiffusion3Img2ImgPipeline, init_png, guidance=4.5)
+
+
+def test_defaults_native_size_and_byte_identical_replay(engine, tmp_path):
+    result = engine.generate(
+        GenerationRequest(model=TINY_SD35_MEDIUM, prompt="a green square", seed=5, steps=2)
+    )
+    concrete = result.request
+    # 3.5 medium's card: guidance 4.5 (40 steps, below); native size 128 x the VAE factor (1024 for the
+    # real VAE, 32 x 2 for the tiny one)
+    assert (concrete.guidance_scale, concrete.scheduler, concrete.width, concrete.height) == (
+        4.5,
+        None,
+        64,
+        64,
+    )
+    parameters = result.parameters()
+    assert "Steps: 2, Sampler: FlowMatchEulerDiscreteScheduler, CFG scale: 4.5, Seed: 5" in parameters
+    assert "Distilled CFG Scale" not in parameters
+    original = result.save(tmp_path / "sd35.png")
+    again, index = engine.replay(original)
+    assert index == 0 and again.encode(0) == original.read_bytes()
+
+
+def _source(tmp_path: Path, name: str, config: dict | None) -> SimpleNamespace:
+    folder = tmp_path / name
+    (folder / "transformer").mkdir(parents=True)
+    if config is not None:
+        (folder / "transformer" / "config.json").write_text(json.dumps(config))
+    return SimpleNamespace(kind="folder", location=str(folder), reference=str(folder))
+
+
+@pytest.mark.parametrize(
+    ("name", "config", "family", "steps", "guidance"),
+    [
+        ("sd35-m", {"dual_attention_layers": [0, 1], "qk_norm": "rms_norm"}, "sd35_medium", 40, 4.5),
+        ("sd35-l", {"dual_attention_layers": [], "qk_norm": "rms_norm"}, "sd35_large", 28, 3.5),
+        ("stable-diffusion-3.5-large-turbo", {"qk_norm": "rms_norm"}, "sd35_large_turbo", 4, 0.0),
+        ("sd3-m", {"dual_attention_layers": [], "qk_norm": None}, "sd3_medium", 28, 7.0),
+        ("stable-diffusion-3.5-large", None, "sd35_large", 28, 3.5),  # no config: the name
+    ],
+)
+def test_variants_from_the_transformer_config(tmp_path, name, config, family, steps, guidance):
+    from easel.engine import Easel
+    from easel.families import family_for_pipeline_class
+
+    detected = family_for_pipeline_class("StableDiffusion3Pipeline").variant(_source(tmp_path, name, config))
+    assert (detected.name, detected.default_steps, detected.default_guidance) == (family, steps, guidance)
+    # the user's explicit steps and guidance win over the variant's defaults
+    request = GenerationRequest(model="x", prompt="a cat", steps=9, guidance_scale=2.0)
+    concrete = Easel._with_family_defaults(request, detected)
+    assert (concrete.steps, concrete.guidance_scale) == (9, 2.0)
+    assert detected.accelerator_dtype == "bfloat16"
+
+
+@pytest.mark.parametrize(
+    ("fields", "field"),
+    [
+        ({"prompt": "a red++ cat"}, "prompt"),  # Compel weighting
+        ({"prompt": "a (red:1.2) cat", "prompt_syntax": "a1111"}, "prompt"),
+        ({"negative_prompt": "a (red:1.2) cat", "prompt_syntax": "a1111"}, "negative_prompt"),
+        ({"prompt": "a cat BREAK red", "prompt_syntax": "a1111"}, "prompt"),
+        ({"prompt": "a [cat:dog:0.5]", "prompt_syntax": "a1111"}, "prompt"),  # editing
+        ({"negative_prompt": "blue", "guidance_scale": 1.0}, "negative_prompt"),  # no CFG: ignored
+        ({"clip_skip": 2}, "clip_skip"),
+        ({"hires": {"scale": 2}}, "hires"),
+        ({"variation_strength": 0.3}, "variation_strength"),
+        ({"tiling": True}, "tiling"),
+        ({"scheduler": "Euler"}, "scheduler"),
+        ({"refiner": "stabilityai/stable-diffusion-xl-refiner-1.0"}, "refiner"),
+        ({"controls": [{"model": "demo", "image": "x.png"}]}, "controls"),
+    ],
+)
+def test_what_sd35_cannot_do_is_refused_by_name(engine, fields, field):
+    request = GenerationRequest(
+        **{"model": TINY_SD35_MEDIUM, "prompt": "a cat", "steps": 2, **SMALL, **fields}
+    )
+    with pytest.raises(EaselError) as caught:
+        engine.generate(request)
+    named = getattr(caught.value, "field", None) or str(caught.value).split("=")[0].split(":")[0]
+    assert named == field, str(caught.value)
+
+
+def test_embeddings_are_refused_by_name(tmp_path):
+    check_embeddings_refused(tmp_path, TINY_SD35_MEDIUM)
+
+
+def test_token_counts_use_t5_and_long_prompts_warn(engine):
+    count = engine.count_tokens("a red cat", model=TINY_SD35_MEDIUM)
+    assert (count.tokens, count.chunks, count.capacity, str(count)) == (4, 1, 256, "4/256, 1 chunk")
+    result = engine.generate(
+        GenerationRequest(model=TINY_SD35_MEDIUM, prompt=" ".join(["red"] * 300), steps=1, seed=0, **SMALL)
+    )
+    assert any("301 T5 tokens" in w and "first 256, so 45 are dropped" in w for w in result.warnings)
+    assert any("CLIP encoders (CLIP-L and CLIP-G) read the first 77" in w for w in result.warnings)
+
+
+def test_previews_of_16_channel_latents_change_nothing(engine):
+    request = GenerationRequest(model=TINY_SD35_MEDIUM, prompt="a cat", steps=3, seed=2, **SMALL)
+    seen = []
+    with_previews = engine.generate(request, on_progress=seen.append, previews=1, preview_method="linear")
+    assert [(p.step, p.total) for p in seen] == [(1, 3), (2, 3), (3, 3)]
+    # a preview at every step but the last (the image itself): the least-squares fit of the 16-channel VAE
+    assert [p.preview is not None for p in seen] == [True, True, False]
+    np.testing.assert_array_equal(pixels(with_previews.images[0]), pixels(engine.generate(request).images[0]))
+
+
+def test_a_lora_equals_plain_diffusers_and_switches_off(plain, tmp_path):
+    from diffusers import StableDiffusion3Pipeline
+
+    from easel import Easel, Settings
+    from easel.testing.tiny_flux import write_tiny_flux_lora  # transformer attention: the same layout
+
+    folder = tmp_path / "loras"
+    write_tiny_flux_lora(plain, folder / "sd3-style.safetensors", seed=1)
+    own = Easel(Settings.from_env(lora_dir=folder, home=tmp_path / "home"))
+    fields = {"model": TINY_SD35_MEDIUM, "prompt": "a red cat", "steps": 2, "seed": 4, **SMALL}
+    with_lora = own.generate(GenerationRequest(**fields, loras=[{"name": "sd3-style", "weight": 0.8}]))
+    assert "Lora hashes: " in with_lora.parameters()
+
+    pipe = StableDiffusion3Pipeline.from_pretrained(TINY_SD35_MEDIUM)
+    pipe.set_progress_bar_config(disable=True)
+    pipe.load_lora_weights(str(folder), weight_name="sd3-style.safetensors", adapter_name="style")
+    pipe.set_adapters(["style"], adapter_weights=[0.8])
+    call = {"num_inference_steps": 2, "guidance_scale": 4.5, **SMALL}  # 3.5 medium's guidance (diffusers': 7)
+    expected = pipe("a red cat", generator=generators(4, 1), **call).images[0]
+    np.testing.assert_array_equal(pixels(with_lora.images[0]), pixels(expected))
+    never = plain("a red cat", generator=generators(4, 1), **call).images[0]
+    assert not np.array_equal(pixels(never), pixels(expected))
+
+    without = own.generate(GenerationRequest(**fields))  # the adapter is switched off, not fused
+    np.testing.assert_array_equal(pixels(without.images[0]), pixels(never))
+
+
+def test_inpaint_equals_plain_diffusers(engine, init_png, mask_png):
+    from diffusers import StableDiffusion3InpaintPipeline
+
+    check_inpaint(engine, TINY_SD35_MEDIUM, StableDiffusion3InpaintPipeline, init_png, mask_png, guidance=4.5)
+
+
+def test_sizes_sd35_would_refuse_are_refused_by_name():
+    from easel.families.sd3 import SD35_MEDIUM
+
+    request = GenerationRequest(model=TINY_SD35_MEDIUM, prompt="a cat", steps=1, width=1000, height=1024)
+    with pytest.raises(InvalidRequest, match=r"^invalid width=1000: .* multiples of 16 .* use 992 or 1008"):
+        SD35_MEDIUM.call_arguments(SimpleNamespace(vae_scale_factor=8), request, None)
+
+
+def test_dtype_auto_is_bfloat16_for_sd35_on_a_gpu() -> None:
+    """SD 3.5's card runs it in bfloat16 (float16 gives NaNs in its T5): "auto" picks bfloat16 on
+    accelerators, float32 on the CPU (no GPU needed: the device is set)."""
+    from easel import Easel, Settings
+    from easel.families.sd3 import SD3, SD35_LARGE, SD35_LARGE_TURBO, SD35_MEDIUM
+
+    engine = Easel(Settings(device="cpu"))
+    engine._device = "cuda"  # what resolve_device would say on a GPU machine
+    for family in (SD35_MEDIUM, SD35_LARGE, SD35_LARGE_TURBO, SD3):
+        assert engine._device_and_dtype(family)[1] is torch.bfloat16
+    assert Easel(Settings(device="cpu"))._device_and_dtype(SD35_MEDIUM)[1] is torch.float32
+
+
+# -- the doors ----------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def client(hf_home, sd3_models, engine, tmp_path_factory):
+    from server_support import server
+
+    with server(tmp_path_factory.mktemp("sd3-server-home"), engine) as client:
+        yield client
+
+
+def test_native_job(client, engine):
+    body = {
+        "model": TINY_SD35_MEDIUM,
+        "prompt": "a red circle",
+        "negative_prompt": "blue",
+        "steps": 2,
+        "seed": 4,
+    }
+    response = client.post("/api/v1/generate?include_images=true", json={**body, **SMALL})
+    assert response.status_code == 200, response.text
+    record = response.json()
+    assert record["status"] == "succeeded" and record["result"]["model_family"] == "sd35_medium"
+    image = png(base64.b64decode(record["images"][0]["b64_png"]))
+    assert "CFG scale: 4.5," in image.text["parameters"]
+    direct = engine.generate(GenerationRequest(**body, **SMALL))
+    np.testing.assert_array_equal(pixels(image), pixels(direct.images[0]))
+    count = client.post("/api/v1/tokens", json={"prompt": "a red cat", "model": TINY_SD35_MEDIUM}).json()
+    assert (count["tokens"], count["capacity"], count["text"]) == (4, 256, "4/256, 1 chunk")
+
+
+def test_a1111_txt2img_with_the_model_override(client, engine):
+    check_a1111_door(client, engine, TINY_SD35_MEDIUM, cfg="5", negative_prompt="red", guidance_scale=5)
+
+
+def test_openai_generations_with_the_model(client, engine):
+    check_openai_door(client, engine, TINY_SD35_MEDIUM)
