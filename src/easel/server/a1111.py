@@ -974,7 +974,7 @@ def build_router() -> APIRouter:
         """No A1111 scripts; webuiapi reads this to decide which extensions to talk to."""
         return {"txt2img": [], "img2img": []}
 
-    @router.get("/progress", **documented(A1111, api.A1111Progress))
+    @router.get("/progress", **documented(A1111, api.A1111Progress, 422))  # skip_current_image: a bool
     async def progress(state: State, skip_current_image: bool = False) -> dict[str, Any]:
         """The running job's progress; `current_image`: its latest live preview (base64 PNG of the
         first image, easel serve --preview-every), unless skip_current_image=true."""
