@@ -567,7 +567,7 @@ class Easel:
             return
         from easel.models.lora import activate, check_fits
 
-        denoiser = getattr(loaded.pipeline, "unet", None) or loaded.pipeline.transformer  # FLUX: transformer
+        denoiser = _denoiser(loaded.pipeline)
         unet_config = dict(denoiser.config)
         for index, (_, file) in enumerate(loras):
             check_fits(file, unet_config, loaded.family.name, field=f"loras[{index}].name")
@@ -744,7 +744,7 @@ class Easel:
 
         from easel.devices import cpu_threads_for
 
-        denoiser = getattr(loaded.pipeline, "unet", None) or loaded.pipeline.transformer  # FLUX: transformer
+        denoiser = _denoiser(loaded.pipeline)
         unet_parameters = sum(p.numel() for p in denoiser.parameters())
         threads = cpu_threads_for(unet_parameters, self.settings.threads)
         if threads is not None and torch.get_num_threads() != threads:
@@ -937,3 +937,10 @@ def _free_accelerator_memory() -> None:
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
+
+
+def _denoiser(pipe: Any) -> Any:
+    """The pipeline's UNet, or its transformer (FLUX, SD 3.5). Tested against None, not for
+    truth: a torch.compile'd module has no len() and raises on bool()."""
+    unet = getattr(pipe, "unet", None)
+    return unet if unet is not None else pipe.transformer
