@@ -183,6 +183,7 @@ def test_queue_runs_compatible_jobs_as_one_call_and_others_alone(engine, tmp_pat
     assert record is not None and record.summary["batched"] == 3
 
 
+@pytest.mark.slow  # over 3 s: the quick set stays under 8 minutes
 def test_queue_batches_within_max_batch_and_max_images(engine, tmp_path, calls):
     queue = queue_of(engine, tmp_path, max_batch=2)
     jobs = run_all(queue, [GenerationRequest(**{**BASE, "seed": seed}) for seed in (1, 2, 3)])
@@ -262,6 +263,7 @@ def test_batching_is_refused_with_another_runner_and_bad_settings(engine, tmp_pa
         Settings(max_batch=0)
 
 
+@pytest.mark.slow  # over 3 s: the quick set stays under 8 minutes
 def test_server_batches_jobs_waiting_behind_a_running_one(engine, tmp_path):
     with server(tmp_path, engine, max_batch=4) as client:
         slow = client.post("/api/v1/jobs", json={**SLOW, "prompt": "slow"}).json()

@@ -129,6 +129,7 @@ def test_unknown_preview_method_is_refused(engine):
 # -- the engine -----------------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # over 3 s: the quick set stays under 8 minutes
 def test_previews_every_n_steps_and_the_same_pixels(engine):
     from easel import GenerationRequest
 
@@ -263,6 +264,7 @@ def test_a1111_progress_without_previews(engine, tmp_path):
 OPENAI_FAST = {"prompt": "a red circle", "model": TINY_SD15, "size": "64x64", "steps": 8, "seed": 2}
 
 
+@pytest.mark.slow  # over 3 s: the quick set stays under 8 minutes
 def test_openai_stream_events_as_the_openai_client_parses_them(engine, tmp_path):
     from openai.types import ImageGenStreamEvent
     from pydantic import TypeAdapter

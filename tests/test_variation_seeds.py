@@ -32,6 +32,7 @@ def all_pixels(result) -> np.ndarray:
     return np.stack([pixels(image) for image in result.images])
 
 
+@pytest.mark.slow  # over 3 s: the quick set stays under 8 minutes
 def test_strength_0_is_byte_identical_to_a_run_without_variation(engine):
     """With an ancestral sampler too: the main noise comes from the generator the pipeline then
     uses for its step noise, so the generator's state is as without variation."""
@@ -182,6 +183,7 @@ def test_bad_values_are_refused_naming_the_field(fields, field):
     assert refused.value.field == field and field in str(refused.value)
 
 
+@pytest.mark.slow  # over 3 s: the quick set stays under 8 minutes
 def test_sdxl_base_and_refiner_take_the_variation_latents(engine, sdxl_models):
     for refiner in (None, TINY_SDXL_REFINER):
         request = GenerationRequest(model=TINY_SDXL, prompt="a red circle", steps=4, seed=5, refiner=refiner)
