@@ -137,6 +137,18 @@ def flux_models(hf_home: Path) -> dict[str, Path]:
     return install_tiny_flux(hf_home)
 
 
+TINY_FLUX_KONTEXT = "black-forest-labs/FLUX.1-Kontext-dev"
+
+
+@pytest.fixture(scope="session")
+def flux_kontext_models(hf_home: Path) -> dict[str, Path]:
+    """Tiny FLUX.1 Kontext [dev] (FLUX.1-dev's components, FluxKontextPipeline's model_index.json,
+    256x256 native) under its real repo id; built only when a test asks; snapshot folders."""
+    from easel.testing.tiny_flux import install_tiny_flux_kontext
+
+    return install_tiny_flux_kontext(hf_home)
+
+
 TINY_SD35_MEDIUM = "stabilityai/stable-diffusion-3.5-medium"
 
 
@@ -147,3 +159,28 @@ def sd3_models(hf_home: Path) -> dict[str, Path]:
     from easel.testing.tiny_sd3 import install_tiny_sd3
 
     return install_tiny_sd3(hf_home)
+
+
+TINY_ZIMAGE_TURBO = "Tongyi-MAI/Z-Image-Turbo"
+
+
+@pytest.fixture(scope="session")
+def zimage_models(hf_home: Path) -> dict[str, Path]:
+    """Tiny Z-Image Turbo (Qwen3 encoder, Qwen tokenizer with its chat template built offline,
+    16-channel VAE) under its real repo id; built only when a test asks; snapshot folders."""
+    from easel.testing.tiny_zimage import install_tiny_zimage
+
+    return install_tiny_zimage(hf_home)
+
+
+TINY_QWEN_IMAGE = "Qwen/Qwen-Image"
+
+
+@pytest.fixture(scope="session")
+def qwen_image_models(hf_home: Path) -> dict[str, Path]:
+    """Tiny Qwen-Image (Qwen2.5-VL encoder, Qwen tokenizer with ChatML and vision tokens built
+    offline, 4-channel 5-D VAE, 664x664 native) under its real repo id; built only when a test
+    asks; snapshot folders."""
+    from easel.testing.tiny_qwen_image import install_tiny_qwen_image
+
+    return install_tiny_qwen_image(hf_home)

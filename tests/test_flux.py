@@ -81,9 +81,12 @@ def test_img2img_equals_plain_diffusers(engine, init_png):
     check_img2img(engine, TINY_FLUX_DEV, FluxImg2ImgPipeline, init_png, guidance=3.5)
 
 
-def check_img2img(engine, repo: str, pipeline_class, init_png: Path, *, guidance: float) -> None:
+def check_img2img(
+    engine, repo: str, pipeline_class, init_png: Path, *, guidance: float | None = None, **call
+) -> None:
     """Image-to-image with `repo` equals plain diffusers' `pipeline_class` at the init image's size
-    (FLUX.1 here, SD 3.5 in test_sd3)."""
+    (FLUX.1 here, SD 3.5 in test_sd3); `call`: more arguments for the plain call (Qwen-Image's
+    true_cfg_scale)."""
     result = engine.generate(
         GenerationRequest(
             model=repo, prompt="a blue dog", init_image=str(init_png), strength=0.5, steps=4, seed=3
@@ -97,7 +100,8 @@ def check_img2img(engine, repo: str, pipeline_class, init_png: Path, *, guidance
         image=Image.open(init_png).convert("RGB"),
         strength=0.5,
         num_inference_steps=4,
-        guidance_scale=guidance,
+        **({} if guidance is None else {"guidance_scale": guidance}),
+        **call,
         width=64,
         height=64,
         generator=generators(3, 1),
@@ -106,15 +110,26 @@ def check_img2img(engine, repo: str, pipeline_class, init_png: Path, *, guidance
 
 
 def test_dev_defaults_are_recorded_and_replay_is_byte_identical(engine, tmp_path):
-    result = engine.generate(GenerationRequest(model=TINY_FLUX_DEV, prompt="a green square", seed=5, **SMALL))
-    concrete = result.request
-    assert (concrete.steps, concrete.guidance_scale, concrete.scheduler) == (28, 3.5, None)
-    parameters = result.parameters()
-    assert "Steps: 28, Sampler: FlowMatchEulerDiscreteScheduler, CFG scale: 1, Seed: 5" in parameters
+    parameters = check_recorded_defaults(engine, TINY_FLUX_DEV, tmp_path, steps=28, guidance=3.5, cfg="1")
     assert "Distilled CFG Scale: 3.5" in parameters
-    original = result.save(tmp_path / "dev.png")
+
+
+def check_recorded_defaults(
+    engine, repo: str, tmp_path: Path, *, steps: int, guidance: float, cfg: str
+) -> str:
+    """A request to `repo` without steps, guidance or sampler records the family's `steps` and
+    `guidance` (and the model's own scheduler), writes `CFG scale: {cfg}`, and replays byte for byte;
+    returns the `parameters` text."""
+    result = engine.generate(GenerationRequest(model=repo, prompt="a green square", seed=5, **SMALL))
+    concrete = result.request
+    assert (concrete.steps, concrete.guidance_scale, concrete.scheduler) == (steps, guidance, None)
+    parameters = result.parameters()
+    sampler = "Sampler: FlowMatchEulerDiscreteScheduler"
+    assert f"Steps: {steps}, {sampler}, CFG scale: {cfg}, Seed: 5" in parameters
+    original = result.save(tmp_path / "defaults.png")
     again, index = engine.replay(original)
     assert index == 0 and again.encode(0) == original.read_bytes()
+    return parameters
 
 
 def test_schnell_defaults_native_size_and_guidance(engine):
@@ -158,6 +173,12 @@ def test_schnell_defaults_native_size_and_guidance(engine):
     ],
 )
 def test_what_flux_cannot_do_is_refused_by_name(engine, repo, fields, field):
+    check_refused_by_name(engine, repo, fields, field)
+
+
+def check_refused_by_name(engine, repo: str, fields: dict, field: str) -> None:
+    """A small request to `repo` with `fields` is refused with an error naming `field` (its `field`
+    attribute, or the message's first word)."""
     request = GenerationRequest(**{"model": repo, "prompt": "a cat", "steps": 2, **SMALL, **fields})
     with pytest.raises(EaselError) as caught:
         engine.generate(request)
@@ -183,11 +204,20 @@ def test_inpaint_equals_plain_diffusers(engine, init_png, mask_png):
 
 
 def check_inpaint(
-    engine, repo: str, pipeline_class, init_png: Path, mask_png: Path, *, guidance: float
+    engine,
+    repo: str,
+    pipeline_class,
+    init_png: Path,
+    mask_png: Path,
+    *,
+    guidance: float | None = None,
+    only_masked: bool = True,
+    **call,
 ) -> None:
     """Inpainting `repo` equals plain diffusers' `pipeline_class` (no blur, no paste-back); paste-back
     keeps the unmasked half exactly; only-masked areas work; the latent fills are refused by name
-    (FLUX.1 here, SD 3.5 in test_sd3)."""
+    (FLUX.1 here, SD 3.5 in test_sd3); `call`: more arguments for the plain call. only_masked=False
+    leaves out the only-masked run, which works at the native size (Z-Image's 1024: minutes on a CPU)."""
     fields = {"model": repo, "prompt": "a cat", "init_image": str(init_png), "steps": 4, "seed": 2}
     result = engine.generate(
         GenerationRequest(**fields, mask_image=str(mask_png), strength=0.75, mask_blur=0, paste_back=False)
@@ -201,7 +231,8 @@ def check_inpaint(
         mask_image=Image.open(mask_png),
         strength=0.75,
         num_inference_steps=4,
-        guidance_scale=guidance,
+        **({} if guidance is None else {"guidance_scale": guidance}),
+        **call,
         width=64,
         height=64,
         generator=generators(2, 1),
@@ -212,10 +243,11 @@ def check_inpaint(
     kept = pixels(pasted.images[0])[:, :16]
     np.testing.assert_array_equal(kept, pixels(Image.open(init_png))[:, :16])
     # only the masked area: worked at the native size (the model's) and pasted back
-    masked = engine.generate(
-        GenerationRequest(**{**fields, "steps": 2}, mask_image=str(mask_png), inpaint_area="masked")
-    )
-    assert masked.images[0].size == (64, 64)
+    if only_masked:
+        masked = engine.generate(
+            GenerationRequest(**{**fields, "steps": 2}, mask_image=str(mask_png), inpaint_area="masked")
+        )
+        assert masked.images[0].size == (64, 64)
     with pytest.raises(UnsupportedFeature) as caught:
         engine.generate(GenerationRequest(**fields, mask_image=str(mask_png), masked_content="latent_noise"))
     assert caught.value.field == "masked_content"  # type: ignore[attr-defined]
@@ -347,17 +379,26 @@ def png(data: bytes) -> Image.Image:
 
 
 def test_native_job(client, engine):
-    body = {"model": TINY_FLUX_SCHNELL, "prompt": "a red circle", "steps": 2, "seed": 4, **SMALL}
+    check_native_door(client, engine, TINY_FLUX_SCHNELL, family="flux1_schnell", cfg="1", count=(4, 256))
+
+
+def check_native_door(
+    client, engine, repo: str, *, family: str, cfg: str, count: tuple[int, int], **fields
+) -> None:
+    """A native job with `repo` (and `fields`) gives what the Python API gives, its PNG says
+    `CFG scale: {cfg},`; /api/v1/tokens counts "a red cat" as `count` (tokens, window)."""
+    body = {"model": repo, "prompt": "a red circle", "steps": 2, "seed": 4, **SMALL, **fields}
     response = client.post("/api/v1/generate?include_images=true", json=body)
     assert response.status_code == 200, response.text
     record = response.json()
-    assert record["status"] == "succeeded" and record["result"]["model_family"] == "flux1_schnell"
+    assert record["status"] == "succeeded" and record["result"]["model_family"] == family
     image = png(base64.b64decode(record["images"][0]["b64_png"]))
-    assert "CFG scale: 1," in image.text["parameters"]
+    assert f"CFG scale: {cfg}," in image.text["parameters"]
     direct = engine.generate(GenerationRequest(**body))
     np.testing.assert_array_equal(pixels(image), pixels(direct.images[0]))
-    count = client.post("/api/v1/tokens", json={"prompt": "a red cat", "model": TINY_FLUX_SCHNELL}).json()
-    assert (count["tokens"], count["capacity"], count["text"]) == (4, 256, "4/256, 1 chunk")
+    counted = client.post("/api/v1/tokens", json={"prompt": "a red cat", "model": repo}).json()
+    assert (counted["tokens"], counted["capacity"]) == count
+    assert counted["text"] == f"{count[0]}/{count[1]}, 1 chunk"
 
 
 def test_a1111_txt2img_with_the_model_override(client, engine):
@@ -419,22 +460,24 @@ def check_openai_door(client, engine, repo: str) -> None:
 
 @pytest.mark.slow
 def test_cli_generate(tmp_path, engine):
+    check_cli_door(tmp_path, engine, TINY_FLUX_SCHNELL, ("a (cat:1.2)", "--syntax", "a1111"), "weighting")
+
+
+def check_cli_door(tmp_path: Path, engine, repo: str, refused_args: tuple[str, ...], says: str) -> None:
+    """`easel generate` with `repo` writes what the Python API gives; `refused_args` (a prompt and
+    options) exit 2 with `says` in the message."""
     from test_cli import run_easel
 
-    out = tmp_path / "flux.png"
+    out = tmp_path / "cli.png"
     done = run_easel(
-        "generate", "a cat", "-m", TINY_FLUX_SCHNELL, "--steps", "2", "--seed", "5",
+        "generate", "a cat", "-m", repo, "--steps", "2", "--seed", "5",
         "--width", "32", "--height", "32", "-o", str(out),
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
-    api = engine.generate(
-        GenerationRequest(model=TINY_FLUX_SCHNELL, prompt="a cat", steps=2, seed=5, **SMALL)
-    )
+    api = engine.generate(GenerationRequest(model=repo, prompt="a cat", steps=2, seed=5, **SMALL))
     np.testing.assert_array_equal(pixels(Image.open(out)), pixels(api.images[0]))
-    refused = run_easel(
-        "generate", "a (cat:1.2)", "-m", TINY_FLUX_SCHNELL, "--syntax", "a1111", "-o", str(out)
-    )
-    assert refused.returncode != 0 and "weighting" in refused.stderr
+    refused = run_easel("generate", *refused_args, "-m", repo, "-o", str(out))
+    assert refused.returncode == 2 and says in refused.stderr, refused.stderr
 
 
 def test_dtype_auto_is_bfloat16_for_flux_on_a_gpu() -> None:
@@ -445,10 +488,53 @@ def test_dtype_auto_is_bfloat16_for_flux_on_a_gpu() -> None:
     from easel import Easel, Settings
     from easel.families import FLUX_DEV, FLUX_SCHNELL, SD15
 
+    check_bfloat16_on_a_gpu(FLUX_DEV, FLUX_SCHNELL)
     engine = Easel(Settings(device="cpu"))
     engine._device = "cuda"  # what resolve_device would say on a GPU machine
-    assert engine._device_and_dtype(FLUX_DEV)[1] is torch.bfloat16
-    assert engine._device_and_dtype(FLUX_SCHNELL)[1] is torch.bfloat16
     assert engine._device_and_dtype(SD15)[1] is torch.float16
-    assert Easel(Settings(device="cpu"))._device_and_dtype(FLUX_DEV)[1] is torch.float32
     assert Easel(Settings(device="cpu", dtype="float16"))._device_and_dtype()[1] is torch.float16
+
+
+def check_bfloat16_on_a_gpu(*families) -> None:
+    """dtype "auto" is bfloat16 for `families` on a GPU and float32 on the CPU (no GPU needed: the
+    engine's device is set as resolve_device would set it)."""
+    import torch
+
+    from easel import Easel, Settings
+
+    engine = Easel(Settings(device="cpu"))
+    engine._device = "cuda"
+    for family in families:
+        assert engine._device_and_dtype(family)[1] is torch.bfloat16, family.name
+        assert Easel(Settings(device="cpu"))._device_and_dtype(family)[1] is torch.float32, family.name
+
+
+def test_a1111_reads_flux_dev_guidance_from_distilled_cfg_scale(client, engine):
+    """Forge's fields: FLUX.1-dev's guidance is distilled_cfg_scale; cfg_scale (real CFG in Forge,
+    not built for FLUX in easel) is accepted only at 1; distilled_cfg_scale on other models is a 422."""
+    body = {"prompt": "a blue square", "steps": 2, "seed": 6, **SMALL,
+            "override_settings": {"sd_model_checkpoint": TINY_FLUX_DEV}}  # fmt: skip
+    answer = client.post("/sdapi/v1/txt2img", json={**body, "cfg_scale": 1, "distilled_cfg_scale": 2.5})
+    assert answer.status_code == 200, answer.text
+    info = json.loads(answer.json()["info"])
+    assert (info["cfg_scale"], info["distilled_cfg_scale"]) == (1.0, 2.5)
+    assert "CFG scale: 1," in info["infotexts"][0] and "Distilled CFG Scale: 2.5," in info["infotexts"][0]
+    direct = engine.generate(
+        GenerationRequest(
+            model=TINY_FLUX_DEV, prompt="a blue square", steps=2, seed=6, guidance_scale=2.5, **SMALL
+        )
+    )
+    np.testing.assert_array_equal(
+        pixels(png(base64.b64decode(answer.json()["images"][0]))), pixels(direct.images[0])
+    )
+    refused = client.post("/sdapi/v1/txt2img", json={**body, "cfg_scale": 7})
+    assert (
+        refused.status_code == 422 and "cfg_scale" in refused.text and "distilled_cfg_scale" in refused.text
+    )
+    other = {
+        **body,
+        "override_settings": {"sd_model_checkpoint": TINY_FLUX_SCHNELL},
+        "distilled_cfg_scale": 3.5,
+    }
+    refused = client.post("/sdapi/v1/txt2img", json=other)
+    assert refused.status_code == 422 and "distilled_cfg_scale=3.5" in refused.text

@@ -138,7 +138,7 @@ def test_variants_from_the_transformer_config(tmp_path, name, config, family, st
         ({"prompt": "a cat BREAK red", "prompt_syntax": "a1111"}, "prompt"),
         ({"prompt": "a [cat:dog:0.5]", "prompt_syntax": "a1111"}, "prompt"),  # editing
         ({"negative_prompt": "blue", "guidance_scale": 1.0}, "negative_prompt"),  # no CFG: ignored
-        ({"clip_skip": 2}, "clip_skip"),
+        ({"clip_skip": 3}, "clip_skip"),  # the tiny CLIPs have 2 layers: clip skip goes up to 2
         ({"hires": {"scale": 2}}, "hires"),
         ({"variation_strength": 0.3}, "variation_strength"),
         ({"tiling": True}, "tiling"),
@@ -157,6 +157,27 @@ def test_what_sd35_cannot_do_is_refused_by_name(engine, fields, field):
     assert named == field, str(caught.value)
 
 
+def test_clip_skip_equals_plain_diffusers_and_is_recorded(engine, plain):
+    """A1111's "Clip skip: 2" is the pipeline's clip_skip=1 (one layer before the penultimate one both
+    CLIP encoders give by default); it changes the picture and is written in the metadata."""
+    fields = {"prompt": "a red cat", "steps": 2, "guidance_scale": 5.0, "seed": 3, **SMALL}
+    skipped = engine.generate(GenerationRequest(model=TINY_SD35_MEDIUM, clip_skip=2, **fields))
+    expected = plain(
+        "a red cat",
+        num_inference_steps=2,
+        guidance_scale=5.0,
+        clip_skip=1,
+        max_sequence_length=256,
+        generator=generators(3, 1),
+        **SMALL,
+    ).images[0]
+    np.testing.assert_array_equal(pixels(skipped.images[0]), pixels(expected))
+    assert "Clip skip: 2," in skipped.parameters()
+    unskipped = engine.generate(GenerationRequest(model=TINY_SD35_MEDIUM, **fields))
+    assert not np.array_equal(pixels(unskipped.images[0]), pixels(skipped.images[0]))
+    assert "Clip skip" not in unskipped.parameters()
+
+
 def test_embeddings_are_refused_by_name(tmp_path):
     check_embeddings_refused(tmp_path, TINY_SD35_MEDIUM)
 
@@ -172,7 +193,13 @@ def test_token_counts_use_t5_and_long_prompts_warn(engine):
 
 
 def test_previews_of_16_channel_latents_change_nothing(engine):
-    request = GenerationRequest(model=TINY_SD35_MEDIUM, prompt="a cat", steps=3, seed=2, **SMALL)
+    check_linear_previews(engine, TINY_SD35_MEDIUM)
+
+
+def check_linear_previews(engine, repo: str) -> None:
+    """Live previews of `repo`'s 16-channel latents (SD 3.5 here, Z-Image in test_zimage) come at every
+    step but the last, and the image is the one a run without previews gives."""
+    request = GenerationRequest(model=repo, prompt="a cat", steps=3, seed=2, **SMALL)
     seen = []
     with_previews = engine.generate(request, on_progress=seen.append, previews=1, preview_method="linear")
     assert [(p.step, p.total) for p in seen] == [(1, 3), (2, 3), (3, 3)]
@@ -184,21 +211,29 @@ def test_previews_of_16_channel_latents_change_nothing(engine):
 def test_a_lora_equals_plain_diffusers_and_switches_off(plain, tmp_path):
     from diffusers import StableDiffusion3Pipeline
 
+    # 3.5 medium's guidance (diffusers' default is 7)
+    check_lora(plain, StableDiffusion3Pipeline, TINY_SD35_MEDIUM, tmp_path, guidance=4.5)
+
+
+def check_lora(plain, pipeline_class, repo: str, tmp_path: Path, *, guidance: float) -> None:
+    """A random transformer-attention LoRA on `repo` equals plain diffusers' `pipeline_class` with the
+    adapter at the same weight, changes the picture, and is switched off (not fused) after (SD 3.5
+    here, Z-Image in test_zimage; `plain` is the pipeline without it, `guidance` the family's default)."""
     from easel import Easel, Settings
     from easel.testing.tiny_flux import write_tiny_flux_lora  # transformer attention: the same layout
 
     folder = tmp_path / "loras"
-    write_tiny_flux_lora(plain, folder / "sd3-style.safetensors", seed=1)
+    write_tiny_flux_lora(plain, folder / "style.safetensors", seed=1)
     own = Easel(Settings.from_env(lora_dir=folder, home=tmp_path / "home"))
-    fields = {"model": TINY_SD35_MEDIUM, "prompt": "a red cat", "steps": 2, "seed": 4, **SMALL}
-    with_lora = own.generate(GenerationRequest(**fields, loras=[{"name": "sd3-style", "weight": 0.8}]))
+    fields = {"model": repo, "prompt": "a red cat", "steps": 2, "seed": 4, **SMALL}
+    with_lora = own.generate(GenerationRequest(**fields, loras=[{"name": "style", "weight": 0.8}]))
     assert "Lora hashes: " in with_lora.parameters()
 
-    pipe = StableDiffusion3Pipeline.from_pretrained(TINY_SD35_MEDIUM)
+    pipe = pipeline_class.from_pretrained(repo)
     pipe.set_progress_bar_config(disable=True)
-    pipe.load_lora_weights(str(folder), weight_name="sd3-style.safetensors", adapter_name="style")
+    pipe.load_lora_weights(str(folder), weight_name="style.safetensors", adapter_name="style")
     pipe.set_adapters(["style"], adapter_weights=[0.8])
-    call = {"num_inference_steps": 2, "guidance_scale": 4.5, **SMALL}  # 3.5 medium's guidance (diffusers': 7)
+    call = {"num_inference_steps": 2, "guidance_scale": guidance, **SMALL}
     expected = pipe("a red cat", generator=generators(4, 1), **call).images[0]
     np.testing.assert_array_equal(pixels(with_lora.images[0]), pixels(expected))
     never = plain("a red cat", generator=generators(4, 1), **call).images[0]
@@ -272,3 +307,20 @@ def test_a1111_txt2img_with_the_model_override(client, engine):
 
 def test_openai_generations_with_the_model(client, engine):
     check_openai_door(client, engine, TINY_SD35_MEDIUM)
+
+
+def test_a1111_clip_stop_at_last_layers_is_clip_skip(client, engine):
+    override = {"sd_model_checkpoint": TINY_SD35_MEDIUM, "CLIP_stop_at_last_layers": 2}
+    body = {"prompt": "a blue square", "steps": 2, "seed": 6, **SMALL, "override_settings": override}
+    response = client.post("/sdapi/v1/txt2img", json=body)
+    assert response.status_code == 200, response.text
+    answer = response.json()
+    assert "Clip skip: 2," in json.loads(answer["info"])["infotexts"][0]
+    direct = engine.generate(
+        GenerationRequest(
+            model=TINY_SD35_MEDIUM, prompt="a blue square", prompt_syntax="a1111", steps=2, seed=6,
+            clip_skip=2, **SMALL,
+        )
+    )  # fmt: skip
+    image = png(base64.b64decode(answer["images"][0]))
+    np.testing.assert_array_equal(pixels(image), pixels(direct.images[0]))

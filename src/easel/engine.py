@@ -222,6 +222,7 @@ class Easel:
         limits.check(request, defaulted=frozenset({"steps", "prior_steps"} - given))
         # 3. inputs that need I/O
         init_image = self._load_init_image(request)
+        references = self._load_references(request)  # instruction editing (task edit)
         from easel.control.images import fit_control_inputs, load_control_inputs, process_control_inputs
         from easel.storage.gallery import inputs_folder
 
@@ -274,6 +275,10 @@ class Easel:
             # 4. size: explicit, else the init image's, else the first control image's, else
             #    the model's native size; control images fitted to it, then preprocessed
             size_from = init_image if init_image is not None else next(iter(control_inputs), None)
+            if references and (request.width is None or request.height is None):  # the family's rule
+                width, height = loaded.family.edit_size(loaded.pipeline, references)
+                sized = {"width": request.width or width, "height": request.height or height}
+                request = GenerationRequest.from_fields({**request.model_dump(), **sized})
             request = self._with_size(request, loaded, size_from)
             limits.check(request, defaulted=frozenset({"width", "height"} - given))
             _stop_if_cancelled(cancel, "after loading")
@@ -328,6 +333,7 @@ class Easel:
                 control_images if inpaint is None else inpaint.crop_controls(control_images),
                 inpaint,
                 previewer,
+                references,
             )
             if hires is not None:
                 output = hires.second_pass(output, family)
@@ -361,6 +367,7 @@ class Easel:
             warnings=list(output.warnings),
             control_inputs=control_inputs,
             control_images=control_images,
+            reference_images=references,
             family_parameters=family.a1111_parameters(request),  # FLUX: "Distilled CFG Scale"
         )
 
@@ -778,6 +785,20 @@ class Easel:
             request.init_image, field="init_image", stored_inputs=inputs_folder(self.settings.home)
         )
 
+    def _load_references(self, request: GenerationRequest) -> list[Image]:
+        """The reference images of an edit, read as init_image is (paths, URLs, data URLs, stored
+        inputs, the same pixel limit); errors name reference_images[i]."""
+        if not request.reference_images:
+            return []
+        from easel.storage.gallery import inputs_folder
+        from easel.storage.images import load_image
+
+        folder = inputs_folder(self.settings.home)
+        return [
+            load_image(reference, field=f"reference_images[{index}]", stored_inputs=folder)
+            for index, reference in enumerate(request.reference_images)
+        ]
+
     @staticmethod
     def _with_size(
         request: GenerationRequest, loaded: LoadedModel, init_image: Image | None
@@ -811,6 +832,7 @@ class Easel:
         control_images: list[Image] | None = None,
         inpaint: InpaintJob | None = None,
         previewer: Previewer | None = None,
+        references: list[Image] | None = None,
     ) -> RunOutput:
         import torch
 
@@ -829,6 +851,8 @@ class Easel:
         kwargs = family.call_arguments(pipe, request, init_image if inpaint is None else inpaint.image)
         if inpaint is not None:
             kwargs.update(inpaint.arguments())
+        if references:  # instruction editing: the family's reference-image arguments
+            kwargs.update(family.edit_arguments(pipe, request, references))
         kwargs.update(family.control_arguments(request, control_images or [], img2img=init_image is not None))
         kwargs.update(generator=generators, callback_on_step_end=on_step_end)
         if request.eta is not None:  # DDIM's eta (the request validator allows it only with DDIM)

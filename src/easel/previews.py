@@ -292,6 +292,11 @@ def make_previewer(
     if method == "taesd":
         assert taesd is not None
         return Previewer(every, method, taesd().image)
+    vae = getattr(pipe, "vae", None)
+    if vae is not None and "temperal_downsample" in vae.config:
+        # a video-style VAE (Qwen-Image's): its latents have a frames axis the fit cannot encode into,
+        # and the pipeline's are packed besides; no previews, and nothing to warn about
+        return None
     try:
         mapping = linear_map(pipe, state)
     except Exception:  # no VAE to fit, or one that cannot encode: no previews, never a failed run

@@ -50,6 +50,7 @@ def effective_steps(steps: int, strength: float | None) -> int:
 MAX_CLIP_SKIP = 12  # A1111's slider range; CLIP ViT-L has 12 layers
 MAX_STYLES = 32
 MAX_CONTROLS = 8
+MAX_REFERENCE_IMAGES = 8  # instruction editing: the most any family takes (each family says its own)
 MAX_CONTROL_SCALE = 2.0  # A1111's weight slider range; beyond it ControlNets only add artifacts
 
 
@@ -369,6 +370,12 @@ class GenerationRequest(BaseModel):
         "2 = the layer before it ('Clip skip: 2'), ...; None = 1",
     )
     init_image: str | None = Field(None, description="Path or http(s)/data URL: makes this image-to-image")
+    reference_images: list[str] = Field(
+        default_factory=list,
+        max_length=MAX_REFERENCE_IMAGES,
+        description="Instruction editing (task edit): the image(s) the prompt describes a change to, each a "
+        "path or http(s)/data URL; edit-capable families only (FLUX.1 Kontext: one)",
+    )
     strength: float | None = Field(
         None, ge=0, le=1, strict=True, description="img2img: 1.0 ignores the init image"
     )
@@ -607,6 +614,38 @@ class GenerationRequest(BaseModel):
             raise ValueError("contains a NUL character")
         return value
 
+    @field_validator("reference_images")
+    @classmethod
+    def _references_named(cls, value: list[str]) -> list[str]:
+        for index, reference in enumerate(value):
+            if not reference.strip():
+                raise InvalidRequest(
+                    f"invalid reference_images[{index}]='': must name an image (path, URL or data URL)",
+                    field=f"reference_images[{index}]",
+                    value=reference,
+                )
+        return value
+
+    @model_validator(mode="after")
+    def _edit_alone(self) -> GenerationRequest:
+        """Instruction editing changes the reference images as the prompt says; the edit pipelines
+        have no init image, strength, mask, hires pass or ControlNet, so each is refused by name
+        rather than ignored."""
+        if not self.reference_images:
+            return self
+        clashes = (("init_image", self.init_image), ("hires", self.hires),
+                   ("controls", self.controls or None))  # fmt: skip
+        for name, value in clashes:
+            if value is not None:
+                raise InvalidRequest(
+                    f"invalid {name}: instruction editing (reference_images) takes no {name}; the edit "
+                    f"pipeline works from the reference images and the prompt alone; drop {name} or "
+                    "reference_images",
+                    field=name,
+                    value=value if isinstance(value, str) else None,
+                )
+        return self
+
     @field_validator("mask_image")
     @classmethod
     def _mask_reference(cls, value: str | None) -> str | None:
@@ -770,7 +809,9 @@ class GenerationRequest(BaseModel):
 
     @property
     def task(self) -> str:
-        """text2img | img2img | inpaint (a mask or outpaint on an init image)."""
+        """text2img | img2img | inpaint (a mask or outpaint on an init image) | edit (reference images)."""
+        if self.reference_images:
+            return "edit"
         return "inpaint" if self.is_inpaint else "img2img" if self.is_img2img else "text2img"
 
 

@@ -53,6 +53,8 @@ class GenerationResult:
     # replay) and the conditioning image its preprocessor made from it (what steered)
     control_inputs: list[Image] = field(default_factory=list)
     control_images: list[Image] = field(default_factory=list)
+    # instruction editing: the reference images as read (what the gallery keeps for replay)
+    reference_images: list[Image] = field(default_factory=list)
     # A1111 `parameters` entries the family writes its own way (FLUX: "CFG scale: 1, Distilled CFG Scale")
     family_parameters: dict[str, object] = field(default_factory=dict)
 
@@ -78,6 +80,7 @@ class GenerationResult:
         from easel.storage.grid import make_grid
 
         lead = [self.init_image] if self.init_image is not None else []
+        lead += self.reference_images
         lead += self.control_images
         return make_grid([*lead, *self.images])
 

@@ -246,6 +246,16 @@ def generate(
             "--image", "-i", help="Init image (path or URL): image-to-image.", rich_help_panel=IMG2IMG_PANEL
         ),
     ] = None,
+    edit: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--edit",
+            metavar="IMAGE",
+            help="Reference image (path or URL) to change as the prompt says: instruction editing "
+            "(FLUX.1 Kontext); repeatable where the model takes several.",
+            rich_help_panel=IMG2IMG_PANEL,
+        ),
+    ] = None,
     strength: Annotated[
         float | None,
         typer.Option(
@@ -630,6 +640,7 @@ def generate(
                 },
             ),
             init_image=image,
+            reference_images=list(edit or []),
             strength=strength,
             safety_checker=not no_safety_checker,
             refiner=refiner,
@@ -767,6 +778,7 @@ NAMED_FLAGS.update({
     "prompt_syntax": "--syntax", "width": "--width", "height": "--height", "steps": "--steps",
     "guidance_scale": "--guidance", "seed": "--seed", "num_images": "--num-images",
     "scheduler": "--scheduler", "init_image": "--image", "strength": "--strength",
+    "reference_images": "--edit",
     "safety_checker": "--no-safety-checker", "controls": "--control", "loras": "--lora",
     "refiner": "--refiner", "refiner_at": "--refiner-at", "aesthetic_score": "--aesthetic-score",
     "negative_aesthetic_score": "--negative-aesthetic-score", "original_size": "--original-size",
@@ -891,7 +903,7 @@ def flag_for(field: str, typed: dict[str, list[Any]]) -> tuple[str | None, Any, 
     0)" for a ControlNet unit, " (weight)" for part of a --lora value)."""
     if field in NAMED_FLAGS:
         return NAMED_FLAGS[field], None, ""
-    match = re.fullmatch(r"(controls|loras|styles)\[(\d+)\](?:\.(\w+))?", field)
+    match = re.fullmatch(r"(controls|loras|styles|reference_images)\[(\d+)\](?:\.(\w+))?", field)
     if match is None:
         return None, None, ""
     kind, index, part = match.group(1), int(match.group(2)), match.group(3)
@@ -899,7 +911,7 @@ def flag_for(field: str, typed: dict[str, list[Any]]) -> tuple[str | None, Any, 
         flag = CONTROL_FLAGS.get(part or "model", "--control")
         where = f" (unit {index})"
     else:
-        flag = "--lora" if kind == "loras" else "--style"
+        flag = {"loras": "--lora", "styles": "--style", "reference_images": "--edit"}[kind]
         where = f" ({part})" if part and part != "name" else ""
     given = typed.get(flag) or []
     return flag, given[index] if index < len(given) else None, where

@@ -11,10 +11,14 @@ from typing import Any
 from easel.errors import UnsupportedFeature
 from easel.families.base import Family, register
 from easel.families.flux import FLUX_DEV, FLUX_SCHNELL
+from easel.families.flux_kontext import FLUX_KONTEXT_DEV
 from easel.families.kandinsky import KANDINSKY22, KANDINSKY22_INPAINT, KANDINSKY22_PRIOR
+from easel.families.qwen_image import QWEN_IMAGE
+from easel.families.qwen_image_edit import NOT_BUILT
 from easel.families.sd3 import SD3, SD35_LARGE, SD35_LARGE_TURBO, SD35_MEDIUM
 from easel.families.sd15 import SD15
 from easel.families.sdxl import SDXL, SDXL_REFINER
+from easel.families.zimage import ZIMAGE_TURBO
 
 FAMILIES: tuple[Family, ...] = (
     SD15,
@@ -25,10 +29,13 @@ FAMILIES: tuple[Family, ...] = (
     KANDINSKY22_PRIOR,
     FLUX_DEV,
     FLUX_SCHNELL,
+    FLUX_KONTEXT_DEV,
     SD35_MEDIUM,  # the first detected for StableDiffusion3Pipeline; variant() picks the model's
     SD35_LARGE,
     SD35_LARGE_TURBO,
     SD3,
+    QWEN_IMAGE,
+    ZIMAGE_TURBO,
 )
 register(FAMILIES)  # the hooks' errors name the families that take a field
 
@@ -57,6 +64,10 @@ def family_for_index(model_index: dict[str, Any]) -> Family:
         if family.matches(model_index):
             return family
     class_name = str(model_index.get("_class_name", ""))
+    if class_name in NOT_BUILT:  # a known model easel cannot serve yet: say why (Qwen-Image-Edit)
+        error = UnsupportedFeature(NOT_BUILT[class_name])
+        error.field = "model"  # type: ignore[attr-defined]
+        raise error
     raise UnsupportedFeature(
         f"pipeline class {class_name!r} is not supported by easel (supported: {_supported_classes()})"
     )

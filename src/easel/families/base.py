@@ -22,8 +22,11 @@ The hooks, in the order the engine calls them:
     derive(base, task, companions, ...)     the task pipeline, sharing the base's weights (with
                                               controlnet=[...]: the family's ControlNet class);
                                               task is request.task: text2img | img2img | inpaint
+                                              | edit (reference images: edit_class)
+    edit_size(pipe, references)             the output size of an edit when the request gives none
     check_unet(base, task)                  a 9-channel UNet (dedicated inpainting) only inpaints
     call_arguments(pipe, request, image)    the pipeline's keyword arguments
+    edit_arguments(pipe, request, refs)     the edit pipeline's reference-image ones (FLUX.1 Kontext)
     control_arguments(request, images, ...) the ControlNet ones (images, scales, start/end)
     run(pipe, arguments, request, ...)      call it; check the pixels are finite; PIL images
     a1111_parameters(request)               `parameters` entries written the family's way (FLUX)
@@ -112,6 +115,13 @@ class Family:
     # what dtype "auto" means on a GPU: float16 for the UNet families; bfloat16 where float16
     # overflows (FLUX's T5 and transformer)
     accelerator_dtype: str = "float16"
+    # instruction editing (task "edit", in `tasks`): the pipeline class that takes reference
+    # images, and how many it takes
+    edit_class: str | None = None
+    max_reference_images: int = 0
+    # guidance_scale is a distilled-guidance input of the model, not classifier-free guidance
+    # (FLUX.1-dev, Kontext): the A1111 door reads it from Forge's distilled_cfg_scale
+    distilled_guidance: bool = False
 
     # -- detection and checks -------------------------------------------------------------
 
@@ -134,7 +144,18 @@ class Family:
         check_prompts(request)  # too long, too deep or malformed fails here, early, in bounded time
         task = request.task
         if task not in self.tasks:
-            raise UnsupportedFeature(self.unsupported_task_message(task))
+            error = UnsupportedFeature(self.unsupported_task_message(task))
+            if task == "edit":
+                error.field = "reference_images"  # type: ignore[attr-defined]
+            raise error
+        if len(request.reference_images) > self.max_reference_images > 0:
+            error = UnsupportedFeature(
+                f"reference_images: {self.name} models take {self.max_reference_images} reference "
+                f"image(s) to edit, and {len(request.reference_images)} were given; send at most "
+                f"{self.max_reference_images}"
+            )
+            error.field = "reference_images"  # type: ignore[attr-defined]
+            raise error
         for name in FAMILY_FIELDS:
             value = getattr(request, name)
             if value is not None and name not in self.options:
@@ -172,6 +193,12 @@ class Family:
         if task == "inpaint":
             users = ", ".join(f.name for f in _families() if "inpaint" in f.tasks)
             return f"mask_image/outpaint: {self.name} models cannot inpaint (inpainting works with: {users})"
+        if task == "edit":
+            users = ", ".join(getattr(f, "title", f.name) for f in _families() if "edit" in f.tasks)
+            return (
+                f"reference_images: {self.name} models cannot edit with reference images "
+                f"(edit-capable: {users or 'none'})"
+            )
         return f"{self.name} models cannot do {task}"
 
     def controlnet_class(self, task: str) -> str | None:
@@ -180,7 +207,7 @@ class Family:
             "text2img": self.controlnet_text2img_class,
             "img2img": self.controlnet_img2img_class,
             "inpaint": self.controlnet_inpaint_class,
-        }[task]
+        }.get(task)
 
     # Config keys a ControlNet must share with the UNet it steers: its residuals are added to
     # the UNet's blocks (channels, depth) and it reads the same text and added embeddings.
@@ -269,6 +296,7 @@ class Family:
             "text2img": self.text2img_class,
             "img2img": self.img2img_class,
             "inpaint": self.inpaint_class,
+            "edit": self.edit_class,
         }[task]
         if name is None:
             raise UnsupportedFeature(self.unsupported_task_message(task))
@@ -348,6 +376,19 @@ class Family:
         """(width, height) the model was trained at, as diffusers computes it."""
         side = int(pipe.unet.config.sample_size) * int(pipe.vae_scale_factor)
         return side, side
+
+    def edit_size(self, pipe: Any, references: list[Image]) -> tuple[int, int]:
+        """(width, height) of an edit whose request gives no size: the first reference image's,
+        in multiples of 8. An edit family overrides it with its own rule (Kontext)."""
+        first = references[0]
+        return max(8, first.width // 8 * 8), max(8, first.height // 8 * 8)
+
+    def edit_arguments(
+        self, pipe: Any, request: GenerationRequest, references: list[Image]
+    ) -> dict[str, Any]:
+        """The edit pipeline's keyword arguments for the reference images (added to
+        call_arguments'); only edit-capable families are asked (check_request refuses the rest)."""
+        raise UnsupportedFeature(self.unsupported_task_message("edit"))
 
     def call_arguments(
         self, pipe: Any, request: GenerationRequest, init_image: Image | None

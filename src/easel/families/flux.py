@@ -60,7 +60,10 @@ class FluxFamily(Family):
     max_sequence_length: int = 512
     t5_tokenizer: str = "tokenizer_2"  # the pipeline's T5 tokenizer (SD 3.5: tokenizer_3)
     latents_note: str = "its latents are packed"  # why the latent-level features are not built
-    clip_reads: str = " (its pooled embedding) reads"  # SD 3.5: both CLIPs' hidden states too
+    clip_reads: str = " (its pooled embedding) reads"  # SD 3.5: both CLIPs' hidden states too; "": no CLIP
+    encoders: str = "T5 and CLIP's pooled output"  # what reads the prompt, for the refusals' messages
+    window_encoder: str = "T5"  # whose tokens the window counts (Qwen-Image: its Qwen tokenizer's)
+    native_size: str = "1024x1024"  # for the hires refusal's advice
 
     # -- detection ------------------------------------------------------------------------------
 
@@ -101,10 +104,10 @@ class FluxFamily(Family):
                 f"scheduler={request.scheduler!r}: {title} runs its own flow-matching Euler scheduler; the "
                 "SD samplers do not apply; leave scheduler out",
             )
-        if request.clip_skip not in (None, 1):
+        if request.clip_skip not in (None, 1) and not self.takes_clip_skip():
             raise _refusal(
                 "clip_skip",
-                f"clip_skip={request.clip_skip}: {title} reads CLIP's pooled output and T5, so clip skip "
+                f"clip_skip={request.clip_skip}: {title} reads prompts with {self.encoders}, so clip skip "
                 "does not apply; leave clip_skip out or at 1",
             )
         for name in REFUSED_AS_NONE:
@@ -130,7 +133,7 @@ class FluxFamily(Family):
             raise _refusal(
                 "hires",
                 f"hires: the hires fix is not built for {title} yet; generate at the size you want "
-                f"(its native size is 1024x1024) or upscale the result",
+                f"(its native size is {self.native_size}) or upscale the result",
             )
         self._check_prompt_syntax(request)
 
@@ -149,9 +152,14 @@ class FluxFamily(Family):
                 raise _refusal(
                     field,
                     f"{field}={text!r} uses {request.prompt_syntax} weighting or BREAK syntax, which "
-                    f"{self.title} cannot honour (its T5 and CLIP encoders read the plain text); remove the "
+                    f"{self.title} cannot honour (it reads the plain text with {self.encoders}); remove the "
                     "weights or use prompt_syntax='plain'",
                 )
+
+    def takes_clip_skip(self) -> bool:
+        """Whether clip skip reaches an encoder: FLUX.1 reads only CLIP's pooled output (no hidden
+        states to skip), so no; SD 3.5 says yes."""
+        return False
 
     def token_window(self) -> tuple[str, int] | None:
         """T5 (tokenizer_2; SD 3.5: tokenizer_3) reads one window of max_sequence_length tokens;
@@ -210,15 +218,17 @@ class FluxFamily(Family):
 
         text = plan_prompt(request.prompt, request.prompt_syntax).text
         arguments["prompt"] = text
-        if arguments.get("negative_prompt"):  # SD 3.5 (FLUX.1 refuses negative prompts)
+        if request.negative_prompt and arguments.get("negative_prompt"):  # SD 3.5 (FLUX.1 refuses them)
             arguments["negative_prompt"] = plan_prompt(request.negative_prompt, request.prompt_syntax).text
         warnings = []
-        t5 = len(getattr(pipe, self.t5_tokenizer)(text).input_ids)  # with its </s>, as the pipeline pads it
+        t5 = self.window_tokens(pipe, text)
         if t5 > self.max_sequence_length:
             warnings.append(
-                f"prompt has {t5} T5 tokens; {self.title} reads the first {self.max_sequence_length}, so "
-                f"{t5 - self.max_sequence_length} are dropped"
+                f"prompt has {t5} {self.window_encoder} tokens; {self.title} reads the first "
+                f"{self.max_sequence_length}, so {t5 - self.max_sequence_length} are dropped"
             )
+        if not self.clip_reads:  # no CLIP encoder (Qwen-Image)
+            return warnings
         clip = len(pipe.tokenizer(text).input_ids)
         limit = int(pipe.tokenizer.model_max_length)
         if clip > limit:
@@ -227,6 +237,11 @@ class FluxFamily(Family):
                 f"{limit} (T5 reads the rest)"
             )
         return warnings
+
+    def window_tokens(self, pipe: Any, text: str) -> int:
+        """How many tokens of the window `text` takes as the pipeline tokenizes it: T5's, with its
+        </s> (Z-Image: the Qwen chat template around it)."""
+        return len(getattr(pipe, self.t5_tokenizer)(text).input_ids)
 
     def run(
         self,

@@ -15,9 +15,12 @@ What differs from the SD families, and what easel does about it:
   beside the prompt); negative prompts go to all three encoders. At guidance 1 or below there is
   no CFG, so a negative prompt would be ignored: it is refused, naming negative_prompt.
 - Prompts are plain text for the three encoders, as for FLUX.1 (its checks are shared): weighting
-  and BREAK, prompt editing, clip skip, the SD samplers, variation seeds, tiling, the hires fix,
-  the latent masked-content fills, ControlNet and textual inversion are refused by name. T5 reads
+  and BREAK, prompt editing, the SD samplers, variation seeds, tiling, the hires fix, the latent
+  masked-content fills, ControlNet and textual inversion are refused by name. T5 reads
   max_sequence_length tokens (256, diffusers' default); token counts use T5.
+- Clip skip (A1111's count, "Clip skip: N") goes to the pipeline's own `clip_skip` as N - 1: it picks
+  the hidden state of both CLIP encoders (T5 is untouched), counted back from the penultimate layer
+  the model reads by default. Z-Image and Qwen-Image (subclasses, no CLIP) still refuse it.
 - LoRAs go through easel's adapter mechanism (diffusers' SD3LoraLoaderMixin loads them).
 - Latents are (batch, 16, h/8, w/8): live previews use the least-squares fit of the VAE.
 - Native size: diffusers' own rule, default_sample_size (128) x the VAE's scale factor (8): 1024.
@@ -54,6 +57,7 @@ class SD3Family(FluxFamily):
     t5_tokenizer: str = "tokenizer_3"
     latents_note: str = "not checked against its 16-channel latents yet"
     clip_reads: str = "s (CLIP-L and CLIP-G) read"
+    cfg_threshold: float = NO_CFG  # guidance at or below this runs without CFG (Z-Image: 0)
 
     def variant(self, source: ModelSource) -> Family:
         """Medium, large, large turbo or SD3 medium, from the transformer's config (and, for turbo,
@@ -75,12 +79,12 @@ class SD3Family(FluxFamily):
         """Refuse, naming the field, what SD 3.5 here would otherwise ignore or break on."""
         Family.check_request(self, request)
         guidance = self.default_guidance if request.guidance_scale is None else request.guidance_scale
-        if request.negative_prompt and guidance <= NO_CFG:
+        if request.negative_prompt and guidance <= self.cfg_threshold:
             raise _refusal(
                 "negative_prompt",
                 f"negative_prompt: at guidance_scale={guidance:g} {self.title} runs without classifier-free "
-                f"guidance, so a negative prompt would be ignored; raise guidance_scale above {NO_CFG:g} or "
-                "leave negative_prompt empty",
+                "guidance, so a negative prompt would be ignored; raise guidance_scale above "
+                f"{self.cfg_threshold:g} or leave negative_prompt empty",
             )
         self._check_transformer_request(request)
 
@@ -93,7 +97,28 @@ class SD3Family(FluxFamily):
         arguments.update(
             guidance_scale=request.guidance_scale, negative_prompt=request.negative_prompt or None
         )
+        skip = self._clip_skip_argument(pipe, request)
+        if skip is not None:
+            arguments["clip_skip"] = skip
         return arguments
+
+    def takes_clip_skip(self) -> bool:
+        """SD 3.5's two CLIP encoders take clip skip (the pipeline's clip_skip); the subclasses
+        without CLIP (clip_reads "": Z-Image, Qwen-Image) do not."""
+        return bool(self.clip_reads)
+
+    def _clip_skip_argument(self, pipe: Any, request: GenerationRequest) -> int | None:
+        """diffusers' clip_skip for A1111's "Clip skip: N": N - 1 layers before the penultimate one
+        both CLIP encoders give by default (None: no skip); refused, naming clip_skip, past the
+        smaller encoder's depth."""
+        if not self.takes_clip_skip():
+            return None
+        kind = "PENULTIMATE_HIDDEN_STATES_NON_NORMALIZED"  # what the pipeline reads without clip_skip
+        encoders = [
+            (pipe.tokenizer, pipe.text_encoder, kind, True),
+            (pipe.tokenizer_2, pipe.text_encoder_2, kind, True),
+        ]
+        return self.clip_skip_layers(request, encoders) or None
 
     run = Family.run  # the latents are not packed (FluxFamily.run unpacks them)
 

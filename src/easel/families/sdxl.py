@@ -212,6 +212,8 @@ class SDXLRefinerFamily(SDXLFamily):
     a base (as its refiner) it takes the base's VAE and second text encoder when they match."""
 
     def unsupported_task_message(self, task: str) -> str:
+        if task == "edit":
+            return super().unsupported_task_message(task)
         return (
             "the SDXL refiner only does image-to-image and inpainting: give an init image (--image), or "
             "use it as the refiner of an SDXL base (--model stabilityai/stable-diffusion-xl-base-1.0 "

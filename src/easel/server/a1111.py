@@ -1,7 +1,8 @@
 """AUTOMATIC1111-compatible API (/sdapi/v1/...), enough for the `webuiapi` client unchanged.
 
 A1111 fields map onto GenerationRequest: prompt, negative_prompt, steps, cfg_scale ->
-guidance_scale, seed (-1 random), width, height, sampler_name (+ the newer separate
+guidance_scale (FLUX.1-dev and Kontext: Forge's distilled_cfg_scale, cfg_scale only 1),
+seed (-1 random), width, height, sampler_name (+ the newer separate
 `scheduler` "Karras") -> scheduler, batch_size x n_iter -> num_images (A1111 also seeds
 image i with seed + i), denoising_strength -> strength (img2img), init_images[0] -> init_image,
 refiner_checkpoint / refiner_switch_at -> refiner / refiner_at, override_settings
@@ -109,6 +110,9 @@ class Txt2ImgRequest(BaseModel):
     negative_prompt: str = ""
     steps: int | None = Field(None, ge=1, le=1000)
     cfg_scale: float | None = Field(None, ge=0, le=100)
+    distilled_cfg_scale: float | None = Field(
+        None, ge=0, le=100, description="Forge's field: FLUX.1-dev's and Kontext's (distilled) guidance"
+    )
     seed: int = Field(-1, le=MAX_SEED, description="-1 (any negative): random")
     width: int | None = Field(None, json_schema_extra=SIDE_SCHEMA)
     height: int | None = Field(None, json_schema_extra=SIDE_SCHEMA)
@@ -201,6 +205,44 @@ class PngInfoRequest(BaseModel):
     image: str
 
 
+def _distilled_guidance(state: ServerState, model: str | None) -> str | None:
+    """The family title when `model`'s guidance is a distilled input (FLUX.1-dev, Kontext), else
+    None (also when the model cannot be found: the job reports that, naming the model)."""
+    from easel.errors import EaselError
+    from easel.models.cache import detect_family
+
+    try:
+        family = detect_family(state.engine.resolve_model(model))
+    except EaselError:
+        return None
+    return getattr(family, "title", family.name) if family.distilled_guidance else None
+
+
+def _guidance(body: Txt2ImgRequest, distilled: str | None) -> float | None:
+    """guidance_scale as Forge reads it: cfg_scale is classifier-free guidance, and for models
+    whose guidance is distilled (FLUX.1-dev: Forge's "Distilled CFG Scale") the guidance comes in
+    distilled_cfg_scale. easel runs no real CFG for those (true CFG is not built), so there
+    cfg_scale is accepted only at 1 (Forge's FLUX default) rather than read as something else;
+    distilled_cfg_scale on any other model is refused (it would change nothing)."""
+    if distilled is None:
+        if body.distilled_cfg_scale is not None:
+            raise InvalidRequest(
+                f"invalid distilled_cfg_scale={body.distilled_cfg_scale:g}: only models with distilled "
+                "guidance (FLUX.1-dev, FLUX.1 Kontext) use it; use cfg_scale",
+                field="distilled_cfg_scale",
+                value=body.distilled_cfg_scale,
+            )
+        return body.cfg_scale
+    if body.cfg_scale not in (None, 1):
+        raise InvalidRequest(
+            f"invalid cfg_scale={body.cfg_scale:g}: {distilled} has no real CFG in easel (its guidance is "
+            "distilled); send cfg_scale 1 and the guidance as distilled_cfg_scale (Forge's field)",
+            field="cfg_scale",
+            value=body.cfg_scale,
+        )
+    return body.distilled_cfg_scale
+
+
 def to_generation_request(body: Txt2ImgRequest, state: ServerState) -> GenerationRequest:
     """The A1111 request as a GenerationRequest, with errors naming A1111's fields."""
     check_fields(body)
@@ -210,7 +252,6 @@ def to_generation_request(body: Txt2ImgRequest, state: ServerState) -> Generatio
         "prompt_syntax": "a1111",
         "negative_prompt": body.negative_prompt,
         "steps": body.steps,
-        "guidance_scale": body.cfg_scale,
         "seed": None if body.seed < 0 else body.seed,
         "width": body.width,
         "height": body.height,
@@ -229,6 +270,7 @@ def to_generation_request(body: Txt2ImgRequest, state: ServerState) -> Generatio
     fields["model"] = (
         state.policy.model_reference(model, field=OVERRIDE_MODEL) if model else state.current_model
     )
+    fields["guidance_scale"] = _guidance(body, _distilled_guidance(state, fields["model"]))
     overrides = body.override_settings or {}
     fields["vae"] = (
         vae_setting(overrides["sd_vae"], state, field=OVERRIDE_VAE)
@@ -765,7 +807,7 @@ def _response(state: ServerState, job: Job, body: BaseModel) -> dict[str, Any]:
         "width": request.get("width"),
         "height": request.get("height"),
         "sampler_name": summary.get("sampler", ""),
-        "cfg_scale": request.get("guidance_scale"),
+        **_guidance_info(state, request),
         "steps": request.get("steps"),
         "batch_size": getattr(body, "batch_size", 1),
         "restore_faces": False,
@@ -791,6 +833,13 @@ def _response(state: ServerState, job: Job, body: BaseModel) -> dict[str, Any]:
         if uploaded in parameters and not getattr(body, "include_init_images", False):
             parameters[uploaded] = None
     return {"images": images, "parameters": parameters, "info": json.dumps(info, ensure_ascii=False)}
+
+
+def _guidance_info(state: ServerState, request: dict[str, Any]) -> dict[str, Any]:
+    """cfg_scale (and, for distilled guidance, Forge's distilled_cfg_scale) of the answer's info."""
+    if _distilled_guidance(state, request.get("model")) is None:
+        return {"cfg_scale": request.get("guidance_scale")}
+    return {"cfg_scale": 1.0, "distilled_cfg_scale": request.get("guidance_scale")}
 
 
 def _hires_info(request: dict[str, Any]) -> dict[str, Any]:

@@ -123,6 +123,8 @@ def public_request(request: GenerationRequest | dict[str, Any]) -> dict[str, Any
     fields["init_image"] = _public_image(fields.get("init_image"))
     if fields.get("mask_image") is not None:
         fields["mask_image"] = _public_image(fields["mask_image"])
+    if fields.get("reference_images"):
+        fields["reference_images"] = [_public_image(image) for image in fields["reference_images"]]
     if fields.get("controls"):
         fields["controls"] = [
             {**unit, "image": _public_image(unit.get("image"))} for unit in fields["controls"]

@@ -47,7 +47,14 @@ from easel.server.state import ServerState, state_of
 State = Annotated[ServerState, Depends(state_of)]
 OPENAI_MODELS = ("dall-e-", "gpt-image-", "chatgpt-image-")
 OUR_FIELDS = {"guidance_scale", "negative_prompt", "seed", "steps", "scheduler", "strength", "prompt_syntax"}
-THEIR_FIELD = {"num_images": "n", "width": "size", "height": "size", "init_image": "image"}
+# our fields -> the OpenAI fields behind them (reference_images[i] too: see _their_field)
+THEIR_FIELD = {
+    "num_images": "n",
+    "width": "size",
+    "height": "size",
+    "init_image": "image",
+    "reference_images": "image",
+}
 SIZE_PATTERN = r"^(auto|[0-9]+[xX][0-9]+)$"  # what _size reads (GenerationRequest checks the numbers)
 RESPONSE_FORMATS = ("b64_json", "url")
 # OpenAI's fields that cannot change an image here (easel has no moderation): accepted
@@ -164,7 +171,7 @@ def _request(state: ServerState, fields: dict[str, Any]) -> GenerationRequest:
     try:
         return state.policy.check(GenerationRequest.from_fields(fields))
     except InvalidRequest as error:
-        theirs = THEIR_FIELD.get(error.field or "")
+        theirs = _their_field(error.field)
         if theirs is None:
             raise
         raise InvalidRequest(str(error), field=theirs, value=error.value) from None
@@ -173,8 +180,9 @@ def _request(state: ServerState, fields: dict[str, Any]) -> GenerationRequest:
 async def _respond(state: ServerState, request: Request, job: Job, response_format: str) -> dict[str, Any]:
     job = await state.queue.wait(job)
     error = job.exception()
-    if isinstance(error, InvalidRequest) and error.field in THEIR_FIELD:  # name the field the client sent
-        raise InvalidRequest(str(error), field=THEIR_FIELD[error.field], value=error.value)
+    theirs = _their_field(getattr(error, "field", None))
+    if isinstance(error, InvalidRequest) and theirs is not None:  # name the field the client sent
+        raise InvalidRequest(str(error), field=theirs, value=error.value)
     if error is not None:
         raise error
     data = []
@@ -187,6 +195,30 @@ async def _respond(state: ServerState, request: Request, job: Job, response_form
     summary = job.summary or {}
     size = f"{summary.get('request', {}).get('width')}x{summary.get('request', {}).get('height')}"
     return {"created": int(time.time()), "data": data, "output_format": "png", "size": size}
+
+
+def _their_field(field: str | None) -> str | None:
+    """The OpenAI field behind one of ours (reference_images[1] -> image), None where the same."""
+    return THEIR_FIELD.get((field or "").split("[", 1)[0])
+
+
+def _edit_family(state: ServerState, model: str | None) -> Any:
+    """The family of the model an edits call names, when it edits with reference images (FLUX.1
+    Kontext): then an edit without a mask is instruction editing, as OpenAI's own models read it.
+    None otherwise, or when the model cannot be found (the job reports that, naming model)."""
+    from easel.errors import EaselError
+    from easel.models.cache import detect_family
+
+    try:
+        reference = (
+            state.current_model
+            if model is None or model.startswith(OPENAI_MODELS)
+            else state.policy.model_reference(model, field="model")
+        )
+        family = detect_family(state.engine.resolve_model(reference))
+    except EaselError:
+        return None
+    return family if "edit" in family.tasks else None
 
 
 def _response_format(value: str | None) -> str:
@@ -223,7 +255,12 @@ EDITS_SCHEMA = {
                     "type": "object",
                     "required": ["image", "prompt"],
                     "properties": {
-                        "image": {"type": "string", "format": "binary"},
+                        "image": {
+                            "type": "string",
+                            "format": "binary",
+                            "description": "The picture to change; without a mask on an edit-capable model "
+                            "(FLUX.1 Kontext) it is the reference image of an instruction edit",
+                        },
                         "mask": {
                             "type": "string",
                             "format": "binary",
@@ -445,7 +482,9 @@ def build_router() -> APIRouter:
         **_streamed(documented(OPENAI, api.OpenAIImages, *api.GENERATION)),
     )
     async def edits(request: Request, state: State) -> Any:
-        """Image-to-image from an uploaded image (multipart, as the openai client sends it)."""
+        """Image-to-image from an uploaded image (multipart, as the openai client sends it); on an
+        edit-capable model (FLUX.1 Kontext) without a mask, instruction editing with the image(s)
+        as reference_images, up to what the model takes."""
         from starlette.datastructures import UploadFile
 
         limit = state.settings.max_upload_bytes
@@ -463,18 +502,22 @@ def build_router() -> APIRouter:
             ]
             if not uploads:
                 raise InvalidRequest("image is required (a multipart file field)", field="image")
-            if len(uploads) > 1:
-                raise InvalidRequest(
-                    f"invalid image: {len(uploads)} images sent; easel edits one image (send one)",
-                    field="image",
-                )
             _check_form(form)
             mask = form.get("mask")
+            text = {key: value for key, value in form.items() if isinstance(value, str)}
+            editing = None if mask is not None else _edit_family(state, text.get("model"))
+            most = 1 if editing is None else editing.max_reference_images
+            if len(uploads) > most:
+                why = (
+                    "easel edits one image (send one)"
+                    if editing is None
+                    else f"{editing.title} takes {most} reference image(s) (send at most {most})"
+                )
+                raise InvalidRequest(f"invalid image: {len(uploads)} images sent; {why}", field="image")
             if mask is not None and not isinstance(mask, UploadFile):
                 raise InvalidRequest("invalid mask: send a PNG file (a multipart file field)", field="mask")
             mask_data = None if mask is None else await mask.read(limit + 1)
-            data = await uploads[0].read(limit + 1)
-            text = {key: value for key, value in form.items() if isinstance(value, str)}
+            images = [await upload.read(limit + 1) for upload in uploads]
         finally:
             await form.close()
         fields: dict[str, Any] = {"prompt": text.get("prompt"), "prompt_syntax": "plain"}
@@ -486,7 +529,10 @@ def build_router() -> APIRouter:
         for name in ("n", *sorted(OUR_FIELDS)):
             if name in text and (text[name] != "" or name in FORM_NUMBERS):  # "": a blank text field
                 fields[name] = _form_value(name, text[name])
-        fields["init_image"] = state.policy.data_url(data, field="image")
+        if editing is not None:  # instruction editing: the image(s) are what the prompt changes
+            fields["reference_images"] = [state.policy.data_url(data, field="image") for data in images]
+        else:
+            fields["init_image"] = state.policy.data_url(images[0], field="image")
         if mask_data is not None:
             fields.update(mask_image=_transparent_mask(state, mask_data), invert_mask=True)
         response_format = _response_format(text.get("response_format"))

@@ -116,6 +116,8 @@ class DoorPolicy:
             sizes.append(self.image_reference(request.init_image, field="init_image"))
         if getattr(request, "mask_image", None) is not None:  # fitted to the init image: no size of its own
             self.image_reference(request.mask_image, field="mask_image")
+        for index, reference in enumerate(getattr(request, "reference_images", None) or ()):
+            self.image_reference(reference, field=f"reference_images[{index}]")  # sized by the family
         for index, unit in enumerate(getattr(request, "controls", None) or ()):
             sizes.append(self.image_reference(unit.image, field=f"controls[{index}].image"))
             self.control_model_reference(unit.model, field=f"controls[{index}].model")

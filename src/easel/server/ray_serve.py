@@ -324,6 +324,8 @@ def inline_stored_inputs(request: GenerationRequest, folder: Path) -> dict[str, 
     values = request.model_dump(mode="json")
     values["init_image"] = inline(values.get("init_image"), "init_image")
     values["mask_image"] = inline(values.get("mask_image"), "mask_image")
+    references = values.get("reference_images") or []
+    values["reference_images"] = [inline(ref, f"reference_images[{i}]") for i, ref in enumerate(references)]
     for index, unit in enumerate(values.get("controls") or []):
         unit["image"] = inline(unit.get("image"), f"controls[{index}].image")
     return values

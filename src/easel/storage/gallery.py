@@ -107,6 +107,11 @@ class Gallery:
             result = dataclasses.replace(
                 result, request=result.request.model_copy(update={"mask_image": stored})
             )
+        if result.reference_images:  # as read: the family resizes them again the same way on replay
+            stored_references = [self.store_input(image) for image in result.reference_images]
+            result = dataclasses.replace(
+                result, request=result.request.model_copy(update={"reference_images": stored_references})
+            )
         if result.control_inputs:  # the fitted, unprocessed images: preprocessing them again replays
             units = [
                 unit.model_copy(update={"image": self.store_input(image)})

@@ -24,6 +24,7 @@ from easel.testing.tiny_models import (
 
 FLUX_DEV_ID = "black-forest-labs/FLUX.1-dev"
 FLUX_SCHNELL_ID = "black-forest-labs/FLUX.1-schnell"
+FLUX_KONTEXT_ID = "black-forest-labs/FLUX.1-Kontext-dev"
 LATENT_CHANNELS = 4  # the real VAE has 16; the transformer takes 4 x this (2x2 patches)
 T5_CHARACTERS = "abcdefghijklmnopqrstuvwxyz0123456789,.:;!?()[]+-'\""
 
@@ -43,9 +44,9 @@ def build_t5_tokenizer(words: list[str]) -> Any:
         return T5Tokenizer.from_pretrained(scratch)
 
 
-def tiny_flow_vae(latent_channels: int, *, scaling_factor: float) -> Any:
+def tiny_flow_vae(latent_channels: int, *, scaling_factor: float, shift_factor: float = 0.0609) -> Any:
     """A 2-block AutoencoderKL (scale factor 2) without quant convolutions and with a shift factor,
-    as the FLUX.1 and SD 3.5 VAEs are."""
+    as the FLUX.1, SD 3.5 and Z-Image VAEs are."""
     from diffusers import AutoencoderKL
 
     return AutoencoderKL(
@@ -60,7 +61,7 @@ def tiny_flow_vae(latent_channels: int, *, scaling_factor: float) -> Any:
         norm_num_groups=8,
         use_quant_conv=False,
         use_post_quant_conv=False,
-        shift_factor=0.0609,
+        shift_factor=shift_factor,
         scaling_factor=scaling_factor,
     )
 
@@ -85,14 +86,14 @@ def tiny_t5_encoder(tokenizer: Any, *, width: int) -> Any:
     )
 
 
-def build_tiny_flux(*, dev: bool) -> Any:
+def build_tiny_flux(*, dev: bool, seed: int | None = None) -> Any:
     """A tiny FluxPipeline: dev (guidance_embeds=True) or schnell (False); 2-block VAE (scale
     factor 2), so its native size by diffusers' rule (default_sample_size 128 x 2) is 256."""
     import torch
     from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
     from transformers import CLIPTextModel
 
-    torch.manual_seed(10 if dev else 11)
+    torch.manual_seed(seed if seed is not None else 10 if dev else 11)
     transformer = FluxTransformer2DModel(
         patch_size=1,
         in_channels=4 * LATENT_CHANNELS,
@@ -137,6 +138,20 @@ def install_tiny_flux(hf_home: Path) -> dict[str, Path]:
         FLUX_DEV_ID: install_into_hf_cache(build_tiny_flux(dev=True), hf_home, FLUX_DEV_ID),
         FLUX_SCHNELL_ID: install_into_hf_cache(build_tiny_flux(dev=False), hf_home, FLUX_SCHNELL_ID),
     }
+
+
+def build_tiny_flux_kontext() -> Any:
+    """A tiny FluxKontextPipeline: FLUX.1 Kontext loads the same components as FLUX.1-dev (its
+    transformer reads the reference latents as more tokens of the same sequence), with weights of
+    its own (another seed), so it is told apart from the tiny dev by its model_index.json only."""
+    from diffusers import FluxKontextPipeline
+
+    return FluxKontextPipeline(**build_tiny_flux(dev=True, seed=12).components)
+
+
+def install_tiny_flux_kontext(hf_home: Path) -> dict[str, Path]:
+    """Install the tiny FLUX.1 Kontext [dev] under its real repo id; id -> snapshot."""
+    return {FLUX_KONTEXT_ID: install_into_hf_cache(build_tiny_flux_kontext(), hf_home, FLUX_KONTEXT_ID)}
 
 
 LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")

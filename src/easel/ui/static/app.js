@@ -26,6 +26,7 @@
     sent: new Map(),     // job id -> the request as sent (with its images), for "reuse settings"
     lastSeed: null,
     initImage: null,     // data URL of the img2img init image
+    referenceImages: [], // data URLs of the reference images (instruction editing: reference_images)
     initLoads: 0,        // counts setInit calls: a slow image load that was replaced is ignored
     canInpaint: true,    // the selected model's family inpaints
     maskPainted: false,  // the mask canvas holds something to repaint
@@ -72,7 +73,7 @@
     model: "model", prompt: "prompt", negative_prompt: "negative", prompt_syntax: "syntax",
     width: "width", height: "height", steps: "steps", guidance_scale: "guidance", seed: "seed",
     num_images: "num-images", scheduler: "scheduler", vae: "vae", clip_skip: "clip-skip", init_image: "init-drop",
-    styles: "styles",
+    styles: "styles", reference_images: "reference-files",
     strength: "strength", tiling: "tiling", variation_seed: "variation-seed",
     variation_strength: "variation-strength", seed_resize_from: "seed-resize-width",
     refiner: "refiner", refiner_at: "refiner-at", prior: "prior", prior_steps: "prior-steps",
@@ -232,6 +233,9 @@
       if (strength !== null) request.strength = strength;
       Object.assign(request, inpaintRequest());
     }
+    if (state.referenceImages.length && !$("reference-files").disabled) {
+      request.reference_images = state.referenceImages;
+    }
     const units = [...document.querySelectorAll("#control-units .control-unit")];
     if (units.length) request.controls = units.map(unitRequest);
     const loras = loraRequest();
@@ -338,6 +342,7 @@
     fillHires(fields.hires);
     const isData = (value) => typeof value === "string" && value.startsWith("data:");
     await setInit(isData(fields.init_image) ? fields.init_image : null);
+    setReferences((fields.reference_images || []).filter(isData));
     if (fields.strength !== null && fields.strength !== undefined) set("strength", fields.strength);
     set("mask-blur", fields.mask_blur ?? 4);
     set("masked-content", fields.masked_content || "original");
@@ -411,7 +416,12 @@
     $("hires").disabled = !["sd15", "sdxl"].includes(info.family);  // easel.hires.HIRES_FAMILIES
     showLoraFields();
     state.canInpaint = info.tasks.includes("inpaint");
-    $("img2img").disabled = !info.tasks.includes("img2img") && !state.canInpaint;
+    const imageToImage = info.tasks.includes("img2img") || state.canInpaint;
+    const canEdit = info.tasks.includes("edit");  // instruction editing: reference images
+    $("img2img").disabled = !imageToImage && !canEdit;
+    // an edit-only family (FLUX.1 Kontext) takes reference images, not an init image and strength
+    for (const id of ["init-file", "strength"]) $(id).disabled = !imageToImage;
+    for (const id of ["reference-files", "reference-clear"]) $(id).disabled = !canEdit;
     showInpaintFields();
     $("steps").placeholder = info.defaults.steps;
     $("guidance").placeholder = info.defaults.guidance_scale;
@@ -462,6 +472,18 @@
     const response = await fetch(url, { credentials: "same-origin" });
     if (!response.ok) throw new ApiError(`Could not read ${url} (HTTP ${response.status}).`, null, response.status);
     return readFile(await response.blob());
+  }
+
+  // The reference images of an instruction edit (data URLs; [] removes them): sent as
+  // reference_images, which makes the request an edit on a model that edits (FLUX.1 Kontext).
+  function setReferences(dataUrls) {
+    state.referenceImages = dataUrls;
+    const count = dataUrls.length;
+    $("reference-clear").hidden = !count;
+    $("reference-status").textContent = count
+      ? `${count} reference image${count === 1 ? "" : "s"}: sent as reference_images (instruction editing)`
+      : "Instruction editing (FLUX.1 Kontext): the prompt says what to change in these images; no init image needed.";
+    if (!count) $("reference-files").value = "";
   }
 
   // Sets (or with null removes) the init image; the mask is cleared and sized to the image once
@@ -1297,6 +1319,10 @@
     $("steps").addEventListener("input", showEffectiveSteps);
     $("strength").addEventListener("input", showEffectiveSteps);
     $("init-clear").addEventListener("click", () => setInit(null));
+    $("reference-files").addEventListener("change", async (event) => {
+      setReferences(await Promise.all([...event.target.files].map(readFile)));
+    });
+    $("reference-clear").addEventListener("click", () => setReferences([]));
     dropZone("init-drop", "init-file", async (file) => setInit(await readFile(file)));
     wireMaskEditor();
     maskChanged();
