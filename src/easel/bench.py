@@ -15,6 +15,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -97,20 +98,31 @@ def run_benchmark(
     seed: int = 0,
     settings: Settings | None = None,
     num_images: int = 1,
+    build: Callable[[str, Any], Any] | None = None,
+    reference_call: dict[str, Any] | None = None,
 ) -> BenchReport:
     """Time `rounds` alternating generations of `num_images` images through easel and through
     diffusers. With settings.channels_last / settings.compile, the plain pipeline gets diffusers'
-    own recipe for the same (UNet in channels_last, torch.compile(unet)), so both sides compare
-    like for like; the warm-up rounds (where compilation happens) are reported apart."""
+    own recipe for the same (denoiser in channels_last, torch.compile(denoiser)), so both sides
+    compare like for like; the warm-up rounds (where compilation happens) are reported apart.
+
+    `build(device, dtype)`: `model` is a folder of configuration only (bench_architectures.
+    InMemoryModel); the pipeline it builds goes into easel's cache in place of loading, and plain
+    diffusers runs a pipeline of its own around the same modules. `reference_call`: how the model
+    card calls diffusers, where it differs from `guidance_scale=` ({"guidance_argument":
+    "true_cfg_scale", "negative_prompt": " "} for Qwen-Image)."""
     import numpy as np
     import torch
     from diffusers import AutoPipelineForText2Image
 
     from easel.engine import Easel
+    from easel.models.optimizations import _denoiser_names
 
     settings = settings or Settings.from_env()
     engine = Easel(settings)
     rss = {"start": _rss_mb()}
+    if build is not None:
+        _adopt_built(engine, model, build)
     request = GenerationRequest(
         model=model, prompt=prompt, steps=steps, seed=seed, width=width, height=height, scheduler=None,
         num_images=num_images,
@@ -122,21 +134,28 @@ def run_benchmark(
     rss["easel_loaded"] = _rss_mb()
     (loaded,) = [entry for entry in engine.cache.loaded() if entry.source.display_name == first.model_name]
     device = str(loaded.pipeline.device)
-    dtype = loaded.pipeline.unet.dtype if hasattr(loaded.pipeline, "unet") else torch.float32
+    (denoiser,) = _denoiser_names(loaded.pipeline)  # unet, or transformer
+    dtype = getattr(loaded.pipeline, denoiser).dtype
     location = loaded.source.location
     from easel.models.cache import no_loading_bars
 
     started = time.perf_counter()
-    with no_loading_bars():  # the reference's loading is not the user's to watch either
-        plain = AutoPipelineForText2Image.from_pretrained(location, dtype=dtype).to(device)
+    if build is not None:  # no weights on disk: a plain pipeline object around easel's modules
+        plain = _plain_around(loaded.pipeline)
+    else:
+        with no_loading_bars():  # the reference's loading is not the user's to watch either
+            plain = AutoPipelineForText2Image.from_pretrained(location, dtype=dtype).to(device)
     plain.set_progress_bar_config(disable=True)
     if settings.channels_last:
-        plain.unet.to(memory_format=torch.channels_last)
+        getattr(plain, denoiser).to(memory_format=torch.channels_last)
     if settings.compile:
-        plain.unet = torch.compile(
-            plain.unet, mode=settings.compile_mode, fullgraph=settings.compile_fullgraph
+        compiled = torch.compile(
+            getattr(plain, denoiser), mode=settings.compile_mode, fullgraph=settings.compile_fullgraph
         )
+        setattr(plain, denoiser, compiled)
     plain_loading_s = time.perf_counter() - started
+    call = dict(reference_call or {})
+    guidance_argument = call.pop("guidance_argument", "guidance_scale")
     rss["both_loaded"] = _rss_mb()
 
     def run_easel() -> Any:
@@ -147,11 +166,12 @@ def run_benchmark(
         return plain(
             prompt,
             num_inference_steps=steps,
-            guidance_scale=concrete.guidance_scale,
             width=concrete.width,
             height=concrete.height,
             num_images_per_prompt=num_images,
             generator=generator,
+            **{guidance_argument: concrete.guidance_scale},
+            **call,
         ).images
 
     if device.startswith("cuda"):
@@ -199,6 +219,28 @@ def run_benchmark(
     if settings.compile:
         report.recompiles = _graph_count() - compiled_before
     return report
+
+
+def _adopt_built(engine: Any, model: str | None, build: Callable[[str, Any], Any]) -> None:
+    """Build `model`'s pipeline (a configuration-only folder) where and in what dtype the engine
+    would load it, and put it in the engine's cache as loaded: the first generate finds it there."""
+    from easel.models.cache import detect_family
+
+    source = engine.resolve_model(model)
+    family = detect_family(source)
+    device, dtype = engine._device_and_dtype(family)  # the engine's own rule (family's GPU dtype)
+    pipeline = build(device, dtype)
+    options = engine.settings.performance
+    engine.cache.adopt(source, family, pipeline, device=device, dtype=dtype, options=options)
+
+
+def _plain_around(pipeline: Any) -> Any:
+    """A plain diffusers pipeline of `pipeline`'s class around its modules (uncompiled: the caller
+    compiles its own), with a scheduler of its own, so neither side's state reaches the other."""
+    components = {name: getattr(module, "_orig_mod", module) for name, module in pipeline.components.items()}
+    scheduler = components["scheduler"]
+    components["scheduler"] = type(scheduler).from_config(scheduler.config)
+    return type(pipeline)(**components)
 
 
 def measure_task_switching(model: str | None, settings: Settings | None = None) -> dict[str, float]:

@@ -160,7 +160,10 @@ def bench(
     ] = True,
     architecture: Annotated[
         str | None,
-        typer.Option(help="sd15 | sdxl: a published full-size architecture (with random weights)."),
+        typer.Option(
+            help="sd15 | sdxl | flux-dev | sd35-medium | qwen-image: a published full-size architecture "
+            "(with random weights; the last three in bfloat16 on a GPU)."
+        ),
     ] = None,
     random_weights: Annotated[
         bool, typer.Option("--random-weights", help="Random weights for --architecture (no downloads).")
@@ -183,7 +186,8 @@ def bench(
 ) -> None:
     """Time easel against a plain diffusers call (alternating rounds, medians, memory, equality).
 
-    With --architecture sd15|sdxl --random-weights: the full-size architectures, no downloads."""
+    With --architecture sd15|sdxl|flux-dev|sd35-medium|qwen-image --random-weights: the full-size
+    architectures, no downloads."""
     run_door(lambda: _check_bench_flags(architecture, random_weights, model, batch), debug=debug)
 
     def run() -> dict[str, Any]:
@@ -231,21 +235,44 @@ def _check_bench_flags(architecture: str | None, random_weights: bool, model: st
             "no weights; add --random-weights (a random UNet costs what a trained one does per step)"
         )
     if random_weights and architecture is None:
-        raise InvalidRequest("invalid --random-weights without --architecture: add --architecture sd15|sdxl")
+        raise InvalidRequest(
+            f"invalid --random-weights without --architecture: add --architecture {'|'.join(ARCHITECTURES)}"
+        )
     if architecture is not None and model is not None:
         raise InvalidRequest(f"invalid --architecture={architecture!r} with --model: give one of them")
 
 
 def _bench_architecture(name: str, settings: Any, options: dict[str, Any]) -> dict[str, Any]:
-    """`easel bench --architecture NAME --random-weights`: build, save to a temporary folder,
-    measure both sides loading it, delete it."""
+    """`easel bench --architecture NAME --random-weights`: refuse what cannot fit, then SD 1.5 / SDXL:
+    build, save to a temporary folder, measure both sides loading it, delete it; the transformer
+    architectures: build in memory, hand to easel's cache, plain diffusers around the same modules."""
     from easel.bench import run_benchmark
-    from easel.bench_architectures import PUBLISHED_PARAMETERS, random_weights_model
+    from easel.bench_architectures import (
+        PUBLISHED_PARAMETERS,
+        TRANSFORMER_ARCHITECTURES,
+        architecture,
+        check_memory,
+        in_memory_model,
+        random_weights_model,
+    )
     from easel.devices import resolve_device, resolve_dtype
 
     device = resolve_device(settings.device)
-    with random_weights_model(name, device, resolve_dtype(settings.dtype, device)) as (folder, counts):
-        report = run_benchmark(model=str(folder), **options).as_dict()
+    if name in TRANSFORMER_ARCHITECTURES:  # dtype auto on a GPU: their families' bfloat16
+        dtype = resolve_dtype(settings.dtype, device, "bfloat16")
+        check_memory(name, device, dtype)
+        config = architecture(name)
+        with in_memory_model(config, name) as model:
+            reference = config.get("reference_call")
+            report = run_benchmark(
+                model=str(model.folder), build=model.build, reference_call=reference, **options
+            ).as_dict()
+        counts = model.counts
+    else:
+        dtype = resolve_dtype(settings.dtype, device)
+        check_memory(name, device, dtype)
+        with random_weights_model(name, device, dtype) as (folder, counts):
+            report = run_benchmark(model=str(folder), **options).as_dict()
     report["architecture"] = name
     report["parameters"] = counts
     report["published_parameters"] = {key: int(value) for key, value in PUBLISHED_PARAMETERS[name].items()}

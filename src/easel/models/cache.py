@@ -135,7 +135,7 @@ class PipelineCache:
         such a model is cached apart from the same model loaded on its own.
         """
         options = options or PerformanceOptions()
-        key: tuple[str, ...] = (f"{source.kind}:{source.location}", device, str(dtype), repr(options))
+        key = _base_key(source, device, dtype, options)
         components: dict[str, Any] = {}
         if share_from is not None:
             components = family.shared_components(source, share_from.pipeline)
@@ -155,6 +155,35 @@ class PipelineCache:
 
         with self._leased(self._entries, key, load) as entry:
             yield entry
+
+    def adopt(
+        self,
+        source: ModelSource,
+        family: Family,
+        pipeline: Any,
+        *,
+        device: str,
+        dtype: Any,
+        options: PerformanceOptions | None = None,
+    ) -> LoadedModel:
+        """Cache an already built base pipeline as if `lease` had loaded it from `source`, prepared
+        the same way (placement, attention, channels_last, compile); later leases of `source` with
+        this device, dtype and options get it. Why: `easel bench --architecture` builds models of
+        tens of GB with random weights in memory; writing them out only to load them back would
+        measure the disk (and could fill it)."""
+        from easel.models.optimizations import prepare_loaded
+
+        options = options or PerformanceOptions()
+        started = time.perf_counter()
+        prepare_loaded(pipeline, options, device)
+        pipeline.set_progress_bar_config(disable=True)
+        entry = LoadedModel(source, family, pipeline, time.perf_counter() - started)
+        key = _base_key(source, device, dtype, options)
+        with self._lock:
+            self._entries[key] = entry
+            self._entries.move_to_end(key)
+            self._evict()
+        return entry
 
     def components(self) -> list[LoadedComponent]:
         """Loaded components (ControlNets), least recently used first."""
@@ -218,6 +247,11 @@ class PipelineCache:
                 return
             if self._entries[key].leases == 0:
                 del self._entries[key]
+
+
+def _base_key(source: ModelSource, device: str, dtype: Any, options: PerformanceOptions) -> tuple[str, ...]:
+    """The cache key of a base pipeline: one entry per (source, device, dtype, options)."""
+    return (f"{source.kind}:{source.location}", device, str(dtype), repr(options))
 
 
 def _load(
