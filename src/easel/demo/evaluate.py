@@ -20,12 +20,13 @@ from typing import Any
 
 import numpy as np
 
-from easel.demo import demo_controlnet_path, demo_model_path, shapes
+from easel.demo import demo_controlnet_path, demo_model_path, quality, shapes
 
 EVAL_SEED = 20_261_125
 STEPS = 25
 INPAINT_CASES = 48
 LORA_CASES = 48
+EMPHASIS_CASES = 48
 DEMO_LORA = "easel-demo-outline"
 
 
@@ -157,6 +158,83 @@ def img2img_distances(
     return result
 
 
+def image_quality(
+    pipe: Any, scenes: list[shapes.Scene], seeds: list[int], guidance: float = 7.5
+) -> dict[str, Any]:
+    """Specks, stray shapes and palette error (easel.demo.quality) of generated images, beside
+    the same measures of the VAE's reconstructions of the clean renders (the decoder alone) and
+    the mean background error per background colour (where "white came out pink" shows)."""
+    import torch
+
+    images = generate(pipe, [s.caption() for s in scenes], seeds, guidance_scale=guidance)
+    clean = np.stack([np.asarray(shapes.draw_scene(s)) for s in scenes])
+    with torch.no_grad():
+        latents = pipe.vae.encode(torch.from_numpy(clean).permute(0, 3, 1, 2).float() / 127.5 - 1)
+        decoded = pipe.vae.decode(latents.latent_dist.mean).sample
+    reconstructions = to_uint8((decoded.permute(0, 2, 3, 1).numpy() + 1) / 2)
+    by_colour = {}
+    for colour in shapes.COLORS:
+        chosen = [i for i, s in enumerate(scenes) if s.background == colour]
+        if chosen:
+            errors = [quality.measure(images[i]).background_error for i in chosen]
+            by_colour[colour] = round(float(np.mean(errors)), 2)
+    return {
+        "generated": quality.summarize(images),
+        "vae_reconstruction": quality.summarize(reconstructions),
+        "background_error_by_colour": by_colour,
+    }
+
+
+def emphasis(model: str | None, count: int, guidance: float = 7.5) -> dict[str, float]:
+    """Compel weighting through easel (`Easel.generate`, prompt_syntax "compel"): prompts name two
+    colours for the shape (`a red blue circle on a white background`); `red++` (1.21) or `blue++`
+    should decide which one is drawn. Shares of images whose shape colour is the weighted word,
+    for `++` and A1111's `(word:1.5)`; `plain_first`: the unweighted prompt's share drawing the
+    first-named colour; `pixels_changed`: mean share of pixels a `++` changes against the plain
+    prompt (same seed)."""
+    from easel import Easel, GenerationRequest
+
+    engine = Easel()
+    rng = np.random.default_rng(EVAL_SEED + 8)
+    names = list(shapes.COLORS)
+
+    def shape_colour(prompt: str, seed: int, syntax: str) -> tuple[str | None, np.ndarray]:
+        result = engine.generate(
+            GenerationRequest(
+                model=model, prompt=prompt, prompt_syntax=syntax, steps=STEPS, guidance_scale=guidance,
+                seed=seed,
+            )
+        )  # fmt: skip
+        image = np.asarray(result.images[0].convert("RGB"))
+        return shapes.read_scene(image)["shape_color"], image  # type: ignore[return-value]
+
+    hits: dict[str, list[bool]] = {"plus_plus": [], "a1111_1.5": [], "plain_first": []}
+    changed = []
+    for index in range(count):
+        first, second, background = (str(c) for c in rng.choice(names, 3, replace=False))
+        shape = shapes.SHAPES[index % len(shapes.SHAPES)]
+        seed = EVAL_SEED + 6000 + index
+        plain, plain_image = shape_colour(
+            f"a {first} {second} {shape} on a {background} background", seed, "compel"
+        )
+        hits["plain_first"].append(plain == first)
+        for weighted, other in ((first, second), (second, first)):
+            words = {weighted: f"{weighted}++", other: other}
+            colour, image = shape_colour(
+                f"a {words[first]} {words[second]} {shape} on a {background} background", seed, "compel"
+            )
+            hits["plus_plus"].append(colour == weighted)
+            changed.append(float((image != plain_image).any(axis=-1).mean()))
+            words = {weighted: f"({weighted}:1.5)", other: other}
+            colour, _ = shape_colour(
+                f"a {words[first]} {words[second]} {shape} on a {background} background", seed, "a1111"
+            )
+            hits["a1111_1.5"].append(colour == weighted)
+    result = {key: round(float(np.mean(value)), 4) for key, value in hits.items()}
+    result["pixels_changed"] = round(float(np.mean(changed)), 4)
+    return result
+
+
 def load_controlnet_pipeline(pipe: Any, controlnet: Path | None = None) -> Any:
     """StableDiffusionControlNetPipeline sharing `pipe`'s components."""
     from diffusers import ControlNetModel, StableDiffusionControlNetPipeline
@@ -190,6 +268,7 @@ def controlnet_iou(pipe: Any, control: Any, count: int, guidance: float = 7.5) -
     without = generate(pipe, prompts, seeds, guidance_scale=guidance)
     read = [shapes.read_scene(im) for im in with_control]
     return {
+        "quality_with_controlnet": quality.summarize(with_control),
         "iou_with_controlnet": float(mask_iou(with_control, masks).mean()),
         "iou_without_controlnet": float(mask_iou(without, masks).mean()),
         "shape_color_with_controlnet": float(
@@ -377,6 +456,8 @@ def evaluate(
         other = type(pipe).from_pipe(pipe, scheduler=cls.from_config(pipe.scheduler.config))
         other.set_progress_bar_config(disable=True)
         results["adherence_by_scheduler_7.5"][name] = adherence(other, scenes, seeds, 7.5)
+    results["image_quality_7.5"] = image_quality(pipe, scenes, seeds)
+    results["emphasis"] = emphasis(str(model) if model else None, EMPHASIS_CASES)
     results["negative_prompt"] = negative_prompt_effect(pipe, 48)
     results["img2img_distance_by_strength"] = img2img_distances(pipe, 32)
     distances = list(results["img2img_distance_by_strength"].values())
@@ -400,7 +481,9 @@ def main(argv: list[str] | None = None) -> None:
         "--inpaint-model", type=Path, default=None, help="inpainting diffusers folder (default: shipped)"
     )
     parser.add_argument("--lora", default=DEMO_LORA, help="LoRA (name, path or hub file; default: shipped)")
-    parser.add_argument("--only", choices=["inpainting", "lora"], default=None, help="run one section")
+    parser.add_argument(
+        "--only", choices=["inpainting", "lora", "quality", "emphasis"], default=None, help="run one section"
+    )
     parser.add_argument("--pairs", type=int, default=120, help="held-out (prompt, seed) pairs")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
@@ -410,6 +493,12 @@ def main(argv: list[str] | None = None) -> None:
         results = {"inpainting": inpainting_figures(args.model, args.inpaint_model, INPAINT_CASES)}
     elif args.only == "lora":
         results = {"outline_lora": lora_effect(args.model, args.lora, LORA_CASES)}
+    elif args.only == "quality":
+        scenes = held_out_scenes(args.pairs)
+        seeds = [EVAL_SEED + i for i in range(args.pairs)]
+        results = {"image_quality_7.5": image_quality(load_pipeline(args.model), scenes, seeds)}
+    elif args.only == "emphasis":
+        results = {"emphasis": emphasis(str(args.model) if args.model else None, EMPHASIS_CASES)}
     else:
         results = evaluate(args.model, args.controlnet, args.pairs, args.inpaint_model, args.lora)
     text = json.dumps(results, indent=2)
