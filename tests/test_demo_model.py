@@ -268,3 +268,21 @@ def test_inpainting_and_lora_training_scripts_smoke(tmp_path: Path) -> None:
     train_lora(["--out", str(tmp_path / "lora"), "--smoke"])
     lora = tmp_path / "lora" / "lora" / "easel-demo-outline.safetensors"
     assert lora.is_file() and lora.stat().st_size < 2_000_000
+
+
+@pytest.mark.slow  # sixteen 25-step generations
+def test_backgrounds_are_flat_and_one_shape_is_drawn(pipe: Any) -> None:
+    """Issue 19's defects, measured as the model card states them (easel.demo.quality): the
+    fine-tuned decoder leaves a speck in 8.3% of 120 held-out images (95.8% before), one shape in
+    all of them, colours within a few levels of the palette."""
+    from easel.demo import quality
+    from easel.demo.evaluate import EVAL_SEED, held_out_scenes
+
+    scenes = held_out_scenes(16)
+    images = generate(
+        pipe, [s.caption() for s in scenes], [EVAL_SEED + i for i in range(16)], guidance_scale=7.5
+    )
+    figures = quality.summarize(images)
+    assert figures["one_shape"] == 1.0
+    assert figures["speck_images"] <= 0.25, figures
+    assert figures["background_error"] < 5 and figures["shape_error"] < 6, figures
