@@ -190,8 +190,8 @@ def emphasis(model: str | None, count: int, guidance: float = 7.5) -> dict[str, 
     colours for the shape (`a red blue circle on a white background`); `red++` (1.21) or `blue++`
     should decide which one is drawn. Shares of images whose shape colour is the weighted word,
     for `++` and A1111's `(word:1.5)`; `plain_first`: the unweighted prompt's share drawing the
-    first-named colour; `pixels_changed`: mean share of pixels a `++` changes against the plain
-    prompt (same seed)."""
+    first-named colour; `pixels_changed`: mean share of pixels whose palette colour a `++` changes
+    against the plain prompt (same seed)."""
     from easel import Easel, GenerationRequest
 
     engine = Easel()
@@ -224,7 +224,9 @@ def emphasis(model: str | None, count: int, guidance: float = 7.5) -> dict[str, 
                 f"a {words[first]} {words[second]} {shape} on a {background} background", seed, "compel"
             )
             hits["plus_plus"].append(colour == weighted)
-            changed.append(float((image != plain_image).any(axis=-1).mean()))
+            changed.append(
+                float((shapes.nearest_color_labels(image) != shapes.nearest_color_labels(plain_image)).mean())
+            )
             words = {weighted: f"({weighted}:1.5)", other: other}
             colour, _ = shape_colour(
                 f"a {words[first]} {words[second]} {shape} on a {background} background", seed, "a1111"
