@@ -8,9 +8,10 @@ engine and reported with the same field names.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -36,6 +37,18 @@ CROP_PAIR_SCHEMA: dict[str, Any] = {"anyOf": [{"type": "array", "minItems": 2, "
 RESIZE_FROM_SCHEMA: dict[str, Any] = {"anyOf": [{"type": "array", "minItems": 2, "maxItems": 2,
     "prefixItems": [{"type": "integer", **SIDE_SCHEMA}] * 2}, {"type": "null"}]}  # fmt: skip
 MAX_MASK_BLUR = 64  # A1111's slider range
+
+
+def _known_scheduler(value: str | None) -> str | None:
+    """A scheduler easel can build (a diffusers class, or an A1111 sampler label), else why not."""
+    problem = None if value is None else scheduler_problem(value)
+    if problem is not None:
+        raise ValueError(problem)
+    return value
+
+
+# the first pass's scheduler and the hires fix's second-pass one, validated alike
+SchedulerName = Annotated[str | None, AfterValidator(_known_scheduler)]
 MAX_INPAINT_PADDING = 256
 OUTPAINT_SIDE: dict[str, Any] = {"type": "integer", "multipleOf": 8, "minimum": 0, "maximum": MAX_SIDE}
 OUTPAINT_SCHEMA: dict[str, Any] = {"anyOf": [{"type": "array", "minItems": 4, "maxItems": 4,
@@ -213,7 +226,7 @@ class HiresFix(BaseModel):
     negative_prompt: str | None = Field(
         None, max_length=MAX_PROMPT_CHARS, description="None = the first pass's"
     )
-    scheduler: str | None = Field(None, description="Second-pass scheduler; None = the first pass's")
+    scheduler: SchedulerName = Field(None, description="Second-pass scheduler; None = the first pass's")
     guidance_scale: float | None = Field(
         None, ge=0, le=100, strict=True, description="Second-pass guidance; None = the first pass's"
     )
@@ -230,14 +243,6 @@ class HiresFix(BaseModel):
     def _multiple_of_8(cls, value: int | None) -> int | None:
         if value is not None and (value < 8 or value > MAX_SIDE or value % 8):
             raise ValueError(f"must be a multiple of 8 between 8 and {MAX_SIDE}")
-        return value
-
-    @field_validator("scheduler")
-    @classmethod
-    def _known_scheduler(cls, value: str | None) -> str | None:
-        problem = None if value is None else scheduler_problem(value)
-        if problem is not None:
-            raise ValueError(problem)
         return value
 
     @field_validator("prompt", "negative_prompt")
@@ -348,7 +353,7 @@ class GenerationRequest(BaseModel):
         "image keeps the composition the seed gave at that size",
     )
     tiling: bool = Field(False, strict=True, description="Seamless tiling: edges continue each other")
-    scheduler: str | None = Field(
+    scheduler: SchedulerName = Field(
         None,
         description="Diffusers class, or A1111 sampler name optionally followed by its schedule type "
         "('DPM++ 2M', 'DPM++ 2M Karras', 'Euler SGM Uniform')",
@@ -577,14 +582,6 @@ class GenerationRequest(BaseModel):
                     value=value,
                 )
         return self
-
-    @field_validator("scheduler")
-    @classmethod
-    def _known_scheduler(cls, value: str | None) -> str | None:
-        problem = None if value is None else scheduler_problem(value)
-        if problem is not None:
-            raise ValueError(problem)
-        return value
 
     @field_validator("original_size", "target_size")
     @classmethod
