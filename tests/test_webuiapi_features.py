@@ -59,12 +59,15 @@ def test_tiling_makes_edges_that_continue_each_other(api):
         pixels = rgb(image)
         return float(np.abs(pixels[:, 0] - pixels[:, -1]).mean() + np.abs(pixels[0] - pixels[-1]).mean())
 
-    # the bundled demo model draws shapes, where a seam shows (the tiny random model draws noise)
-    demo = {**SMALL, "steps": 10, "override_settings": {"sd_model_checkpoint": "easel-demo"}}
+    # the bundled demo model draws shapes, where a seam shows (the tiny random model draws noise).
+    # One seed can mislead (a shape's edge may fall on the wrap of a tiled image): with webuiapi's
+    # Euler a, seed 11 and 20 steps measured 1.9 tiled against 12.7 untiled (seed 7 at 10 steps: a
+    # tie, since the decoder fine-tune of issue 19); tests/test_tiling.py measures the property.
+    demo = {**SMALL, "seed": 11, "steps": 20, "override_settings": {"sd_model_checkpoint": "easel-demo"}}
     tiled = api.txt2img(prompt="a red circle", tiling=True, **demo)
     untiled = api.txt2img(prompt="a red circle", tiling=False, **demo)
     assert "Tiling: True" in tiled.info["infotexts"][0]
-    assert seam(tiled.image) < seam(untiled.image)
+    assert seam(tiled.image) < seam(untiled.image) / 3
 
 
 def test_clip_skip_changes_the_image(api):
