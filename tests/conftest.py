@@ -184,3 +184,17 @@ def qwen_image_models(hf_home: Path) -> dict[str, Path]:
     from easel.testing.tiny_qwen_image import install_tiny_qwen_image
 
     return install_tiny_qwen_image(hf_home)
+
+
+TINY_FLUX2_KLEIN = "black-forest-labs/FLUX.2-klein-4B"
+TINY_FLUX2_KLEIN_BASE = "black-forest-labs/FLUX.2-klein-base-9B"
+
+
+@pytest.fixture(scope="session")
+def flux2_models(hf_home: Path) -> dict[str, Path]:
+    """Tiny FLUX.2 [klein] (distilled) and [klein] base (Qwen3 encoder, Qwen tokenizer with its chat
+    template built offline, batch-normalised VAE, 256x256 native) under their real repo ids; built
+    only when a test asks; snapshot folders."""
+    from easel.testing.tiny_flux2 import install_tiny_flux2
+
+    return install_tiny_flux2(hf_home)

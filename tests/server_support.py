@@ -75,16 +75,29 @@ def serve_process(home: Path, api_key: str, startup_s: float = 90) -> Iterator[i
     """`python -m easel serve` on a free loopback port with `api_key`, offline, one torch
     thread; yields the port once /health answers, stops the process afterwards. The server's
     output goes to home/server.log (shown if it dies while starting)."""
+    with started_server(home, api_key, startup_s) as (_, port):
+        yield port
+
+
+@contextmanager
+def started_server(
+    home: Path, api_key: str | None, startup_s: float = 90, args: tuple[str, ...] = (), session: bool = False
+) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
+    """serve_process's server (more `args` to `easel serve`; no key with None); yields (process,
+    port). `session`: in a session of its own, so a test can signal its process group as a
+    terminal's Ctrl-C would (and its Ctrl-C does not reach the test)."""
     port = free_port()
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "EASEL_THREADS": "1", "EASEL_HOME": str(home),
-           "EASEL_API_KEY": api_key}  # fmt: skip
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "EASEL_THREADS": "1", "EASEL_HOME": str(home)}
+    if api_key is not None:
+        env["EASEL_API_KEY"] = api_key
     log_path = home / "server.log"
     with log_path.open("w") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "easel", "serve", "--host", "127.0.0.1", "--port", str(port)],
+            [sys.executable, "-m", "easel", "serve", "--host", "127.0.0.1", "--port", str(port), *args],
             env=env,
             stdout=log,
             stderr=subprocess.STDOUT,
+            start_new_session=session,
         )
         try:
             deadline = time.monotonic() + startup_s
@@ -98,7 +111,7 @@ def serve_process(home: Path, api_key: str, startup_s: float = 90) -> Iterator[i
                     pass
                 assert time.monotonic() < deadline, f"server did not start in {startup_s:g} s"
                 time.sleep(0.2)
-            yield port
+            yield process, port
         finally:
             process.terminate()
             try:

@@ -123,6 +123,13 @@ def test_reference_size_is_the_pipelines_auto_resize_on_a_1024_model(size):
 
 
 def test_replay_through_the_gallery_is_byte_identical(engine, reference, tmp_path):
+    check_edit_replay(engine, TINY_FLUX_KONTEXT, [reference], tmp_path, **SMALL)
+
+
+def check_edit_replay(engine, repo: str, references: list[Path], tmp_path: Path, **fields) -> None:
+    """An edit of `references` with `repo` (and `fields`), added to a gallery, replays byte for byte
+    from the gallery's stored copies of the references, the originals gone (FLUX.1 Kontext here,
+    FLUX.2 [klein] with two references in test_flux2)."""
     from easel import Easel, Settings
     from easel.storage.gallery import Gallery
     from easel.storage.metadata import read_metadata
@@ -130,19 +137,22 @@ def test_replay_through_the_gallery_is_byte_identical(engine, reference, tmp_pat
     gallery = Gallery(tmp_path / "home")
     # replay resolves the gallery's stored inputs under its own home; the cache is shared
     engine = Easel(Settings.from_env(home=tmp_path / "home"), cache=engine.cache)
-    copy = tmp_path / "moved.png"
-    copy.write_bytes(reference.read_bytes())
+    copies = [tmp_path / f"moved-{index}.png" for index in range(len(references))]
+    for copy, reference in zip(copies, references, strict=True):
+        copy.write_bytes(reference.read_bytes())
     result = engine.generate(
         GenerationRequest(
-            model=TINY_FLUX_KONTEXT, prompt="a blue square", reference_images=[str(copy)], steps=1, seed=2,
-            **SMALL,
+            model=repo, prompt="a blue square", reference_images=[str(c) for c in copies], steps=1, seed=2,
+            **fields,
         )
     )  # fmt: skip
     [entry] = gallery.add_result(result)
     document = read_metadata(entry.path).document
-    [stored] = document["request"]["reference_images"]
-    assert stored.startswith("easel-input:")  # the recipe carries the reference, not a path
-    copy.unlink()  # replay must not need the original file
+    stored = document["request"]["reference_images"]
+    assert len(stored) == len(references)
+    assert all(s.startswith("easel-input:") for s in stored)  # the recipe carries the references, not paths
+    for copy in copies:
+        copy.unlink()  # replay must not need the original files
     again, index = engine.replay(entry.path)
     assert index == 0 and again.encode(0) == entry.path.read_bytes()
 

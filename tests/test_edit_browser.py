@@ -4,15 +4,11 @@ the page sends the chosen file as reference_images and the edit is the one the P
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 from conftest import TINY_FLUX_KONTEXT
 from server_support import serve_process
 from test_ui_browser import (
-    CHROMEDRIVER,
-    CHROMIUM,
     KEY,
     by_id,
     choose,
@@ -20,21 +16,14 @@ from test_ui_browser import (
     fill,
     generate_and_wait,
     image_pixels,
-    send_key,
+    open_ui,
     wait,
 )
+from test_ui_browser import pytestmark as pytestmark  # slow, and skipped without Chromium
 
 from easel import GenerationRequest
 
 __all__ = ["driver"]  # the browser fixture, shared with test_ui_browser.py
-
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(
-        not (Path(CHROMIUM).exists() and Path(CHROMEDRIVER).exists()),
-        reason="needs Debian's chromium and chromium-driver (.ci/run installs them)",
-    ),
-]
 
 
 @pytest.fixture(scope="module")
@@ -50,9 +39,7 @@ def test_reference_images_field_makes_an_edit(driver, base_url, engine, tmp_path
     picture = Image.new("RGB", (48, 32), (128, 128, 128))
     picture.paste((220, 20, 20), (8, 8, 24, 24))
     picture.save(reference)
-    send_key(driver, KEY)
-    driver.get(base_url + "/")
-    wait(driver, lambda: driver.find_element("tag name", "body").get_attribute("data-ready") == "true")
+    open_ui(driver, base_url)
     choose(driver, "model", TINY_FLUX_KONTEXT)
     wait(driver, lambda: by_id(driver, "model-family").text == "flux1_kontext_dev: text2img, edit")
     fill(driver, "prompt", "a blue square")

@@ -169,7 +169,8 @@ def test_schnell_defaults_native_size_and_guidance(engine):
         (TINY_FLUX_DEV, {"tiling": True}, "tiling"),
         (TINY_FLUX_DEV, {"scheduler": "Euler"}, "scheduler"),
         (TINY_FLUX_DEV, {"refiner": "stabilityai/stable-diffusion-xl-refiner-1.0"}, "refiner"),
-        (TINY_FLUX_DEV, {"controls": [{"model": "demo", "image": "x.png"}]}, "controls"),
+        # an SD 1.5 ControlNet (the demo's): refused from its config (FLUX.1 takes FluxControlNetModel)
+        (TINY_FLUX_DEV, {"controls": [{"model": "demo", "image": "x.png"}]}, "controls[0].model"),
     ],
 )
 def test_what_flux_cannot_do_is_refused_by_name(engine, repo, fields, field):
@@ -491,8 +492,8 @@ def test_dtype_auto_is_bfloat16_for_flux_on_a_gpu() -> None:
     check_bfloat16_on_a_gpu(FLUX_DEV, FLUX_SCHNELL)
     engine = Easel(Settings(device="cpu"))
     engine._device = "cuda"  # what resolve_device would say on a GPU machine
-    assert engine._device_and_dtype(SD15)[1] is torch.float16
-    assert Easel(Settings(device="cpu", dtype="float16"))._device_and_dtype()[1] is torch.float16
+    assert engine.device_and_dtype(SD15)[1] is torch.float16
+    assert Easel(Settings(device="cpu", dtype="float16")).device_and_dtype()[1] is torch.float16
 
 
 def check_bfloat16_on_a_gpu(*families) -> None:
@@ -505,8 +506,8 @@ def check_bfloat16_on_a_gpu(*families) -> None:
     engine = Easel(Settings(device="cpu"))
     engine._device = "cuda"
     for family in families:
-        assert engine._device_and_dtype(family)[1] is torch.bfloat16, family.name
-        assert Easel(Settings(device="cpu"))._device_and_dtype(family)[1] is torch.float32, family.name
+        assert engine.device_and_dtype(family)[1] is torch.bfloat16, family.name
+        assert Easel(Settings(device="cpu")).device_and_dtype(family)[1] is torch.float32, family.name
 
 
 def test_a1111_reads_flux_dev_guidance_from_distilled_cfg_scale(client, engine):

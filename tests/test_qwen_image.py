@@ -8,22 +8,25 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-import torch
 from conftest import TINY_QWEN_IMAGE
 from test_flux import (
     check_a1111_door,
+    check_bfloat16_on_a_gpu,
     check_cli_door,
     check_embeddings_refused,
     check_img2img,
     check_inpaint,
     check_native_door,
     check_openai_door,
+    check_recorded_defaults,
+    check_refused_by_name,
     generators,
     pixels,
 )
 from test_flux import mask_png as mask_png  # the fixture: a 64x64 mask of the right half
+from test_sd3 import check_lora, check_text2img_with_a_negative_prompt
 
-from easel import EaselError, GenerationRequest, InvalidRequest, UnsupportedFeature
+from easel import GenerationRequest, InvalidRequest, UnsupportedFeature
 
 SMALL = {"width": 32, "height": 32}  # the tiny model's native size is 664x664 (the card's 1328 / 2)
 CFG = {"true_cfg_scale": 4.0, "negative_prompt": " "}  # what easel's default guidance runs
@@ -45,28 +48,9 @@ def plain(qwen_image_models):
 
 
 def test_text2img_with_a_negative_prompt_equals_plain_diffusers(engine, plain):
-    fields = {"prompt": "a red cat", "negative_prompt": "blue", "steps": 3, "guidance_scale": 5.0, **SMALL}
-    result = engine.generate(GenerationRequest(model=TINY_QWEN_IMAGE, seed=7, num_images=2, **fields))
-    assert result.model_family == "qwen_image"
-    expected = plain(
-        "a red cat",
-        negative_prompt="blue",
-        true_cfg_scale=5.0,
-        num_inference_steps=3,
-        num_images_per_prompt=2,
-        max_sequence_length=512,
-        generator=generators(7, 2),
-        **SMALL,
-    ).images
-    for ours, theirs in zip(result.images, expected, strict=True):
-        np.testing.assert_array_equal(pixels(ours), pixels(theirs))
-    # image i is what seed 7 + i gives alone; the negative prompt does change the picture
-    alone = engine.generate(GenerationRequest(model=TINY_QWEN_IMAGE, seed=8, **fields))
-    np.testing.assert_array_equal(pixels(alone.images[0]), pixels(result.images[1]))
-    blank = engine.generate(
-        GenerationRequest(model=TINY_QWEN_IMAGE, seed=8, **{**fields, "negative_prompt": ""})
+    check_text2img_with_a_negative_prompt(
+        engine, plain, TINY_QWEN_IMAGE, "qwen_image", sequence=512, true_cfg_scale=5.0
     )
-    assert not np.array_equal(pixels(blank.images[0]), pixels(alone.images[0]))
 
 
 def test_guidance_is_true_cfg_with_the_cards_blank_negative_prompt(engine, plain):
@@ -120,18 +104,9 @@ def test_inpaint_equals_plain_diffusers(engine, init_png, mask_png):
 def test_defaults_native_size_and_byte_identical_replay(engine, tmp_path):
     from easel.families.qwen_image import QWEN_IMAGE
 
-    result = engine.generate(
-        GenerationRequest(model=TINY_QWEN_IMAGE, prompt="a green square", seed=5, **SMALL)
-    )
-    concrete = result.request
     # the model card's: 50 steps, true CFG 4.0, no SD sampler
-    assert (concrete.steps, concrete.guidance_scale, concrete.scheduler) == (50, 4.0, None)
-    parameters = result.parameters()
-    assert "Steps: 50, Sampler: FlowMatchEulerDiscreteScheduler, CFG scale: 4, Seed: 5" in parameters
+    parameters = check_recorded_defaults(engine, TINY_QWEN_IMAGE, tmp_path, steps=50, guidance=4.0, cfg="4")
     assert "Distilled CFG Scale" not in parameters
-    original = result.save(tmp_path / "qwen.png")
-    again, index = engine.replay(original)
-    assert index == 0 and again.encode(0) == original.read_bytes()
     # native size: the card's 1328x1328 with the real VAE (factor 8); the tiny one's factor is 4
     assert QWEN_IMAGE.default_size(SimpleNamespace(vae_scale_factor=8)) == (1328, 1328)
     assert QWEN_IMAGE.accelerator_dtype == "bfloat16"
@@ -169,13 +144,7 @@ def test_detection_and_the_edit_models_refused():
     ],
 )
 def test_what_qwen_image_cannot_do_is_refused_by_name(engine, fields, field):
-    request = GenerationRequest(
-        **{"model": TINY_QWEN_IMAGE, "prompt": "a cat", "steps": 2, **SMALL, **fields}
-    )
-    with pytest.raises(EaselError) as caught:
-        engine.generate(request)
-    named = getattr(caught.value, "field", None) or str(caught.value).split("=")[0].split(":")[0]
-    assert named == field, str(caught.value)
+    check_refused_by_name(engine, TINY_QWEN_IMAGE, fields, field)
 
 
 def test_embeddings_are_refused_by_name(tmp_path):
@@ -220,40 +189,13 @@ def test_the_float32_redecode_is_the_pipelines_decode(plain):
 def test_a_lora_equals_plain_diffusers_and_switches_off(plain, tmp_path):
     from diffusers import QwenImagePipeline
 
-    from easel import Easel, Settings
-    from easel.testing.tiny_flux import write_tiny_flux_lora  # transformer attention: the same layout
-
-    folder = tmp_path / "loras"
-    write_tiny_flux_lora(plain, folder / "qwen-style.safetensors", seed=1)
-    own = Easel(Settings.from_env(lora_dir=folder, home=tmp_path / "home"))
-    fields = {"model": TINY_QWEN_IMAGE, "prompt": "a red cat", "steps": 2, "seed": 4, **SMALL}
-    with_lora = own.generate(GenerationRequest(**fields, loras=[{"name": "qwen-style", "weight": 0.8}]))
-    assert "Lora hashes: " in with_lora.parameters()
-
-    pipe = QwenImagePipeline.from_pretrained(TINY_QWEN_IMAGE)
-    pipe.set_progress_bar_config(disable=True)
-    pipe.load_lora_weights(str(folder), weight_name="qwen-style.safetensors", adapter_name="style")
-    pipe.set_adapters(["style"], adapter_weights=[0.8])
-    call = {"num_inference_steps": 2, **CFG, **SMALL}
-    expected = pipe("a red cat", generator=generators(4, 1), **call).images[0]
-    np.testing.assert_array_equal(pixels(with_lora.images[0]), pixels(expected))
-    never = plain("a red cat", generator=generators(4, 1), **call).images[0]
-    assert not np.array_equal(pixels(never), pixels(expected))
-
-    without = own.generate(GenerationRequest(**fields))  # the adapter is switched off, not fused
-    np.testing.assert_array_equal(pixels(without.images[0]), pixels(never))
+    check_lora(plain, QwenImagePipeline, TINY_QWEN_IMAGE, tmp_path, **CFG)
 
 
 def test_dtype_auto_is_bfloat16_for_qwen_image_on_a_gpu() -> None:
-    """The card runs Qwen-Image in bfloat16: "auto" picks it on accelerators, float32 on the CPU (no
-    GPU needed: the device is set)."""
-    from easel import Easel, Settings
     from easel.families.qwen_image import QWEN_IMAGE
 
-    engine = Easel(Settings(device="cpu"))
-    engine._device = "cuda"  # what resolve_device would say on a GPU machine
-    assert engine._device_and_dtype(QWEN_IMAGE)[1] is torch.bfloat16
-    assert Easel(Settings(device="cpu"))._device_and_dtype(QWEN_IMAGE)[1] is torch.float32
+    check_bfloat16_on_a_gpu(QWEN_IMAGE)  # the model card's dtype
 
 
 # -- the doors ----------------------------------------------------------------------------------

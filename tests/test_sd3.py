@@ -10,21 +10,22 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-import torch
 from conftest import TINY_SD35_MEDIUM
 from test_flux import (
     check_a1111_door,
+    check_bfloat16_on_a_gpu,
     check_embeddings_refused,
     check_img2img,
     check_inpaint,
     check_openai_door,
+    check_refused_by_name,
     generators,
     pixels,
     png,
 )
 from test_flux import mask_png as mask_png  # the fixture: a 64x64 mask of the right half
 
-from easel import EaselError, GenerationRequest, InvalidRequest
+from easel import GenerationRequest, InvalidRequest
 
 SMALL = {"width": 32, "height": 32}  # the tiny model's native size is 64x64
 
@@ -45,28 +46,40 @@ def plain(sd3_models):
 
 
 def test_text2img_with_a_negative_prompt_equals_plain_diffusers(engine, plain):
+    # to a level: a batch of 4 through the MMDiT rounds differently from a batch of 2 on this CPU, in
+    # plain diffusers too
+    check_text2img_with_a_negative_prompt(
+        engine, plain, TINY_SD35_MEDIUM, "sd35_medium", sequence=256, tolerance=1, guidance_scale=5.0
+    )
+
+
+def check_text2img_with_a_negative_prompt(
+    engine, plain, repo: str, family: str, *, sequence: int, tolerance: int = 0, **guidance
+) -> None:
+    """Two images of `repo` with a negative prompt at guidance 5 equal plain diffusers' (`guidance`:
+    the plain call's name for it, SD 3.5's guidance_scale, Qwen-Image's true_cfg_scale; `sequence`: its
+    max_sequence_length); image i is what seed 7 + i gives alone (within `tolerance` levels); the
+    negative prompt does change the picture."""
     fields = {"prompt": "a red cat", "negative_prompt": "blue", "steps": 3, "guidance_scale": 5.0, **SMALL}
-    result = engine.generate(GenerationRequest(model=TINY_SD35_MEDIUM, seed=7, num_images=2, **fields))
-    assert result.model_family == "sd35_medium"
+    result = engine.generate(GenerationRequest(model=repo, seed=7, num_images=2, **fields))
+    assert result.model_family == family
     expected = plain(
         "a red cat",
         negative_prompt="blue",
         num_inference_steps=3,
-        guidance_scale=5.0,
         num_images_per_prompt=2,
-        max_sequence_length=256,
+        max_sequence_length=sequence,
         generator=generators(7, 2),
+        **guidance,
         **SMALL,
     ).images
     for ours, theirs in zip(result.images, expected, strict=True):
         np.testing.assert_array_equal(pixels(ours), pixels(theirs))
-    # image i is what seed 7 + i gives alone (to a level: a batch of 4 through the MMDiT rounds differently
-    # from a batch of 2 on this CPU, in plain diffusers too); the negative prompt does change the picture
-    alone = engine.generate(GenerationRequest(model=TINY_SD35_MEDIUM, seed=8, **fields))
+    alone = engine.generate(GenerationRequest(model=repo, seed=8, **fields))
     difference = np.abs(pixels(alone.images[0]).astype(int) - pixels(result.images[1]))
-    assert difference.max() <= 1
+    assert difference.max() <= tolerance
     positive_only = engine.generate(
-        GenerationRequest(model=TINY_SD35_MEDIUM, seed=8, **{**fields, "negative_prompt": ""})
+        GenerationRequest(model=repo, seed=8, **{**fields, "negative_prompt": ""})
     )
     assert not np.array_equal(pixels(positive_only.images[0]), pixels(alone.images[0]))
 
@@ -144,17 +157,11 @@ def test_variants_from_the_transformer_config(tmp_path, name, config, family, st
         ({"tiling": True}, "tiling"),
         ({"scheduler": "Euler"}, "scheduler"),
         ({"refiner": "stabilityai/stable-diffusion-xl-refiner-1.0"}, "refiner"),
-        ({"controls": [{"model": "demo", "image": "x.png"}]}, "controls"),
+        ({"controls": [{"model": "demo", "image": "x.png"}]}, "controls[0].model"),  # an SD 1.5 ControlNet
     ],
 )
 def test_what_sd35_cannot_do_is_refused_by_name(engine, fields, field):
-    request = GenerationRequest(
-        **{"model": TINY_SD35_MEDIUM, "prompt": "a cat", "steps": 2, **SMALL, **fields}
-    )
-    with pytest.raises(EaselError) as caught:
-        engine.generate(request)
-    named = getattr(caught.value, "field", None) or str(caught.value).split("=")[0].split(":")[0]
-    assert named == field, str(caught.value)
+    check_refused_by_name(engine, TINY_SD35_MEDIUM, fields, field)
 
 
 def test_clip_skip_equals_plain_diffusers_and_is_recorded(engine, plain):
@@ -215,10 +222,13 @@ def test_a_lora_equals_plain_diffusers_and_switches_off(plain, tmp_path):
     check_lora(plain, StableDiffusion3Pipeline, TINY_SD35_MEDIUM, tmp_path, guidance=4.5)
 
 
-def check_lora(plain, pipeline_class, repo: str, tmp_path: Path, *, guidance: float) -> None:
+def check_lora(
+    plain, pipeline_class, repo: str, tmp_path: Path, *, guidance: float | None = None, **call
+) -> None:
     """A random transformer-attention LoRA on `repo` equals plain diffusers' `pipeline_class` with the
     adapter at the same weight, changes the picture, and is switched off (not fused) after (SD 3.5
-    here, Z-Image in test_zimage; `plain` is the pipeline without it, `guidance` the family's default)."""
+    here, Z-Image and Qwen-Image elsewhere; `plain` is the pipeline without it, `guidance` the family's
+    default; `call`: more arguments for the plain calls, Qwen-Image's true_cfg_scale)."""
     from easel import Easel, Settings
     from easel.testing.tiny_flux import write_tiny_flux_lora  # transformer attention: the same layout
 
@@ -233,10 +243,11 @@ def check_lora(plain, pipeline_class, repo: str, tmp_path: Path, *, guidance: fl
     pipe.set_progress_bar_config(disable=True)
     pipe.load_lora_weights(str(folder), weight_name="style.safetensors", adapter_name="style")
     pipe.set_adapters(["style"], adapter_weights=[0.8])
-    call = {"num_inference_steps": 2, "guidance_scale": guidance, **SMALL}
-    expected = pipe("a red cat", generator=generators(4, 1), **call).images[0]
+    guided = {} if guidance is None else {"guidance_scale": guidance}
+    call = {"num_inference_steps": 2, **guided, **call, **SMALL}
+    expected = pipe(prompt="a red cat", generator=generators(4, 1), **call).images[0]
     np.testing.assert_array_equal(pixels(with_lora.images[0]), pixels(expected))
-    never = plain("a red cat", generator=generators(4, 1), **call).images[0]
+    never = plain(prompt="a red cat", generator=generators(4, 1), **call).images[0]
     assert not np.array_equal(pixels(never), pixels(expected))
 
     without = own.generate(GenerationRequest(**fields))  # the adapter is switched off, not fused
@@ -260,14 +271,9 @@ def test_sizes_sd35_would_refuse_are_refused_by_name():
 def test_dtype_auto_is_bfloat16_for_sd35_on_a_gpu() -> None:
     """SD 3.5's card runs it in bfloat16 (float16 gives NaNs in its T5): "auto" picks bfloat16 on
     accelerators, float32 on the CPU (no GPU needed: the device is set)."""
-    from easel import Easel, Settings
     from easel.families.sd3 import SD3, SD35_LARGE, SD35_LARGE_TURBO, SD35_MEDIUM
 
-    engine = Easel(Settings(device="cpu"))
-    engine._device = "cuda"  # what resolve_device would say on a GPU machine
-    for family in (SD35_MEDIUM, SD35_LARGE, SD35_LARGE_TURBO, SD3):
-        assert engine._device_and_dtype(family)[1] is torch.bfloat16
-    assert Easel(Settings(device="cpu"))._device_and_dtype(SD35_MEDIUM)[1] is torch.float32
+    check_bfloat16_on_a_gpu(SD35_MEDIUM, SD35_LARGE, SD35_LARGE_TURBO, SD3)
 
 
 # -- the doors ----------------------------------------------------------------------------------

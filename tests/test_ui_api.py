@@ -95,6 +95,7 @@ def test_model_info_names_family_fields(client):
     assert "Euler a" in client.get("/api/v1/schedulers").json()
     control = client.get("/api/v1/control").json()
     assert "demo" in control["models"] and "canny" in control["preprocessors"]
+    assert control["modes"][:3] == ["canny", "tile", "depth"]  # a union ControlNet's control types, in order
 
 
 def test_control_preview_is_the_preprocessor_output(client, init_png):

@@ -108,6 +108,15 @@ def snapshot(driver: Any, name: str) -> None:
         driver.save_screenshot(str(Path(folder) / f"{name}.png"))
 
 
+def open_ui(driver: Any, base_url: str) -> None:
+    """Open the web UI signed in with KEY and wait until its script is ready (body data-ready: the
+    models listed): how the browser tests here and in test_edit_browser, test_ui_upscale,
+    test_styles_browser and test_ui_hires start."""
+    send_key(driver, KEY)
+    driver.get(base_url + "/")
+    wait(driver, lambda: driver.find_element("tag name", "body").get_attribute("data-ready") == "true")
+
+
 def wait(driver: Any, condition: Any, timeout: float = 60) -> Any:
     from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.support.ui import WebDriverWait
@@ -179,8 +188,7 @@ def test_api_key_is_required(driver, base_url):
 
 
 def test_generate_shows_images_and_token_counts(page, base_url):
-    page.get(base_url + "/")
-    wait(page, lambda: page.find_element("tag name", "body").get_attribute("data-ready") == "true")
+    open_ui(page, base_url)
     # before the first image: what will appear there, and the server's current model selected
     assert "Your images appear here" in by_id(page, "results-placeholder").text
     assert by_id(page, "model").get_attribute("value") == "easel-demo"
@@ -421,6 +429,13 @@ def test_one_controlnet_unit(page, init_png):
     snapshot(page, "2-controlnet-unit")
     fill(page, "prompt", "edges")
     fill(page, "steps", 2)
+    # a union mode is sent, and refused at the unit for a ControlNet that is not a union model
+    choose(page, "control-0-mode", "depth")
+    by_id(page, "generate").click()
+    wait(page, lambda: "controls[0].mode" in by_id(page, "error").text)
+    assert "invalid" in by_id(page, "control-0-mode").get_attribute("class")
+    assert "not a union ControlNet" in page.find_element("css selector", ".control-unit .field-error").text
+    choose(page, "control-0-mode", "")
     cards = generate_and_wait(page, 1)
     text = cards[0].find_element("css selector", ".metadata pre").get_attribute("textContent")
     assert "ControlNet 0:" in text and "Weight: 0.7" in text

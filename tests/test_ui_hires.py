@@ -12,6 +12,7 @@ from test_ui_browser import (  # noqa: F401 (its fixtures, used here by name)
     driver,
     fill,
     generate_and_wait,
+    open_ui,
     page,
     pytestmark,
     record_sent_jobs,
@@ -23,8 +24,7 @@ pytestmark = pytestmark  # slow, and skipped without Chromium (as test_ui_browse
 
 @pytest.mark.slow
 def test_hires_fieldset_sends_hires_and_reuse_restores_it(page, base_url):  # noqa: F811
-    page.get(base_url + "/")
-    wait(page, lambda: page.find_element("tag name", "body").get_attribute("data-ready") == "true")
+    open_ui(page, base_url)
     choose(page, "model", TINY_SD15)
     wait(page, lambda: "sd15" in by_id(page, "model-family").text)
     options = [

@@ -10,36 +10,26 @@ from __future__ import annotations
 
 import base64
 import io
-from pathlib import Path
 
 import numpy as np
 import pytest
 from conftest import TINY_SD15
 from server_support import serve_process
 from test_ui_browser import (
-    CHROMEDRIVER,
-    CHROMIUM,
     KEY,
     by_id,
     choose,
     driver,
     fill,
     generate_and_wait,
-    send_key,
+    open_ui,
     wait,
 )
+from test_ui_browser import pytestmark as pytestmark  # slow, and skipped without Chromium
 
 from easel.testing.tiny_upscalers import spandrel_importable, write_tiny_upscaler
 
 __all__ = ["driver"]  # the browser fixture, shared with test_ui_browser.py
-
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(
-        not (Path(CHROMIUM).exists() and Path(CHROMEDRIVER).exists()),
-        reason="needs Debian's chromium and chromium-driver",
-    ),
-]
 
 
 @pytest.fixture(scope="module")
@@ -70,9 +60,7 @@ def test_upscale_a_result_with_the_chosen_upscaler(driver, served, upscaler):
     from easel.upscalers import Upscalers
 
     base_url, home = served
-    send_key(driver, KEY)
-    driver.get(base_url + "/")
-    wait(driver, lambda: driver.find_element("tag name", "body").get_attribute("data-ready") == "true")
+    open_ui(driver, base_url)
     options = [
         o.get_attribute("value") for o in by_id(driver, "upscaler").find_elements("tag name", "option")
     ]

@@ -150,20 +150,28 @@ def test_embeddings_are_refused_by_name(tmp_path):
 
 
 def test_token_counts_use_the_qwen_tokenizer_and_long_prompts_warn(engine, plain):
-    # the prompt's own Qwen tokens (no end token) in the 512-token window; no CLIP chunks
-    count = engine.count_tokens("a red cat", model=TINY_ZIMAGE_TURBO)
+    # the chat template adds 17 tokens with the tiny vocabulary, whose "user" and "assistant" are single bytes
+    assert check_qwen_token_window(engine, TINY_ZIMAGE_TURBO, plain.tokenizer, thinking=True) == 617
+
+
+def check_qwen_token_window(engine, repo: str, tokenizer, *, thinking: bool) -> int:
+    """`repo` counts a prompt's own Qwen tokens (no end token) in its 512-token window, without CLIP
+    chunks; a 600-word prompt warns with what the encoder is fed: the prompt in the chat template
+    (`thinking`: its enable_thinking, as the pipeline sets it). Returns that count (Z-Image here,
+    FLUX.2 [klein] in test_flux2)."""
+    count = engine.count_tokens("a red cat", model=repo)
     assert (count.tokens, count.chunks, count.capacity, str(count)) == (3, 1, 512, "3/512, 1 chunk")
     prompt = " ".join(["red"] * 600)
-    # the warning counts what the encoder is fed: the prompt in the chat template (17 more tokens with
-    # the tiny vocabulary, whose "user" and "assistant" are single bytes)
     turn = [{"role": "user", "content": prompt}]
-    templated = plain.tokenizer.apply_chat_template(turn, tokenize=False, add_generation_prompt=True)
-    assert len(plain.tokenizer(templated).input_ids) == 617
-    result = engine.generate(
-        GenerationRequest(model=TINY_ZIMAGE_TURBO, prompt=prompt, steps=1, seed=0, **SMALL)
+    templated = tokenizer.apply_chat_template(
+        turn, tokenize=False, add_generation_prompt=True, enable_thinking=thinking
     )
-    assert any("617 Qwen tokens" in w and "first 512, so 105 are dropped" in w for w in result.warnings)
+    fed = len(tokenizer(templated).input_ids)
+    result = engine.generate(GenerationRequest(model=repo, prompt=prompt, steps=1, seed=0, **SMALL))
+    dropped = f"{fed} Qwen tokens"
+    assert any(dropped in w and f"first 512, so {fed - 512} are dropped" in w for w in result.warnings)
     assert not any("CLIP" in w for w in result.warnings)
+    return fed
 
 
 def test_previews_of_16_channel_latents_change_nothing(engine):

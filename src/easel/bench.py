@@ -228,7 +228,7 @@ def _adopt_built(engine: Any, model: str | None, build: Callable[[str, Any], Any
 
     source = engine.resolve_model(model)
     family = detect_family(source)
-    device, dtype = engine._device_and_dtype(family)  # the engine's own rule (family's GPU dtype)
+    device, dtype = engine.device_and_dtype(family)  # the engine's own rule (family's GPU dtype)
     pipeline = build(device, dtype)
     options = engine.settings.performance
     engine.cache.adopt(source, family, pipeline, device=device, dtype=dtype, options=options)

@@ -21,6 +21,8 @@ ATTENTION = ("sdpa", "xformers", "slicing", "default")
 OFFLOAD = ("none", "model", "sequential")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")
 VARIANTS = ("auto", "fp16", "none")
+# quantised loading (easel.models.quantize): bitsandbytes int8 / nf4, torchao int8 / fp8 weights
+QUANTIZE = ("none", "int8", "nf4", "torchao-int8", "torchao-fp8")
 TRUE = ("1", "true", "yes", "on")
 FALSE = ("0", "false", "no", "off", "")
 
@@ -43,6 +45,7 @@ class PerformanceOptions:
     vae_tiling: bool = False
     channels_last: bool = False
     variant: str = "auto"
+    quantize: str = "none"
 
 
 @dataclass(frozen=True)
@@ -69,6 +72,7 @@ class Settings:
     vae_tiling: bool = False  # decode large images in tiles
     channels_last: bool = False  # UNet memory format
     variant: str = "auto"  # auto: fp16 weight files when dtype is float16 and they exist
+    quantize: str = "none"  # for requests that leave it out: none | int8 | nf4 | torchao-int8 | torchao-fp8
     # the HTTP server (easel serve, src/easel/server)
     api_key: str | None = field(default=None, repr=False)  # when set, every route requires it
     queue_size: int = 64  # jobs waiting at most; more is answered 429 with Retry-After
@@ -101,6 +105,7 @@ class Settings:
             ("offload", OFFLOAD),
             ("compile_mode", COMPILE_MODES),
             ("variant", VARIANTS),
+            ("quantize", QUANTIZE),
         ):
             value = getattr(self, name)
             if value not in allowed:

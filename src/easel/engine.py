@@ -22,9 +22,10 @@ from easel.config import Settings
 from easel.errors import Cancelled, EaselError, GenerationFailed, InvalidRequest, UnsupportedFeature
 from easel.families.base import Family, RunOutput
 from easel.limits import Limits
-from easel.models.cache import LoadedComponent, LoadedModel, PipelineCache, detect_family
+from easel.models.cache import LoadedComponent, LoadedModel, PipelineCache, detect_family, quiet_import_notes
 from easel.models.control import ControlSource
 from easel.models.optimizations import check_options, prepare_task
+from easel.models.quantize import check_quantize, dtype_casts_skipped, resolve_load_options
 from easel.models.reference import ModelSource, resolve_reference
 from easel.models.vae import VaeSource
 from easel.request import DEFAULT_STRENGTH, GenerationRequest
@@ -48,6 +49,7 @@ class Easel:
     """Generate images from GenerationRequests; cheap to call repeatedly (models are cached)."""
 
     def __init__(self, settings: Settings | None = None, *, cache: PipelineCache | None = None) -> None:
+        quiet_import_notes()
         self.settings = settings or Settings()
         self.cache = cache if cache is not None else PipelineCache(self.settings.max_cached_models)
         # Pipelines, schedulers and fast tokenizers are not thread-safe: one run at a time.
@@ -70,7 +72,7 @@ class Easel:
             self._upscalers = Upscalers(
                 self.settings.upscalers_folder,
                 allow_pickle=self.settings.allow_pickle,
-                device=self._device_and_dtype()[0],
+                device=self.device_and_dtype()[0],
             )
         return self._upscalers
 
@@ -195,6 +197,8 @@ class Easel:
         request = self.with_styles(request)
         # 1. model reference -> source -> family (reads configs only, no weights)
         source = self.resolve_model(request.model)
+        # a GGUF file's base model, and the quantisation: recorded in the request (replay loads alike)
+        source, request = resolve_load_options(request, source, self.settings.quantize, self.resolve_model)
         family = detect_family(source)
         family.check_request(request)
         preview_method = self._preview_method(family, previews, preview_method)  # taesd: cached?
@@ -231,9 +235,10 @@ class Easel:
 
         mask = load_mask(request, stored_inputs=inputs_folder(self.settings.home))
         input_warnings = check_inputs(request, init_image, mask)  # mask shape, empty mask, canvas size
-        device, dtype = self._device_and_dtype(family)
-        options = self.settings.performance
+        device, dtype = self.device_and_dtype(family)
+        options = dataclasses.replace(self.settings.performance, quantize=request.quantize or "none")
         check_options(options, device)
+        check_quantize(options.quantize, device, source)
         from easel.tiling import check_tiling
 
         check_tiling(request.tiling, compiled=options.compile)
@@ -264,7 +269,8 @@ class Easel:
                 for role, (companion_source, companion_family) in companions.items()
             }
             controlnets = [
-                self._lease_control(leases, loaded, index, control) for index, control in enumerate(controls)
+                self._lease_control(leases, loaded, index, control, mode=request.controls[index].mode)
+                for index, control in enumerate(controls)
             ]
             vae_component = None if vae is None else self._lease_vae(leases, loaded, vae)
             self._activate_loras(loaded, loras)
@@ -424,6 +430,8 @@ class Easel:
                 value=str(image_path),
             )
         request, index = request_from_document(metadata.document, overrides)
+        if request.quantize is None:  # recorded None: it ran unquantised (not: the settings' default)
+            request = request.model_copy(update={"quantize": "none"})
         hashes = (metadata.document.get("model") or {}).get("hashes") or {}
         self._check_recorded_embeddings(request, {k[3:]: v for k, v in hashes.items() if k.startswith("ti:")})
         return self.generate(request, on_progress=on_progress), index
@@ -478,16 +486,18 @@ class Easel:
             overrides["controlnet"] = list(controlnets)
         if vae is not None:
             overrides["vae"] = vae
-        pipe = loaded.family.derive(base, task, companions=companions or {}, **overrides)
+        with dtype_casts_skipped(base):  # from_pipe's .to(dtype) would refuse quantised modules
+            pipe = loaded.family.derive(base, task, companions=companions or {}, **overrides)
         pipe.set_progress_bar_config(disable=True)
-        prepare_task(pipe, self.settings.performance, self._device_and_dtype()[0])
+        prepare_task(pipe, self.settings.performance, self.device_and_dtype()[0])
         return pipe
 
     # -- steps --------------------------------------------------------------------------------
 
-    def _device_and_dtype(self, family: Family | None = None) -> tuple[str, Any]:
+    def device_and_dtype(self, family: Family | None = None) -> tuple[str, Any]:
         """The device, and the dtype models of `family` load in (dtype "auto" on a GPU: the
-        family's accelerator_dtype)."""
+        family's accelerator_dtype). Public: `easel bench` and the hires fix place what they
+        build by the engine's own rule."""
         from easel.devices import resolve_device, resolve_dtype
 
         if self._device is None:
@@ -538,7 +548,7 @@ class Easel:
             control = resolve_control(
                 unit.model, field=f"controls[{index}].model", allow_pickle=self.settings.allow_pickle
             )
-            family.check_control(index, unit.model, control.config)
+            family.check_control(index, unit.model, control.config, mode=unit.mode)
             sources.append(control)
         return sources
 
@@ -624,15 +634,19 @@ class Easel:
             model.state[ACTIVE_KEY] = {file.name.lower(): (file.token, file.info.vectors) for file in files}
 
     def _lease_control(
-        self, leases: ExitStack, loaded: LoadedModel, index: int, control: ControlSource
+        self, leases: ExitStack, loaded: LoadedModel, index: int, control: ControlSource, *, mode: Any = None
     ) -> LoadedComponent:
         """Lease unit `index`'s ControlNet from the cache, after checking it fits the loaded
-        UNet (single files, whose config is known only once loaded, are checked after)."""
+        denoiser (UNet or transformer; single files, whose config is known only once loaded, are
+        checked after), with the unit's union `mode`."""
         from easel.models.control import load_control
 
-        unet_config = dict(loaded.pipeline.unet.config)
-        loaded.family.check_control(index, control.source.reference, control.config, unet_config)
-        device, dtype = self._device_and_dtype(loaded.family)
+        family = loaded.family
+        unet_config = family.control_base_config(loaded.pipeline)
+        family.check_control(index, control.source.reference, control.config, unet_config, mode=mode)
+        # a folder's or repo's config names its class; a single file is the family's own
+        class_name = str((control.config or {}).get("_class_name") or family.control_classes[0])
+        device, dtype = self.device_and_dtype(loaded.family)
         # with CPU offload the task pipeline's hooks move it, like the base's modules
         placement = device if self.settings.performance.offload == "none" else "cpu"
         component = leases.enter_context(
@@ -642,13 +656,17 @@ class Easel:
                 device=device,
                 dtype=dtype,
                 load=lambda: load_control(
-                    control.source, dtype=dtype, device=placement, allow_pickle=self.settings.allow_pickle
+                    control.source,
+                    dtype=dtype,
+                    device=placement,
+                    allow_pickle=self.settings.allow_pickle,
+                    class_name=class_name,
                 ),
             )
         )
         if control.config is None:
-            loaded.family.check_control(
-                index, control.source.reference, dict(component.module.config), unet_config
+            family.check_control(
+                index, control.source.reference, dict(component.module.config), unet_config, mode=mode
             )
         return component
 
@@ -683,7 +701,7 @@ class Easel:
             raise error
         base_config = dict(own.config)
         check_fits(vae.source.reference, vae.config, base_config)
-        device, dtype = self._device_and_dtype(loaded.family)
+        device, dtype = self.device_and_dtype(loaded.family)
         options = self.settings.performance
         # with CPU offload the task pipeline's hooks move it, like the base's modules
         placement = device if options.offload == "none" else "cpu"

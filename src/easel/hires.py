@@ -38,7 +38,7 @@ class Engine(Protocol):
     task_pipeline: Callable[..., Any]
     _run: Callable[..., RunOutput]
 
-    def _device_and_dtype(self) -> tuple[str, Any]: ...
+    def device_and_dtype(self) -> tuple[str, Any]: ...
 
 
 class HiresPass:
@@ -231,7 +231,7 @@ def upscalers_of(easel: Engine) -> Any:
         return found
     from easel.upscalers import Upscalers
 
-    device = easel._device_and_dtype()[0]
+    device = easel.device_and_dtype()[0]
     settings = easel.settings
     return Upscalers(settings.upscalers_folder, allow_pickle=settings.allow_pickle, device=device)
 
@@ -243,21 +243,13 @@ def decode(family: Family, pipe: Any, latents: Any) -> list[Any]:
     import numpy as np
     import torch
 
-    from easel.families.base import _numpy_to_pil
+    from easel.families.base import _numpy_to_pil, unscale_latents
 
     vae = pipe.vae
     if vae.dtype == torch.float16 and getattr(vae.config, "force_upcast", False):
         return _numpy_to_pil(family.decode_float32(pipe, latents))
     with torch.inference_mode():
-        scaled = latents.to(device=vae.device, dtype=vae.dtype)
-        mean = getattr(vae.config, "latents_mean", None)
-        std = getattr(vae.config, "latents_std", None)
-        if mean is not None and std is not None:
-            mean_t = torch.tensor(mean).view(1, -1, 1, 1).to(scaled)
-            std_t = torch.tensor(std).view(1, -1, 1, 1).to(scaled)
-            scaled = scaled * std_t / vae.config.scaling_factor + mean_t
-        else:
-            scaled = scaled / vae.config.scaling_factor
+        scaled = unscale_latents(vae, latents.to(device=vae.device, dtype=vae.dtype))
         image = vae.decode(scaled, return_dict=False)[0]
         pictures = pipe.image_processor.postprocess(image, output_type="np")
     if not np.isfinite(pictures).all():

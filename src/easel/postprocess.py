@@ -29,17 +29,11 @@ def read_source(data: bytes, *, field: str, value: object = None) -> tuple[Image
     carries (PNG text chunks; `parameters` and `easel` from EXIF for other formats)."""
     from PIL import ImageOps
 
-    from easel.storage.images import MAX_PIXELS, opened_image
+    from easel.storage.images import check_pixel_limit, opened_image
     from easel.storage.metadata import EASEL_KEY, PARAMETERS_KEY, read_metadata
 
     with opened_image(data, field=field, value=value) as opened:
-        if opened.width * opened.height > MAX_PIXELS:
-            raise InvalidRequest(
-                f"invalid {field}: {opened.width}x{opened.height} is larger than the "
-                f"{MAX_PIXELS // 1_000_000} megapixel limit for input images",
-                field=field,
-                value=value,
-            )
+        check_pixel_limit(opened.width, opened.height, field=field, value=value)
         opened.load()
         text = {k: v for k, v in (getattr(opened, "text", None) or {}).items() if isinstance(v, str)}
         image = ImageOps.exif_transpose(opened).convert("RGB")

@@ -65,6 +65,8 @@ MAX_STYLES = 32
 MAX_CONTROLS = 8
 MAX_REFERENCE_IMAGES = 8  # instruction editing: the most any family takes (each family says its own)
 MAX_CONTROL_SCALE = 2.0  # A1111's weight slider range; beyond it ControlNets only add artifacts
+# the control types of the FLUX.1 union ControlNets (InstantX, Shakker-Labs Union-Pro), by index
+UNION_MODES = ("canny", "tile", "depth", "blur", "pose", "gray", "lq")
 
 
 class FieldProblem(ValueError):
@@ -113,6 +115,11 @@ class ControlUnit(BaseModel):
     )
     canny_low: int = Field(100, ge=0, le=255, strict=True, description="canny: lower hysteresis threshold")
     canny_high: int = Field(200, ge=0, le=255, strict=True, description="canny: upper hysteresis threshold")
+    mode: int | str | None = Field(
+        None,
+        description="Union ControlNets (FLUX.1 InstantX/Shakker union: a config with num_mode) only: the "
+        "control type, an index or its name (canny, tile, depth, blur, pose, gray, lq); refused for others",
+    )
 
     def __init__(self, **data: Any) -> None:
         try:
@@ -137,6 +144,17 @@ class ControlUnit(BaseModel):
         if value not in PREPROCESSORS:
             raise ValueError("unknown preprocessor; known: " + ", ".join(PREPROCESSORS))
         return value
+
+    @field_validator("mode", mode="before")
+    @classmethod
+    def _known_mode(cls, value: Any) -> int | str | None:
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int | str)):
+            raise ValueError("must be a control type's index (0 or more) or its name")
+        if isinstance(value, int) and value < 0:
+            raise ValueError("must be a control type's index (0 or more) or its name")
+        if isinstance(value, str) and value.strip().lower() not in UNION_MODES:
+            raise ValueError("unknown union control type; known: " + ", ".join(UNION_MODES))
+        return value.strip().lower() if isinstance(value, str) else value
 
     @model_validator(mode="after")
     def _ordered(self) -> ControlUnit:
@@ -291,12 +309,24 @@ class GenerationRequest(BaseModel):
 
     model: str | None = Field(
         None,
-        description="Hub repo id, local diffusers folder, or .safetensors file; None = bundled demo model",
+        description="Hub repo id, local diffusers folder, .safetensors file, or .gguf transformer file (see "
+        "base_model); None = bundled demo model",
     )
     vae: str | None = Field(
         None,
         description="VAE override (an AutoencoderKL): hub repo id (a VAE repo, or a pipeline repo's vae "
         "folder), local folder, or .safetensors file; None = the model's own VAE",
+    )
+    base_model: str | None = Field(
+        None,
+        description="With a GGUF transformer file (.gguf) as model: the diffusers repo id or folder the rest "
+        "of the pipeline (text encoders, VAE, configs) comes from; None = inferred from the file's tensors",
+    )
+    quantize: str | None = Field(
+        None,
+        description="Load the denoiser and the big text encoders quantised: none | int8 | nf4 (bitsandbytes, "
+        "CUDA) | torchao-int8 | torchao-fp8 (torchao; fp8: compute capability 8.9+); None = the server's "
+        "default (EASEL_QUANTIZE); the concrete request records what was used (None: not quantised)",
     )
     prompt: str = Field(..., max_length=MAX_PROMPT_CHARS, description="What to draw")
     negative_prompt: str = Field("", max_length=MAX_PROMPT_CHARS, description="What to steer away from")
@@ -379,7 +409,7 @@ class GenerationRequest(BaseModel):
         default_factory=list,
         max_length=MAX_REFERENCE_IMAGES,
         description="Instruction editing (task edit): the image(s) the prompt describes a change to, each a "
-        "path or http(s)/data URL; edit-capable families only (FLUX.1 Kontext: one)",
+        "path or http(s)/data URL; edit-capable families only (FLUX.1 Kontext: one; FLUX.2 [klein]: up to 4)",
     )
     strength: float | None = Field(
         None, ge=0, le=1, strict=True, description="img2img: 1.0 ignores the init image"
@@ -597,11 +627,20 @@ class GenerationRequest(BaseModel):
             raise ValueError(f"must be (top, left), each between 0 and {4 * MAX_SIDE}")
         return value
 
-    @field_validator("refiner", "prior", "vae")
+    @field_validator("refiner", "prior", "vae", "base_model")
     @classmethod
     def _model_reference(cls, value: str | None) -> str | None:
         if value is not None and not value.strip():
             raise ValueError("must name a model (repo id, folder or .safetensors file)")
+        return value
+
+    @field_validator("quantize")
+    @classmethod
+    def _known_quantization(cls, value: str | None) -> str | None:
+        from easel.config import QUANTIZE
+
+        if value is not None and value not in QUANTIZE:
+            raise ValueError(f"unknown quantization; use one of {', '.join(QUANTIZE)}")
         return value
 
     @field_validator("prompt", "negative_prompt")

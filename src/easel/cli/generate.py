@@ -63,7 +63,8 @@ def generate(
         typer.Option(
             "--model",
             "-m",
-            help="Hub repo id, diffusers folder or .safetensors file (default: bundled demo model).",
+            help="Hub repo id, diffusers folder, .safetensors file or .gguf transformer (with --base) "
+            "(default: bundled demo model).",
             rich_help_panel=MODEL_PANEL,
         ),
     ] = None,
@@ -74,6 +75,26 @@ def generate(
             metavar="REF",
             help="VAE override: hub repo id, folder or .safetensors file (default: the model's own).",
             rich_help_panel=MODEL_PANEL,
+        ),
+    ] = None,
+    base: Annotated[
+        str | None,
+        typer.Option(
+            "--base",
+            metavar="REF",
+            help="With a .gguf transformer as --model: the diffusers repo id or folder the rest of the "
+            "pipeline comes from (default: inferred from the file, e.g. black-forest-labs/FLUX.1-dev).",
+            rich_help_panel=MODEL_PANEL,
+        ),
+    ] = None,
+    quantize: Annotated[
+        str | None,
+        typer.Option(
+            "--quantize",
+            metavar="KIND",
+            help="Load the denoiser and big text encoders quantised: none | int8 | nf4 (bitsandbytes, "
+            "CUDA) | torchao-int8 | torchao-fp8 (env EASEL_QUANTIZE; recorded for replay).",
+            rich_help_panel=PERFORMANCE_PANEL,
         ),
     ] = None,
     negative: Annotated[
@@ -252,7 +273,7 @@ def generate(
             "--edit",
             metavar="IMAGE",
             help="Reference image (path or URL) to change as the prompt says: instruction editing "
-            "(FLUX.1 Kontext); repeatable where the model takes several.",
+            "(FLUX.1 Kontext, FLUX.2 [klein]); repeatable where the model takes several (klein: up to 4).",
             rich_help_panel=IMG2IMG_PANEL,
         ),
     ] = None,
@@ -463,6 +484,16 @@ def generate(
             rich_help_panel=CONTROL_PANEL,
         ),
     ] = None,
+    control_mode: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--control-mode",
+            metavar="TYPE",
+            help="Union ControlNets (FLUX.1 union) only: the control type, a name (canny, tile, depth, "
+            "blur, pose, gray, lq) or an index.",
+            rich_help_panel=CONTROL_PANEL,
+        ),
+    ] = None,
     save_control: Annotated[
         bool,
         typer.Option(
@@ -609,6 +640,8 @@ def generate(
             **{name: value for name, value in inpainting.items() if value is not None},
             model=model,
             vae=vae,
+            base_model=base,
+            quantize=quantize,
             prompt=prompt,
             negative_prompt=negative,
             prompt_syntax=syntax,
@@ -663,6 +696,7 @@ def generate(
                     "preprocessor": ("--preprocess", preprocess),
                     "canny_low": ("--canny-low", canny_low),
                     "canny_high": ("--canny-high", canny_high),
+                    "mode": ("--control-mode", [int(v) if v.isdigit() else v for v in control_mode or []]),
                 },
             ),
         )
@@ -721,7 +755,7 @@ def generate(
     typed = {
         "--lora": lora, "--style": style, "--control": control, "--control-scale": control_scale,
         "--control-start": control_start, "--control-end": control_end, "--preprocess": preprocess,
-        "--canny-low": canny_low, "--canny-high": canny_high,
+        "--canny-low": canny_low, "--canny-high": canny_high, "--control-mode": control_mode,
     }  # fmt: skip
     summary = run_door(lambda: naming_flags(run, {k: v or [] for k, v in typed.items()}), debug=debug)
     if as_json:
@@ -768,6 +802,7 @@ INPAINT_FLAGS = {
 
 # other fields whose errors name their flag (a missing --vae file is a ModelNotFound naming `vae`)
 NAMED_FLAGS = {**INPAINT_FLAGS, "vae": "--vae", "clip_skip": "--clip-skip", "eta": "--eta"}
+NAMED_FLAGS.update({"base_model": "--base", "quantize": "--quantize"})  # models/quantize.py
 NAMED_FLAGS.update({
     "variation_seed": "--variation-seed", "variation_strength": "--variation-strength",
     "seed_resize_from": "--seed-resize-from", "tiling": "--tiling",
@@ -789,7 +824,7 @@ NAMED_FLAGS.update({
 CONTROL_FLAGS = {
     "model": "--control", "image": "--control", "conditioning_scale": "--control-scale",
     "guidance_start": "--control-start", "guidance_end": "--control-end", "preprocessor": "--preprocess",
-    "canny_low": "--canny-low", "canny_high": "--canny-high",
+    "canny_low": "--canny-low", "canny_high": "--canny-high", "mode": "--control-mode",
 }  # fmt: skip
 
 

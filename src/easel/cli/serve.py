@@ -109,6 +109,15 @@ def serve(
     device: DeviceOption = None,
     dtype: DtypeOption = None,
     threads: ThreadsOption = None,
+    quantize: Annotated[
+        str | None,
+        typer.Option(
+            "--quantize",
+            metavar="KIND",
+            help="Quantise models for jobs that do not say (every door; native jobs may send their own "
+            "`quantize`): none | int8 | nf4 | torchao-int8 | torchao-fp8 (env EASEL_QUANTIZE).",
+        ),
+    ] = None,
     debug: DebugOption = False,
 ) -> None:
     """Run the HTTP server: native jobs API, AUTOMATIC1111- and OpenAI-compatible endpoints."""
@@ -120,7 +129,7 @@ def serve(
 
         settings = Settings.from_env(
             api_key=api_key, allow_url_images=allow_url_images or None, queue_size=queue_size,
-            server_workers=workers, device=device, dtype=dtype, threads=threads,
+            server_workers=workers, device=device, dtype=dtype, threads=threads, quantize=quantize,
             preview_every=preview_every, preview_method=preview_method,
             max_batch=max_batch, batch_window_ms=batch_window_ms,
         )  # fmt: skip

@@ -189,9 +189,13 @@ def emphasis(model: str | None, count: int, guidance: float = 7.5) -> dict[str, 
     """Compel weighting through easel (`Easel.generate`, prompt_syntax "compel"): prompts name two
     colours for the shape (`a red blue circle on a white background`); `red++` (1.21) or `blue++`
     should decide which one is drawn. Shares of images whose shape colour is the weighted word,
-    for `++` and A1111's `(word:1.5)`; `plain_first`: the unweighted prompt's share drawing the
-    first-named colour; `pixels_changed`: mean share of pixels whose palette colour a `++` changes
-    against the plain prompt (same seed)."""
+    for `++` and A1111's `(word:1.5)`; and, weighting down, shares drawing the colour that was NOT
+    weighted down, for Compel's `--` (0.81) and A1111's `(word:0.5)` (Compel weights below 1 blend
+    in the prompt encoded with the word masked, so they reach the later tokens that a causal text
+    encoder mixes each word into; weights above 1 scale the word's own vectors only);
+    `plain_first` / `plain_second`: the unweighted prompt's shares drawing the first- / second-named
+    colour; `pixels_changed`: mean share of pixels whose palette colour a `++` changes against the
+    plain prompt (same seed)."""
     from easel import Easel, GenerationRequest
 
     engine = Easel()
@@ -208,7 +212,8 @@ def emphasis(model: str | None, count: int, guidance: float = 7.5) -> dict[str, 
         image = np.asarray(result.images[0].convert("RGB"))
         return shapes.read_scene(image)["shape_color"], image  # type: ignore[return-value]
 
-    hits: dict[str, list[bool]] = {"plus_plus": [], "a1111_1.5": [], "plain_first": []}
+    keys = ("plus_plus", "a1111_1.5", "minus_minus", "a1111_0.5", "plain_first", "plain_second")
+    hits: dict[str, list[bool]] = {key: [] for key in keys}
     changed = []
     for index in range(count):
         first, second, background = (str(c) for c in rng.choice(names, 3, replace=False))
@@ -218,20 +223,23 @@ def emphasis(model: str | None, count: int, guidance: float = 7.5) -> dict[str, 
             f"a {first} {second} {shape} on a {background} background", seed, "compel"
         )
         hits["plain_first"].append(plain == first)
+        hits["plain_second"].append(plain == second)
         for weighted, other in ((first, second), (second, first)):
-            words = {weighted: f"{weighted}++", other: other}
-            colour, image = shape_colour(
-                f"a {words[first]} {words[second]} {shape} on a {background} background", seed, "compel"
+            variants = (  # (measure, syntax, the weighted word as written, the colour that should win)
+                ("plus_plus", "compel", f"{weighted}++", weighted),
+                ("a1111_1.5", "a1111", f"({weighted}:1.5)", weighted),
+                ("minus_minus", "compel", f"{weighted}--", other),
+                ("a1111_0.5", "a1111", f"({weighted}:0.5)", other),
             )
-            hits["plus_plus"].append(colour == weighted)
-            changed.append(
-                float((shapes.nearest_color_labels(image) != shapes.nearest_color_labels(plain_image)).mean())
-            )
-            words = {weighted: f"({weighted}:1.5)", other: other}
-            colour, _ = shape_colour(
-                f"a {words[first]} {words[second]} {shape} on a {background} background", seed, "a1111"
-            )
-            hits["a1111_1.5"].append(colour == weighted)
+            for key, syntax, written, wanted in variants:
+                words = {weighted: written, other: other}
+                colour, image = shape_colour(
+                    f"a {words[first]} {words[second]} {shape} on a {background} background", seed, syntax
+                )
+                hits[key].append(colour == wanted)
+                if key == "plus_plus":
+                    labels = shapes.nearest_color_labels(image)
+                    changed.append(float((labels != shapes.nearest_color_labels(plain_image)).mean()))
     result = {key: round(float(np.mean(value)), 4) for key, value in hits.items()}
     result["pixels_changed"] = round(float(np.mean(changed)), 4)
     return result

@@ -28,15 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from easel.demo import shapes
-from easel.demo.train import (
-    _batch_seed,
-    _load_checkpoint,
-    _log,
-    _lr_factor,
-    _save_checkpoint,
-    _to_tensor,
-    save_pipeline,
-)
+from easel.demo.train import ResumableStage, _batch_seed, _log, _lr_factor, _to_tensor, save_pipeline
 
 
 @dataclass
@@ -89,29 +81,24 @@ def finetune_decoder(components: dict[str, Any], settings: FinetuneSettings, wor
     import torch
 
     vae = components["vae"]
-    final = work / "decoder_done.pt"
-    done = _load_checkpoint(final)
+    stage = ResumableStage(work, "decoder", settings.decoder_steps, settings.checkpoint_every)
+    done = stage.finished()
     if done is not None:
         vae.load_state_dict(done["vae"])
-        _log("decoder: loaded finished stage")
         return
     vae.requires_grad_(False)
     trained = list(vae.decoder.parameters()) + list(vae.post_quant_conv.parameters())
     for parameter in trained:
         parameter.requires_grad_(True)
     optimizer = torch.optim.AdamW(trained, lr=settings.decoder_lr, weight_decay=0.0)
-    ckpt_path = work / "decoder.pt"
-    start = 0
-    ckpt = _load_checkpoint(ckpt_path)
-    if ckpt is not None:
-        vae.load_state_dict(ckpt["vae"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        start = ckpt["step"]
-        _log(f"decoder: resumed at step {start}")
+
+    def restore(checkpoint: dict[str, Any]) -> None:
+        vae.load_state_dict(checkpoint["vae"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+
     scale = vae.config.scaling_factor
     vae.eval()  # no dropout or batch statistics in this VAE; eval keeps the encoder exactly frozen
-    began = time.time()
-    for step in range(start, settings.decoder_steps):
+    for step in stage.steps(lambda: {"vae": vae.state_dict(), "optimizer": optimizer.state_dict()}, restore):
         for group in optimizer.param_groups:
             cycle = settings.decoder_cycle
             group["lr"] = settings.decoder_lr * _lr_factor(step % cycle, cycle, settings.warmup)
@@ -127,18 +114,9 @@ def finetune_decoder(components: dict[str, Any], settings: FinetuneSettings, wor
         loss.backward()
         torch.nn.utils.clip_grad_norm_(trained, 1.0)
         optimizer.step()
-        if (step + 1) % 50 == 0:
-            _log(
-                f"decoder step {step + 1}/{settings.decoder_steps} loss {loss.item():.4f} "
-                f"({(time.time() - began) / (step + 1 - start):.2f} s/step)"
-            )
-        if (step + 1) % settings.checkpoint_every == 0:
-            _save_checkpoint(
-                ckpt_path, {"vae": vae.state_dict(), "optimizer": optimizer.state_dict(), "step": step + 1}
-            )
+        stage.log(step, loss)
     vae.requires_grad_(False)
-    _save_checkpoint(final, {"vae": vae.state_dict()})
-    _log("decoder: done")
+    stage.finish({"vae": vae.state_dict()})
 
 
 def finetune(out: Path, settings: FinetuneSettings, base: Path) -> None:

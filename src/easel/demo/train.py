@@ -23,6 +23,7 @@ import math
 import shutil
 import tempfile
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -264,30 +265,80 @@ def _load_checkpoint(path: Path) -> dict[str, Any] | None:
     return torch.load(path, weights_only=False)
 
 
+class ResumableStage:
+    """The bookkeeping every training stage shares (vae, unet and controlnet here; the decoder
+    fine-tune, the inpainting UNet and the LoRA in easel.demo.finetune / train_inpaint / train_lora),
+    so a stage can be interrupted and rerun: work/NAME.pt holds a checkpoint every `every` steps,
+    work/NAME_done.pt the finished stage (where a stage keeps one). Each stage keeps its own setup,
+    step, state and finish; batches are seeded by step, so a resumed run is the same run."""
+
+    def __init__(self, work: Path, name: str, total: int, every: int) -> None:
+        self.name, self.total, self.every = name, total, every
+        self.checkpoint, self.final = work / f"{name}.pt", work / f"{name}_done.pt"
+        self._start, self._began = 0, time.time()
+
+    def finished(self) -> dict[str, Any] | None:
+        """The finished stage's saved state (the caller loads it), or None: train it."""
+        done = _load_checkpoint(self.final)
+        if done is not None:
+            _log(f"{self.name}: loaded finished stage")
+        return done
+
+    def steps(
+        self,
+        state: Callable[[], dict[str, Any]],
+        restore: Callable[[dict[str, Any]], None],
+        *,
+        last: bool = False,
+        after_checkpoint: Callable[[int], None] | None = None,
+    ) -> Iterator[int]:
+        """The steps still to run: from a checkpoint's step (handed to `restore` first) to total.
+        After each, `state()` is saved with the step every `every` steps (and after the last one with
+        `last`), then after_checkpoint(steps done) runs."""
+        checkpoint = _load_checkpoint(self.checkpoint)
+        if checkpoint is not None:
+            restore(checkpoint)
+            self._start = checkpoint["step"]
+            _log(f"{self.name}: resumed at step {self._start}")
+        self._began = time.time()
+        for step in range(self._start, self.total):
+            yield step
+            if (step + 1) % self.every == 0 or (last and step + 1 == self.total):
+                _save_checkpoint(self.checkpoint, {**state(), "step": step + 1})
+                if after_checkpoint is not None:
+                    after_checkpoint(step + 1)
+
+    def log(self, step: int, loss: Any) -> None:
+        """Every 50 steps: the loss and the time per step of this invocation."""
+        if (step + 1) % 50 == 0:
+            per_step = (time.time() - self._began) / (step + 1 - self._start)
+            _log(f"{self.name} step {step + 1}/{self.total} loss {loss.item():.4f} ({per_step:.2f} s/step)")
+
+    def finish(self, state: dict[str, Any], message: str | None = None) -> None:
+        """Save the finished stage (a rerun loads it instead of training)."""
+        _save_checkpoint(self.final, state)
+        _log(message or f"{self.name}: done")
+
+
 def train_vae(components: dict[str, Any], settings: Settings, work: Path) -> None:
     """Stage 1: reconstruction (L1 + MSE) with SD's tiny KL weight; sets scaling_factor."""
     import torch
 
     vae = components["vae"]
-    final = work / "vae_done.pt"
-    done = _load_checkpoint(final)
+    stage = ResumableStage(work, "vae", settings.vae_steps, settings.checkpoint_every)
+    done = stage.finished()
     if done is not None:
         vae.load_state_dict(done["vae"])
         vae.register_to_config(scaling_factor=done["scaling_factor"])
-        _log("vae: loaded finished stage")
         return
     optimizer = torch.optim.AdamW(vae.parameters(), lr=settings.vae_lr, weight_decay=0.0)
-    ckpt_path = work / "vae.pt"
-    start = 0
-    ckpt = _load_checkpoint(ckpt_path)
-    if ckpt is not None:
-        vae.load_state_dict(ckpt["vae"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        start = ckpt["step"]
-        _log(f"vae: resumed at step {start}")
+
+    def restore(checkpoint: dict[str, Any]) -> None:
+        vae.load_state_dict(checkpoint["vae"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+
     vae.train()
-    began = time.time()
-    for step in range(start, settings.vae_steps):
+    for step in stage.steps(lambda: {"vae": vae.state_dict(), "optimizer": optimizer.state_dict()}, restore):
         for group in optimizer.param_groups:
             group["lr"] = settings.vae_lr * _lr_factor(step, settings.vae_steps, settings.warmup)
         images, _, _ = shapes.make_batch(_batch_seed(settings.seed, 1, step), settings.vae_batch)
@@ -300,15 +351,7 @@ def train_vae(components: dict[str, Any], settings: Settings, work: Path) -> Non
         loss.backward()
         torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
         optimizer.step()
-        if (step + 1) % 50 == 0:
-            _log(
-                f"vae step {step + 1}/{settings.vae_steps} loss {loss.item():.4f} "
-                f"({(time.time() - began) / (step + 1 - start):.2f} s/step)"
-            )
-        if (step + 1) % settings.checkpoint_every == 0:
-            _save_checkpoint(
-                ckpt_path, {"vae": vae.state_dict(), "optimizer": optimizer.state_dict(), "step": step + 1}
-            )
+        stage.log(step, loss)
     vae.eval()
     images, _, _ = shapes.make_batch(_batch_seed(settings.seed, 2, 0), settings.stats_images)
     with torch.no_grad():
@@ -317,11 +360,11 @@ def train_vae(components: dict[str, Any], settings: Settings, work: Path) -> Non
     scaling_factor = float(1.0 / latents.std())
     vae.register_to_config(scaling_factor=scaling_factor)
     error = (recon - _to_tensor(images)).abs().mean().item() * 127.5
-    _log(
+    stage.finish(
+        {"vae": vae.state_dict(), "scaling_factor": scaling_factor},
         f"vae: done, mean abs error {error:.2f}/255, latent mean {latents.mean():.3f}, "
-        f"scaling_factor {scaling_factor:.4f}"
+        f"scaling_factor {scaling_factor:.4f}",
     )
-    _save_checkpoint(final, {"vae": vae.state_dict(), "scaling_factor": scaling_factor})
 
 
 def encode_dataset(components: dict[str, Any], settings: Settings, work: Path) -> dict[str, Any]:
@@ -434,30 +477,47 @@ def train_unet(components: dict[str, Any], data: dict[str, Any], settings: Setti
     import torch
 
     unet, text_encoder = components["unet"], components["text_encoder"]
-    final = work / "unet_done.pt"
-    done = _load_checkpoint(final)
+    stage = ResumableStage(work, "unet", settings.unet_steps, settings.checkpoint_every)
+    done = stage.finished()
     if done is not None:
         unet.load_state_dict(done["unet"])
         text_encoder.load_state_dict(done["text_encoder"])
-        _log("unet: loaded finished stage")
         return
     params = list(unet.parameters()) + list(text_encoder.parameters())
     optimizer = torch.optim.AdamW(params, lr=settings.unet_lr, weight_decay=0.01)
     ema_unet = Ema(unet, settings.ema_decay)
     ema_text = Ema(text_encoder, settings.ema_decay)
-    ckpt_path = work / "unet.pt"
-    start = 0
-    ckpt = _load_checkpoint(ckpt_path)
-    if ckpt is not None:
-        unet.load_state_dict(ckpt["unet"])
-        text_encoder.load_state_dict(ckpt["text_encoder"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        ema_unet.shadow, ema_text.shadow = ckpt["ema_unet"], ckpt["ema_text"]
-        start = ckpt["step"]
-        _log(f"unet: resumed at step {start}")
+
+    def state() -> dict[str, Any]:
+        return {
+            "unet": unet.state_dict(),
+            "text_encoder": text_encoder.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "ema_unet": ema_unet.shadow,
+            "ema_text": ema_text.shadow,
+        }
+
+    def restore(checkpoint: dict[str, Any]) -> None:
+        unet.load_state_dict(checkpoint["unet"])
+        text_encoder.load_state_dict(checkpoint["text_encoder"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        ema_unet.shadow, ema_text.shadow = checkpoint["ema_unet"], checkpoint["ema_text"]
+
+    def probe_ema(done_steps: int) -> None:  # the EMA weights' pictures, then back to the raw ones
+        if not settings.probe_prompts:
+            return
+        raw = {k: v.detach().clone() for k, v in unet.state_dict().items()}
+        raw_text = {k: v.detach().clone() for k, v in text_encoder.state_dict().items()}
+        ema_unet.copy_to(unet)
+        ema_text.copy_to(text_encoder)
+        unet.eval()
+        text_encoder.eval()
+        _log(f"probe (EMA, guidance 7.5) at step {done_steps}: {probe(components, settings.probe_prompts)}")
+        unet.load_state_dict(raw)
+        text_encoder.load_state_dict(raw_text)
+
     latents, scenes = data["latents"], data["scenes"]
-    began = time.time()
-    for step in range(start, settings.unet_steps):
+    for step in stage.steps(state, restore, last=True, after_checkpoint=probe_ema):
         unet.train()
         text_encoder.train()
         for group in optimizer.param_groups:
@@ -476,42 +536,12 @@ def train_unet(components: dict[str, Any], data: dict[str, Any], settings: Setti
         optimizer.step()
         ema_unet.update(unet, step)
         ema_text.update(text_encoder, step)
-        if (step + 1) % 50 == 0:
-            _log(
-                f"unet step {step + 1}/{settings.unet_steps} loss {loss.item():.4f} "
-                f"({(time.time() - began) / (step + 1 - start):.2f} s/step)"
-            )
-        if (step + 1) % settings.checkpoint_every == 0 or step + 1 == settings.unet_steps:
-            _save_checkpoint(
-                ckpt_path,
-                {
-                    "unet": unet.state_dict(),
-                    "text_encoder": text_encoder.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "ema_unet": ema_unet.shadow,
-                    "ema_text": ema_text.shadow,
-                    "step": step + 1,
-                },
-            )
-            if settings.probe_prompts:
-                raw = {k: v.detach().clone() for k, v in unet.state_dict().items()}
-                raw_text = {k: v.detach().clone() for k, v in text_encoder.state_dict().items()}
-                ema_unet.copy_to(unet)
-                ema_text.copy_to(text_encoder)
-                unet.eval()
-                text_encoder.eval()
-                _log(
-                    f"probe (EMA, guidance 7.5) at step {step + 1}: "
-                    f"{probe(components, settings.probe_prompts)}"
-                )
-                unet.load_state_dict(raw)
-                text_encoder.load_state_dict(raw_text)
+        stage.log(step, loss)
     ema_unet.copy_to(unet)
     ema_text.copy_to(text_encoder)
     unet.eval()
     text_encoder.eval()
-    _save_checkpoint(final, {"unet": unet.state_dict(), "text_encoder": text_encoder.state_dict()})
-    _log("unet: done")
+    stage.finish({"unet": unet.state_dict(), "text_encoder": text_encoder.state_dict()})
 
 
 def train_controlnet(components: dict[str, Any], data: dict[str, Any], settings: Settings, work: Path) -> Any:
@@ -523,29 +553,27 @@ def train_controlnet(components: dict[str, Any], data: dict[str, Any], settings:
     # weights would depend on which stages this invocation ran (i.e. on resumes).
     torch.manual_seed(_batch_seed(settings.seed, 8, 0))
     controlnet = build_controlnet(unet)
-    final = work / "controlnet_done.pt"
-    done = _load_checkpoint(final)
+    stage = ResumableStage(work, "controlnet", settings.controlnet_steps, settings.checkpoint_every)
+    done = stage.finished()
     if done is not None:
         controlnet.load_state_dict(done["controlnet"])
-        _log("controlnet: loaded finished stage")
         return controlnet
     unet.requires_grad_(False)
     text_encoder.requires_grad_(False)
     optimizer = torch.optim.AdamW(controlnet.parameters(), lr=settings.controlnet_lr, weight_decay=0.01)
     ema = Ema(controlnet, settings.ema_decay)
-    ckpt_path = work / "controlnet.pt"
-    start = 0
-    ckpt = _load_checkpoint(ckpt_path)
-    if ckpt is not None:
-        controlnet.load_state_dict(ckpt["controlnet"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        ema.shadow = ckpt["ema"]
-        start = ckpt["step"]
-        _log(f"controlnet: resumed at step {start}")
+
+    def state() -> dict[str, Any]:
+        return {"controlnet": controlnet.state_dict(), "optimizer": optimizer.state_dict(), "ema": ema.shadow}
+
+    def restore(checkpoint: dict[str, Any]) -> None:
+        controlnet.load_state_dict(checkpoint["controlnet"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        ema.shadow = checkpoint["ema"]
+
     latents, masks, scenes = data["latents"], data["masks"], data["scenes"]
-    began = time.time()
     controlnet.train()
-    for step in range(start, settings.controlnet_steps):
+    for step in stage.steps(state, restore):
         for group in optimizer.param_groups:
             group["lr"] = settings.controlnet_lr * _lr_factor(
                 step, settings.controlnet_steps, settings.warmup
@@ -570,25 +598,10 @@ def train_controlnet(components: dict[str, Any], data: dict[str, Any], settings:
         torch.nn.utils.clip_grad_norm_(controlnet.parameters(), 1.0)
         optimizer.step()
         ema.update(controlnet, step)
-        if (step + 1) % 50 == 0:
-            _log(
-                f"controlnet step {step + 1}/{settings.controlnet_steps} loss {loss.item():.4f} "
-                f"({(time.time() - began) / (step + 1 - start):.2f} s/step)"
-            )
-        if (step + 1) % settings.checkpoint_every == 0:
-            _save_checkpoint(
-                ckpt_path,
-                {
-                    "controlnet": controlnet.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "ema": ema.shadow,
-                    "step": step + 1,
-                },
-            )
+        stage.log(step, loss)
     ema.copy_to(controlnet)
     controlnet.eval()
-    _save_checkpoint(final, {"controlnet": controlnet.state_dict()})
-    _log("controlnet: done")
+    stage.finish({"controlnet": controlnet.state_dict()})
     return controlnet
 
 

@@ -30,13 +30,12 @@ import numpy as np
 from easel.demo import shapes
 from easel.demo.train import (
     Ema,
+    ResumableStage,
     _batch_seed,
     _encode_text,
-    _load_checkpoint,
     _log,
     _lr_factor,
     _noisy,
-    _save_checkpoint,
     _to_tensor,
 )
 
@@ -144,18 +143,18 @@ def fine_tune(components: dict[str, Any], settings: InpaintSettings, work: Path)
     components["text_encoder"].requires_grad_(False)
     optimizer = torch.optim.AdamW(unet.parameters(), lr=settings.lr, weight_decay=0.01)
     ema = Ema(unet, settings.ema_decay)
-    ckpt_path = work / "inpaint.pt"
-    start = 0
-    ckpt = _load_checkpoint(ckpt_path)
-    if ckpt is not None:
-        unet.load_state_dict(ckpt["unet"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        ema.shadow = ckpt["ema"]
-        start = ckpt["step"]
-        _log(f"inpaint: resumed at step {start}")
-    began = time.time()
+    stage = ResumableStage(work, "inpaint", settings.steps, settings.checkpoint_every)
+
+    def state() -> dict[str, Any]:
+        return {"unet": unet.state_dict(), "optimizer": optimizer.state_dict(), "ema": ema.shadow}
+
+    def restore(checkpoint: dict[str, Any]) -> None:
+        unet.load_state_dict(checkpoint["unet"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        ema.shadow = checkpoint["ema"]
+
     unet.train()
-    for step in range(start, settings.steps):
+    for step in stage.steps(state, restore, last=True):
         for group in optimizer.param_groups:
             group["lr"] = settings.lr * _lr_factor(step, settings.steps, settings.warmup)
         latents, mask, masked_latents, captions = batch_inputs(components, settings, step)
@@ -170,21 +169,7 @@ def fine_tune(components: dict[str, Any], settings: InpaintSettings, work: Path)
         torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
         optimizer.step()
         ema.update(unet, step)
-        if (step + 1) % 50 == 0:
-            _log(
-                f"inpaint step {step + 1}/{settings.steps} loss {loss.item():.4f} "
-                f"({(time.time() - began) / (step + 1 - start):.2f} s/step)"
-            )
-        if (step + 1) % settings.checkpoint_every == 0 or step + 1 == settings.steps:
-            _save_checkpoint(
-                ckpt_path,
-                {
-                    "unet": unet.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "ema": ema.shadow,
-                    "step": step + 1,
-                },
-            )
+        stage.log(step, loss)
     ema.copy_to(unet)
     unet.eval()
     return unet

@@ -26,13 +26,12 @@ import numpy as np
 from easel.demo import shapes
 from easel.demo.train import (
     Ema,
+    ResumableStage,
     _batch_seed,
     _encode_text,
-    _load_checkpoint,
     _log,
     _lr_factor,
     _noisy,
-    _save_checkpoint,
     _to_tensor,
 )
 
@@ -135,18 +134,19 @@ def train(base: Path, out: Path, settings: LoraSettings) -> Path:
         return {k: v for k, v in unet.state_dict().items() if "lora_" in k}
 
     ema = _LoraEma(lora_state(), settings.ema_decay)
-    ckpt_path = work / "lora.pt"
-    start = 0
-    ckpt = _load_checkpoint(ckpt_path)
-    if ckpt is not None:
-        unet.load_state_dict(ckpt["lora"], strict=False)
-        optimizer.load_state_dict(ckpt["optimizer"])
-        ema.shadow = ckpt["ema"]
-        start = ckpt["step"]
-        _log(f"lora: resumed at step {start}")
+
+    def restore(checkpoint: dict[str, Any]) -> None:
+        unet.load_state_dict(checkpoint["lora"], strict=False)
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        ema.shadow = checkpoint["ema"]
+
+    def state() -> dict[str, Any]:
+        return {"lora": lora_state(), "optimizer": optimizer.state_dict(), "ema": ema.shadow}
+
+    stage = ResumableStage(work, "lora", settings.steps, settings.checkpoint_every)
     vae = components["vae"]
     unet.train()
-    for step in range(start, settings.steps):
+    for step in stage.steps(state, restore, last=True):
         for group in optimizer.param_groups:
             group["lr"] = settings.lr * _lr_factor(step, settings.steps, settings.warmup)
         rng = np.random.default_rng(_batch_seed(settings.seed, STAGE + 1, step))
@@ -170,16 +170,6 @@ def train(base: Path, out: Path, settings: LoraSettings) -> Path:
         if (step + 1) % 50 == 0:
             _log(
                 f"lora step {step + 1}/{settings.steps} loss {loss.item():.4f} ({time.time() - began:.0f} s)"
-            )
-        if (step + 1) % settings.checkpoint_every == 0 or step + 1 == settings.steps:
-            _save_checkpoint(
-                ckpt_path,
-                {
-                    "lora": lora_state(),
-                    "optimizer": optimizer.state_dict(),
-                    "ema": ema.shadow,
-                    "step": step + 1,
-                },
             )
     unet.load_state_dict(ema.shadow, strict=False)
     unet.eval()

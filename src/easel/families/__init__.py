@@ -11,6 +11,8 @@ from typing import Any
 from easel.errors import UnsupportedFeature
 from easel.families.base import Family, register
 from easel.families.flux import FLUX_DEV, FLUX_SCHNELL
+from easel.families.flux2 import FLUX2_KLEIN, FLUX2_KLEIN_BASE
+from easel.families.flux2 import NOT_BUILT as FLUX2_NOT_BUILT
 from easel.families.flux_kontext import FLUX_KONTEXT_DEV
 from easel.families.kandinsky import KANDINSKY22, KANDINSKY22_INPAINT, KANDINSKY22_PRIOR
 from easel.families.qwen_image import QWEN_IMAGE
@@ -30,6 +32,8 @@ FAMILIES: tuple[Family, ...] = (
     FLUX_DEV,
     FLUX_SCHNELL,
     FLUX_KONTEXT_DEV,
+    FLUX2_KLEIN,  # Flux2KleinPipeline; matches() reads model_index.json's is_distilled
+    FLUX2_KLEIN_BASE,
     SD35_MEDIUM,  # the first detected for StableDiffusion3Pipeline; variant() picks the model's
     SD35_LARGE,
     SD35_LARGE_TURBO,
@@ -64,8 +68,9 @@ def family_for_index(model_index: dict[str, Any]) -> Family:
         if family.matches(model_index):
             return family
     class_name = str(model_index.get("_class_name", ""))
-    if class_name in NOT_BUILT:  # a known model easel cannot serve yet: say why (Qwen-Image-Edit)
-        error = UnsupportedFeature(NOT_BUILT[class_name])
+    not_built = {**NOT_BUILT, **FLUX2_NOT_BUILT}
+    if class_name in not_built:  # a known model easel cannot serve yet: say why (Qwen-Image-Edit, FLUX.2 dev)
+        error = UnsupportedFeature(not_built[class_name])
         error.field = "model"  # type: ignore[attr-defined]
         raise error
     raise UnsupportedFeature(

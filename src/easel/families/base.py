@@ -101,6 +101,11 @@ class Family:
     controlnet_text2img_class: str | None = None
     controlnet_img2img_class: str | None = None
     control_addition_embed_types: tuple[str | None, ...] = (None, "text")
+    # the ControlNet model classes (config _class_name) made for this family, and the wrapper
+    # that runs several at once (FLUX.1: FluxControlNetModel, FluxMultiControlNetModel)
+    control_classes: tuple[str, ...] = ("ControlNetModel",)
+    multi_controlnet_class: str = "MultiControlNetModel"
+    denoiser: str = "UNet"  # what its ControlNets steer, for messages (the DiT families: "transformer")
     # inpainting (task "inpaint", in `tasks`): the pipeline classes, derived from the base like the
     # others; they serve 4-channel UNets (the known region blended back each step) and 9-channel
     # dedicated inpainting UNets alike
@@ -122,6 +127,12 @@ class Family:
     # guidance_scale is a distilled-guidance input of the model, not classifier-free guidance
     # (FLUX.1-dev, Kontext): the A1111 door reads it from Forge's distilled_cfg_scale
     distilled_guidance: bool = False
+    # the name messages and A1111 answers show ("FLUX.1-dev"); "" means `name`
+    title: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.title:  # frozen: set through object.__setattr__, as dataclasses do
+            object.__setattr__(self, "title", self.name)
 
     # -- detection and checks -------------------------------------------------------------
 
@@ -194,7 +205,7 @@ class Family:
             users = ", ".join(f.name for f in _families() if "inpaint" in f.tasks)
             return f"mask_image/outpaint: {self.name} models cannot inpaint (inpainting works with: {users})"
         if task == "edit":
-            users = ", ".join(getattr(f, "title", f.name) for f in _families() if "edit" in f.tasks)
+            users = ", ".join(f.title for f in _families() if "edit" in f.tasks)
             return (
                 f"reference_images: {self.name} models cannot edit with reference images "
                 f"(edit-capable: {users or 'none'})"
@@ -217,6 +228,7 @@ class Family:
         "addition_embed_type",
         "projection_class_embeddings_input_dim",
     )
+    CONTROL_KEYS_IF_SET: tuple[str, ...] = ()  # compared only where the ControlNet's config sets them
 
     def check_control(
         self,
@@ -224,19 +236,33 @@ class Family:
         reference: str,
         config: Mapping[str, Any] | None,
         unet_config: Mapping[str, Any] | None = None,
+        *,
+        mode: int | str | None = None,
     ) -> None:
         """Refuse control model `reference` (unit `index`) when it was made for another kind of
-        base: first from its config alone (which family its ControlNets look like), then,
-        given the loaded UNet's config, key by key."""
+        base: first from its config alone (its class, then which family its ControlNets look
+        like), then, given the loaded denoiser's config (control_base_config), key by key; and
+        refuse a unit's union `mode` where the model takes none (only FLUX.1 union ControlNets do)."""
         if config is None:
             return
         field = f"controls[{index}].model"
+        self._check_control_class(field, reference, config)
+        if mode is not None:
+            raise InvalidRequest(
+                f"invalid controls[{index}].mode={mode!r}: {reference!r} is not a union ControlNet "
+                "(only FLUX.1 union ControlNets, whose config has num_mode, take a control type); leave "
+                "mode out",
+                field=f"controls[{index}].mode",
+                value=mode,
+            )
         kind = config.get("addition_embed_type")
         if kind not in self.control_addition_embed_types:
             made_for = [
                 f.name
                 for f in _families()
-                if f.controlnet_text2img_class and kind in f.control_addition_embed_types
+                if f.controlnet_text2img_class
+                and kind in f.control_addition_embed_types
+                and set(f.control_classes) & set(self.control_classes)
             ]
             raise InvalidRequest(
                 f"invalid {field}={reference!r}: it is a ControlNet for {' / '.join(made_for) or 'another'} "
@@ -246,18 +272,42 @@ class Family:
             )
         if unet_config is None:
             return
+        keys = [*self.CONTROL_KEYS, *(key for key in self.CONTROL_KEYS_IF_SET if config.get(key) is not None)]
         different = [
             f"{key} {_listed(config.get(key))} vs the model's {_listed(unet_config.get(key))}"
-            for key in self.CONTROL_KEYS
+            for key in keys
             if _listed(config.get(key)) != _listed(unet_config.get(key))
         ]
         if different:
             raise InvalidRequest(
-                f"invalid {field}={reference!r}: this ControlNet does not fit the model's UNet "
+                f"invalid {field}={reference!r}: this ControlNet does not fit the model's {self.denoiser} "
                 f"({'; '.join(different)}); it was made for another base model",
                 field=field,
                 value=reference,
             )
+
+    def _check_control_class(self, field: str, reference: str, config: Mapping[str, Any]) -> None:
+        """A ControlNet of a class made for other families (a FluxControlNetModel on SD 3.5, a
+        ControlNetModel on FLUX.1) is refused by its config's _class_name, naming who takes it."""
+        class_name = str(config.get("_class_name", "ControlNetModel"))
+        if class_name in self.control_classes:
+            return
+        made_for = [
+            f.name for f in _families() if f.controlnet_text2img_class and class_name in f.control_classes
+        ]
+        takes = " or ".join(self.control_classes) if self.controlnet_text2img_class else "none"
+        raise InvalidRequest(
+            f"invalid {field}={reference!r}: it is a {class_name}, a ControlNet for "
+            f"{' / '.join(made_for) or 'other'} models, and this model is {self.name} (it takes: {takes}); "
+            f"use a ControlNet made for {self.name}",
+            field=field,
+            value=reference,
+        )
+
+    def control_base_config(self, pipe: Any) -> dict[str, Any]:
+        """The config of the denoiser a ControlNet's residuals are added to (check_control compares
+        them): the UNet here; the transformer for the DiT families."""
+        return dict(pipe.unet.config)
 
     @staticmethod
     def families_using(option: str) -> list[str]:
@@ -310,10 +360,12 @@ class Family:
         allow_pickle: bool,
         components: Mapping[str, Any] | None = None,
         variant: str | None = None,
+        quantization_config: Any = None,
     ) -> Any:
         """Load the base pipeline; `components` are already-loaded modules to use instead of
         loading the model's own (see shared_components); `variant` ("fp16") picks weight
-        files. Library errors propagate to the cache, which translates them."""
+        files; `quantization_config` (diffusers' PipelineQuantizationConfig, easel.models.quantize)
+        quantises modules as they load. Library errors propagate to the cache, which translates them."""
         pipeline_class = self.pipeline_class("text2img")
         if source.kind == "single_file":
             return pipeline_class.from_single_file(source.location, torch_dtype=dtype, **(components or {}))
@@ -322,6 +374,7 @@ class Family:
             dtype=dtype,
             use_safetensors=None if allow_pickle else True,
             variant=variant,
+            quantization_config=quantization_config,
             **(components or {}),
         )
 
@@ -355,9 +408,8 @@ class Family:
         class_name = self.controlnet_class(task)
         if class_name is None:  # check_request refuses this earlier; a guard for direct callers
             raise UnsupportedFeature(f"{self.name} models cannot be steered by a ControlNet for {task}")
-        controlnet = (
-            controlnets[0] if len(controlnets) == 1 else diffusers.MultiControlNetModel(list(controlnets))
-        )
+        multi = getattr(diffusers, self.multi_controlnet_class)
+        controlnet = controlnets[0] if len(controlnets) == 1 else multi(list(controlnets))
         with _no_dtype_cast_notes():
             return getattr(diffusers, class_name).from_pipe(base, controlnet=controlnet, **overrides)
 
@@ -637,21 +689,28 @@ class Family:
         try:
             vae.to(dtype=torch.float32)
             latents = latents.to(device=vae.device, dtype=torch.float32)
-            mean = getattr(vae.config, "latents_mean", None)
-            std = getattr(vae.config, "latents_std", None)
             with torch.inference_mode():
-                if mean is not None and std is not None:
-                    mean_t = torch.tensor(mean).view(1, -1, 1, 1).to(latents)
-                    std_t = torch.tensor(std).view(1, -1, 1, 1).to(latents)
-                    latents = latents * std_t / vae.config.scaling_factor + mean_t
-                else:
-                    latents = latents / vae.config.scaling_factor
-                image = vae.decode(latents, return_dict=False)[0]
+                image = vae.decode(unscale_latents(vae, latents), return_dict=False)[0]
                 if getattr(pipe, "watermark", None) is not None:
                     image = pipe.watermark.apply_watermark(image)
                 return pipe.image_processor.postprocess(image, output_type="np")
         finally:
             vae.to(dtype=original)
+
+
+def unscale_latents(vae: Any, latents: Any) -> Any:
+    """Final latents as `vae` decodes them, as the pipelines undo their scaling: the latents
+    mean/std where the VAE config has them, else the scaling factor alone. One rule for the
+    float32 re-decode and the hires fix's first-pass decode."""
+    import torch
+
+    mean = getattr(vae.config, "latents_mean", None)
+    std = getattr(vae.config, "latents_std", None)
+    if mean is not None and std is not None:
+        mean_t = torch.tensor(mean).view(1, -1, 1, 1).to(latents)
+        std_t = torch.tensor(std).view(1, -1, 1, 1).to(latents)
+        return latents * std_t / vae.config.scaling_factor + mean_t
+    return latents / vae.config.scaling_factor
 
 
 @dataclass(frozen=True)

@@ -15,8 +15,16 @@ What differs from the SD families, and what easel does about it:
   max_sequence_length tokens: 512 for dev, 256 for schnell (its model card's value); a longer
   prompt gets a warning saying how many tokens are dropped.
 - LoRAs go through easel's adapter mechanism (diffusers' FluxLoraLoaderMixin loads them).
+- ControlNet: FluxControlNetModel (InstantX, Shakker-Labs, XLabs layouts; several at once through
+  FluxMultiControlNetModel) with FluxControlNetPipeline / FluxControlNetImg2ImgPipeline /
+  FluxControlNetInpaintPipeline, from_pipe on the base. A ControlNet made for another base is refused
+  from its config (class, then width, heads, text dimensions against the transformer) before its
+  weights load. Union ControlNets (config num_mode) need each unit's `mode` (the control type);
+  other ControlNets refuse it. A single .safetensors ControlNet is refused (diffusers reads FLUX
+  ControlNets only with their config.json). The published FLUX ControlNets are trained on dev with
+  its guidance input: on schnell (no guidance) their guidance input is dev's default, 3.5.
 - Latents are packed (batch, sequence, 64): variation seeds, tiling, the hires fix, the latent
-  masked-content fills, ControlNet and textual inversion are refused by name; live
+  masked-content fills and textual inversion are refused by name; live
   previews skip FLUX latents (no picture, no failure). Inpainting (FluxInpaintPipeline) takes
   easel's mask steps (blur, fill, only-masked crop, paste-back) as the SD families do.
 - Native size: diffusers' own rule, default_sample_size (128) x the VAE's scale factor (8): 1024.
@@ -41,6 +49,7 @@ if TYPE_CHECKING:
     from easel.request import GenerationRequest
 
 NO_GUIDANCE = 1.0  # what schnell records: Forge's "CFG scale: 1" (no guidance)
+CONTROLNET_GUIDANCE = 3.5  # a FLUX ControlNet's guidance input on schnell: dev's default, as it was trained
 REFUSED_AS_NONE = ("variation_seed", "variation_strength", "seed_resize_from")
 
 
@@ -64,6 +73,19 @@ class FluxFamily(Family):
     encoders: str = "T5 and CLIP's pooled output"  # what reads the prompt, for the refusals' messages
     window_encoder: str = "T5"  # whose tokens the window counts (Qwen-Image: its Qwen tokenizer's)
     native_size: str = "1024x1024"  # for the hires refusal's advice
+    controlnet_guidance: float | None = None  # schnell: the guidance input its ControlNets get
+
+    # what a FLUX ControlNet shares with the transformer it steers: the packed latents it reads, the
+    # width and heads of the blocks its residuals are added to, the text and pooled dimensions
+    CONTROL_KEYS = (
+        "in_channels",
+        "patch_size",
+        "attention_head_dim",
+        "num_attention_heads",
+        "joint_attention_dim",
+        "pooled_projection_dim",
+        "axes_dims_rope",
+    )
 
     # -- detection ------------------------------------------------------------------------------
 
@@ -93,6 +115,21 @@ class FluxFamily(Family):
                 f"so a guidance scale would be ignored; leave guidance_scale out (or at {NO_GUIDANCE:g})",
             )
         self._check_transformer_request(request)
+        self._check_union_task(request)
+
+    def _check_union_task(self, request: GenerationRequest) -> None:
+        """Union modes only for text-to-image: diffusers' FLUX ControlNet img2img and inpaint
+        pipelines shape the mode for one image (a batch of two fails inside the ControlNet)."""
+        for index, unit in enumerate(request.controls):
+            if unit.mode is not None and request.task != "text2img":
+                raise InvalidRequest(
+                    f"invalid controls[{index}].mode={unit.mode!r}: union ControlNets (a control type) work "
+                    f"with {self.title} text-to-image only here (diffusers' FLUX ControlNet {request.task} "
+                    "pipeline gives the mode to one image of a batch); drop the init image, or use a "
+                    "single-purpose ControlNet",
+                    field=f"controls[{index}].mode",
+                    value=unit.mode,
+                )
 
     def _check_transformer_request(self, request: GenerationRequest) -> None:
         """The refusals FLUX.1 and SD 3.5 share: SD samplers, clip skip, the latent-level
@@ -155,6 +192,81 @@ class FluxFamily(Family):
                     f"{self.title} cannot honour (it reads the plain text with {self.encoders}); remove the "
                     "weights or use prompt_syntax='plain'",
                 )
+
+    def check_control(
+        self,
+        index: int,
+        reference: str,
+        config: Mapping[str, Any] | None,
+        unet_config: Mapping[str, Any] | None = None,
+        *,
+        mode: int | str | None = None,
+    ) -> None:
+        """Family.check_control's class and dimension checks (no union mode there), then the
+        union rule: a union ControlNet (config num_mode) needs `mode`, any other refuses it; a
+        single file is refused (its config is unknown and diffusers cannot read one)."""
+        field = f"controls[{index}].model"
+        if config is None:
+            raise InvalidRequest(
+                f"invalid {field}={reference!r}: a single-file ControlNet cannot be loaded for {self.title} "
+                f"(diffusers reads {' / '.join(self.control_classes)} only from a folder or hub repo with "
+                "its config.json); give that folder or repo id",
+                field=field,
+                value=reference,
+            )
+        super().check_control(index, reference, config, unet_config)
+        self.check_union_mode(index, reference, config, mode)
+
+    def check_union_mode(
+        self, index: int, reference: str, config: Mapping[str, Any], mode: int | str | None
+    ) -> None:
+        """A union ControlNet steers by one of its num_mode control types, which the unit must name;
+        a ControlNet without num_mode has none to pick."""
+        field = f"controls[{index}].mode"
+        count = config.get("num_mode")
+        if count is None:
+            if mode is not None:
+                raise InvalidRequest(
+                    f"invalid {field}={mode!r}: {reference!r} is not a union ControlNet (its config has no "
+                    "num_mode), so it takes no control type; leave mode out",
+                    field=field,
+                    value=mode,
+                )
+            return
+        if mode is None:
+            raise InvalidRequest(
+                f"invalid {field}=None: {reference!r} is a union ControlNet ({count} control types), so "
+                f"each unit must say which: give mode, an index below {count} or a name "
+                f"({', '.join(_union_modes())})",
+                field=field,
+                value=mode,
+            )
+        if union_mode_index(mode) >= int(count):
+            raise InvalidRequest(
+                f"invalid {field}={mode!r}: {reference!r} has {count} control types (0 to {int(count) - 1})",
+                field=field,
+                value=mode,
+            )
+
+    def control_base_config(self, pipe: Any) -> dict[str, Any]:
+        """The transformer's config: the ControlNet's residuals are added to its blocks."""
+        return dict(pipe.transformer.config)
+
+    def control_arguments(
+        self, request: GenerationRequest, control_images: list[Any], *, img2img: bool
+    ) -> dict[str, Any]:
+        """Family.control_arguments, with the images always as `control_image` (FLUX's ControlNet
+        pipelines keep `image` for the init image), each union unit's mode as `control_mode`, and,
+        on schnell, the ControlNet's guidance input (controlnet_guidance)."""
+        arguments = super().control_arguments(request, control_images, img2img=True)
+        if not arguments:
+            return arguments
+        modes = [None if unit.mode is None else union_mode_index(unit.mode) for unit in request.controls]
+        if any(mode is not None for mode in modes):
+            arguments["control_mode"] = modes[0] if len(modes) == 1 else modes
+        if self.controlnet_guidance is not None:
+            arguments["guidance_scale"] = self.controlnet_guidance
+        return arguments
 
     def takes_clip_skip(self) -> bool:
         """Whether clip skip reaches an encoder: FLUX.1 reads only CLIP's pooled output (no hidden
@@ -258,9 +370,14 @@ class FluxFamily(Family):
         latents = caught.get("latents")
         if latents is not None:  # at the size the pipeline worked at (inpaint_area=masked: the native size)
             height, width = int(arguments["height"]), int(arguments["width"])
-            latents = pipe._unpack_latents(latents, height, width, pipe.vae_scale_factor)
+            latents = self.unpack_latents(pipe, latents, height, width)
         images, warnings = self.finite_images(pipe, output.images, latents)
         return RunOutput(images=_numpy_to_pil(images), nsfw_content_detected=None, warnings=warnings)
+
+    def unpack_latents(self, pipe: Any, latents: Any, height: int, width: int) -> Any:
+        """Caught (batch, sequence, channels) latents as decode_float32 takes them: the pipeline's
+        own _unpack_latents (FLUX.2 has its own layout and overrides this)."""
+        return pipe._unpack_latents(latents, height, width, pipe.vae_scale_factor)
 
     def decode_float32(self, pipe: Any, latents: Any) -> Any:
         """Decode unpacked latents in float32 as FluxPipeline does (scaling, then shift)."""
@@ -287,6 +404,18 @@ class FluxFamily(Family):
         return entries
 
 
+def _union_modes() -> tuple[str, ...]:
+    from easel.request import UNION_MODES
+
+    return UNION_MODES
+
+
+def union_mode_index(mode: int | str) -> int:
+    """A unit's union mode as the index the ControlNet's mode embedding takes (names: the
+    InstantX / Shakker-Labs union order, easel.request.UNION_MODES)."""
+    return mode if isinstance(mode, int) else _union_modes().index(mode)
+
+
 def _transformer_config(source: ModelSource) -> dict[str, Any] | None:
     """transformer/config.json of a folder or hub model (None: single file, or not readable)."""
     try:
@@ -304,6 +433,14 @@ def _transformer_config(source: ModelSource) -> dict[str, Any] | None:
 
 
 FLUX_CLASSES = ("FluxPipeline", "FluxImg2ImgPipeline", "FluxInpaintPipeline")
+FLUX_CONTROLNET: dict[str, Any] = {
+    "controlnet_text2img_class": "FluxControlNetPipeline",
+    "controlnet_img2img_class": "FluxControlNetImg2ImgPipeline",
+    "controlnet_inpaint_class": "FluxControlNetInpaintPipeline",
+    "control_classes": ("FluxControlNetModel",),
+    "multi_controlnet_class": "FluxMultiControlNetModel",
+    "denoiser": "transformer",
+}
 
 FLUX_DEV = FluxFamily(
     name="flux1_dev",
@@ -313,6 +450,7 @@ FLUX_DEV = FluxFamily(
     img2img_class="FluxImg2ImgPipeline",
     tasks=INPAINTING_TASKS,
     inpaint_class="FluxInpaintPipeline",
+    **FLUX_CONTROLNET,
     loras=True,  # FluxLoraLoaderMixin: transformer and CLIP text encoder adapters
     default_steps=28,
     default_guidance=3.5,  # distilled guidance (the transformer's guidance input), not CFG
@@ -330,11 +468,13 @@ FLUX_SCHNELL = FluxFamily(
     img2img_class="FluxImg2ImgPipeline",
     tasks=INPAINTING_TASKS,
     inpaint_class="FluxInpaintPipeline",
+    **FLUX_CONTROLNET,
     loras=True,  # FluxLoraLoaderMixin: transformer and CLIP text encoder adapters
     default_steps=4,
     default_guidance=NO_GUIDANCE,  # no guidance at all; recorded as 1, other values refused
     title="FLUX.1-schnell",
     distilled_guidance=False,
     max_sequence_length=256,  # the model card's value (diffusers' pipeline default is 512)
+    controlnet_guidance=CONTROLNET_GUIDANCE,
     accelerator_dtype="bfloat16",  # float16 overflows in T5 and the transformer
 )

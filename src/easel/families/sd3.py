@@ -16,8 +16,13 @@ What differs from the SD families, and what easel does about it:
   no CFG, so a negative prompt would be ignored: it is refused, naming negative_prompt.
 - Prompts are plain text for the three encoders, as for FLUX.1 (its checks are shared): weighting
   and BREAK, prompt editing, the SD samplers, variation seeds, tiling, the hires fix, the latent
-  masked-content fills, ControlNet and textual inversion are refused by name. T5 reads
+  masked-content fills and textual inversion are refused by name. T5 reads
   max_sequence_length tokens (256, diffusers' default); token counts use T5.
+- ControlNet: SD3ControlNetModel (one, or several through SD3MultiControlNetModel) with
+  StableDiffusion3ControlNetPipeline, text-to-image only (diffusers has no SD3 ControlNet img2img, and
+  its SD3 ControlNet inpaint pipeline is for one inpainting ControlNet's 17-channel input): the other
+  tasks refuse `controls` by name. The pipeline draws the control image's VAE sample from torch's
+  global generator, so run() seeds it from the request's seed (inside fork_rng: nothing else moves).
 - Clip skip (A1111's count, "Clip skip: N") goes to the pipeline's own `clip_skip` as N - 1: it picks
   the hidden state of both CLIP encoders (T5 is untouched), counted back from the penultimate layer
   the model reads by default. Z-Image and Qwen-Image (subclasses, no CLIP) still refuse it.
@@ -32,10 +37,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from easel.families.base import INPAINTING_TASKS, Family
+from easel.families.base import INPAINTING_TASKS, Family, Loaded, RunOutput
 from easel.families.flux import FluxFamily, _refusal, _transformer_config
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+
     from PIL.Image import Image
 
     from easel.models.reference import ModelSource
@@ -58,6 +65,18 @@ class SD3Family(FluxFamily):
     latents_note: str = "not checked against its 16-channel latents yet"
     clip_reads: str = "s (CLIP-L and CLIP-G) read"
     cfg_threshold: float = NO_CFG  # guidance at or below this runs without CFG (Z-Image: 0)
+
+    # what an SD3 ControlNet shares with the transformer: the latents it reads, the width and heads of
+    # the blocks its residuals are added to, the pooled text; the text width only where it reads text
+    # (SD 3.5 large's own ControlNets have joint_attention_dim null: no text input)
+    CONTROL_KEYS = (
+        "in_channels",
+        "patch_size",
+        "attention_head_dim",
+        "num_attention_heads",
+        "pooled_projection_dim",
+    )
+    CONTROL_KEYS_IF_SET = ("joint_attention_dim",)
 
     def variant(self, source: ModelSource) -> Family:
         """Medium, large, large turbo or SD3 medium, from the transformer's config (and, for turbo,
@@ -120,7 +139,27 @@ class SD3Family(FluxFamily):
         ]
         return self.clip_skip_layers(request, encoders) or None
 
-    run = Family.run  # the latents are not packed (FluxFamily.run unpacks them)
+    def run(
+        self,
+        pipe: Any,
+        arguments: dict[str, Any],
+        *,
+        request: GenerationRequest,
+        companions: Mapping[str, Loaded],
+    ) -> RunOutput:
+        """Family.run (the latents are not packed: FluxFamily.run unpacks them). With a ControlNet,
+        the pipeline samples the control image's latents from torch's global generator (no
+        `generator` there): seeded from the request's seed inside fork_rng, so the same request
+        gives the same pixels and the caller's random state is left as it was."""
+        if "control_image" not in arguments:
+            return Family.run(self, pipe, arguments, request=request, companions=companions)
+        import torch
+
+        kind = pipe.device.type
+        # fork_rng always keeps the CPU generator; device_type names the accelerator's too (default cuda)
+        with torch.random.fork_rng(device_type=kind if kind != "cpu" else "cuda"):
+            torch.manual_seed(int(request.seed or 0))
+            return Family.run(self, pipe, arguments, request=request, companions=companions)
 
     a1111_parameters = Family.a1111_parameters  # as Forge writes SD3: the plain "CFG scale" (real CFG)
 
@@ -141,6 +180,10 @@ def _sd3(name: str, title: str, steps: int, guidance: float) -> SD3Family:
         img2img_class="StableDiffusion3Img2ImgPipeline",
         tasks=INPAINTING_TASKS,
         inpaint_class="StableDiffusion3InpaintPipeline",
+        controlnet_text2img_class="StableDiffusion3ControlNetPipeline",
+        control_classes=("SD3ControlNetModel",),
+        multi_controlnet_class="SD3MultiControlNetModel",
+        denoiser="transformer",
         loras=True,  # SD3LoraLoaderMixin: transformer and CLIP text encoder adapters
         default_steps=steps,
         default_guidance=guidance,

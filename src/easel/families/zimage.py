@@ -68,12 +68,18 @@ class ZImageFamily(SD3Family):
     def window_tokens(self, pipe: Any, text: str) -> int:
         """Tokens of `text` as the pipeline feeds them to the encoder: in the chat template (a
         user turn, then the assistant's generation prompt)."""
-        tokenizer = pipe.tokenizer
-        turn = [{"role": "user", "content": text}]
-        templated = tokenizer.apply_chat_template(
-            turn, tokenize=False, add_generation_prompt=True, enable_thinking=True
-        )
-        return len(tokenizer(templated).input_ids)
+        return chat_template_tokens(pipe.tokenizer, text, thinking=True)
+
+
+def chat_template_tokens(tokenizer: Any, text: str, *, thinking: bool) -> int:
+    """Tokens of `text` in a Qwen3 chat template as a pipeline feeds it to its encoder: a user turn,
+    then the assistant's generation prompt (`thinking`: the template's enable_thinking, which
+    ZImagePipeline sets and Flux2KleinPipeline does not)."""
+    turn = [{"role": "user", "content": text}]
+    templated = tokenizer.apply_chat_template(
+        turn, tokenize=False, add_generation_prompt=True, enable_thinking=thinking
+    )
+    return len(tokenizer(templated).input_ids)
 
 
 ZIMAGE_TURBO = ZImageFamily(

@@ -50,7 +50,15 @@ class LoadedComponent:
 
 
 def detect_family(source: ModelSource) -> Family:
-    """The family of a source, from model_index.json or the checkpoint's tensor names."""
+    """The family of a source, from model_index.json or the checkpoint's tensor names (a GGUF
+    transformer: its base model's family)."""
+    if source.kind == "gguf":
+        if source.base is None:  # Easel.generate attaches it (easel.models.quantize.with_gguf_base)
+            raise InvalidRequest(
+                f"invalid model={source.reference!r}: a GGUF transformer needs its base model (base_model)",
+                field="base_model",
+            )
+        return detect_family(source.base)
     index = source.read_model_index()
     if index is not None:
         return family_for_index(index).variant(source)  # FLUX.1 dev / schnell: the transformer's config
@@ -250,8 +258,10 @@ class PipelineCache:
 
 
 def _base_key(source: ModelSource, device: str, dtype: Any, options: PerformanceOptions) -> tuple[str, ...]:
-    """The cache key of a base pipeline: one entry per (source, device, dtype, options)."""
-    return (f"{source.kind}:{source.location}", device, str(dtype), repr(options))
+    """The cache key of a base pipeline: one entry per (source, device, dtype, options); options
+    include the quantisation, and a GGUF transformer's key its base model."""
+    base = "" if source.base is None else f" on {source.base.kind}:{source.base.location}"
+    return (f"{source.kind}:{source.location}{base}", device, str(dtype), repr(options))
 
 
 def _load(
@@ -282,6 +292,24 @@ def _load(
     prepare_loaded(pipe, options, device)
     pipe.set_progress_bar_config(disable=True)
     return LoadedModel(source, family, pipe, time.perf_counter() - started)
+
+
+# Loggers that speak when a library is imported rather than when easel loads a model: torchao
+# (a quantization backend diffusers imports whenever it is installed) reports every optional CUDA
+# kernel it cannot load on a CPU-only machine, and torch notes a deprecation about torchao's enums.
+IMPORT_NOTE_LOGGERS = ("torchao", "torch.utils._pytree")
+
+
+def quiet_import_notes() -> None:
+    """Keep import-time notes of optional backends off a normal run's terminal (warnings and
+    below; errors still show). Called before anything imports diffusers; EASEL_DEBUG=1 keeps them."""
+    import logging as std_logging
+    import os
+
+    if os.environ.get("EASEL_DEBUG"):
+        return
+    for name in IMPORT_NOTE_LOGGERS:
+        std_logging.getLogger(name).setLevel(std_logging.ERROR)
 
 
 @contextmanager
@@ -330,18 +358,34 @@ def _load_pipeline(
     options: PerformanceOptions,
     variant: str | None,
 ) -> Any:
-    """The family's loader with easel's fallbacks; loader errors become EaselErrors."""
+    """The family's loader with easel's fallbacks; loader errors become EaselErrors. A GGUF
+    transformer loads first, and the rest of the pipeline from its base model; `options.quantize`
+    quantises the rest as it loads (easel.models.quantize)."""
+    from easel.models.quantize import load_gguf_transformer, pipeline_quantization
+
     try:
+        target, components = source, dict(components or {})
+        if source.kind == "gguf" and source.base is not None:
+            name, transformer = load_gguf_transformer(source, dtype)
+            components[name] = transformer
+            target = source.base
+        quantization = pipeline_quantization(
+            options.quantize, target.read_model_index() or {}, dtype, shared=components
+        )
+        quantized = {} if quantization is None else {"quantization_config": quantization}
         try:
             loader_options = {} if variant is None else {"variant": variant}
             pipe = family.load_pipeline(
-                source, dtype=dtype, allow_pickle=allow_pickle, components=components, **loader_options
-            )
+                target, dtype=dtype, allow_pickle=allow_pickle, components=components, **loader_options,
+                **quantized,
+            )  # fmt: skip
         except (OSError, ValueError) as error:
             if variant is None or options.variant != "auto" or "variant" not in str(error):
                 raise
             # no fp16 files in this repository: the full-precision files, cast on load
-            pipe = family.load_pipeline(source, dtype=dtype, allow_pickle=allow_pickle, components=components)
+            pipe = family.load_pipeline(
+                target, dtype=dtype, allow_pickle=allow_pickle, components=components, **quantized
+            )
     except OSError as error:
         message = str(error)
         if "safetensors" in message.lower() and not allow_pickle:

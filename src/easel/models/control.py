@@ -1,11 +1,13 @@
 """ControlNet models: what a control unit's `model` means, and loading one.
 
-A control model is a single diffusers ControlNetModel, not a pipeline, so it has its own
-reference rules: a hub repo id or a local folder with a config.json naming ControlNetModel,
+A control model is a single diffusers ControlNet (ControlNetModel for SD 1.x/2.x and SDXL,
+FluxControlNetModel for FLUX.1, SD3ControlNetModel for SD 3.x), not a pipeline, so it has its own
+reference rules: a hub repo id or a local folder with a config.json naming one of those classes,
 a .safetensors checkpoint, or `demo` (the ControlNet bundled beside the demo model). Its config
 is read (small JSON, no weights) so a ControlNet made for another base (SD 1.5 control on SDXL)
-is refused before anything loads. The loaded module is cached by PipelineCache.lease_component
-and attached to the base with from_pipe by the family.
+is refused before anything loads (the family's check_control: its class, then its dimensions against
+the loaded base's denoiser, before the control's own weights load). The loaded module is cached by
+PipelineCache.lease_component and attached to the base with from_pipe by the family.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from easel.model_names import DEMO_CONTROL, control_display_name  # noqa: F401 (
 from easel.models.reference import HUB_ID, PICKLE_SUFFIXES, SAFE_SUFFIXES, ModelSource, check_hub_id
 
 DEMO = DEMO_CONTROL
-CONTROL_CLASSES = ("ControlNetModel",)
+CONTROL_CLASSES = ("ControlNetModel", "FluxControlNetModel", "SD3ControlNetModel")
 WEIGHTS = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.fp16.safetensors")
 
 
@@ -81,21 +83,27 @@ def resolve_control(reference: str, *, field: str, allow_pickle: bool) -> Contro
     )
 
 
-def load_control(source: ModelSource, *, dtype: Any, device: str, allow_pickle: bool) -> Any:
-    """Load a ControlNetModel onto `device`; loader errors become EaselErrors."""
-    from diffusers import ControlNetModel
+def load_control(
+    source: ModelSource, *, dtype: Any, device: str, allow_pickle: bool, class_name: str = "ControlNetModel"
+) -> Any:
+    """Load a ControlNet of `class_name` (its config's _class_name; for a single file, the family's
+    own) onto `device`; loader errors become EaselErrors."""
+    import diffusers
 
     from easel.errors import UnsupportedFeature
     from easel.models.cache import no_loading_bars
 
+    if class_name not in CONTROL_CLASSES:  # _checked refused it already; a guard for direct callers
+        raise UnsupportedFeature(f"control model {source.reference!r} is a {class_name}, not a ControlNet")
+    model_class = getattr(diffusers, class_name)
     try:
         with no_loading_bars(), warnings.catch_warnings():
             # diffusers still passes huggingface_hub a deprecated argument for single models
             warnings.filterwarnings("ignore", message=".*local_dir_use_symlinks.*")
             if source.kind == "single_file":
-                model = ControlNetModel.from_single_file(source.location, torch_dtype=dtype)
+                model = model_class.from_single_file(source.location, torch_dtype=dtype)
             else:
-                model = ControlNetModel.from_pretrained(
+                model = model_class.from_pretrained(
                     source.location, dtype=dtype, use_safetensors=None if allow_pickle else True
                 )
     except OSError as error:
@@ -131,7 +139,7 @@ def _checked(config: dict[str, Any], reference: str, field: str) -> dict[str, An
         hint = " (that is a whole pipeline: give it as --model)" if "Pipeline" in class_name else ""
         raise InvalidRequest(
             f"invalid {field}={reference!r}: it is a {class_name or 'unknown'} model, not a "
-            f"ControlNetModel{hint}",
+            f"ControlNetModel, FluxControlNetModel or SD3ControlNetModel{hint}",
             field=field,
             value=reference,
         )

@@ -20,15 +20,18 @@ from easel.model_names import PICKLE_SUFFIXES, SAFE_SUFFIXES
 BUNDLED = "bundled demo model"
 DEMO_INPAINT = "easel-demo-inpaint"  # the bundled inpainting model, by name (no path needed)
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+GGUF_SUFFIX = ".gguf"  # a quantised transformer alone (city96's FLUX.1 / SD 3.5): easel.models.quantize
 
 
 @dataclass(frozen=True)
 class ModelSource:
     """A resolved model: where its files are and how to load them."""
 
-    kind: Literal["hub", "folder", "single_file"]
+    kind: Literal["hub", "folder", "single_file", "gguf"]
     reference: str  # what the user gave (repo id or path), for messages and metadata
     location: str  # repo id for hub, absolute path otherwise
+    # gguf: the diffusers model (hub or folder) the rest of the pipeline and the configs come from
+    base: ModelSource | None = None
 
     @property
     def display_name(self) -> str:
@@ -39,10 +42,13 @@ class ModelSource:
             return DEMO_INPAINT
         if self.kind == "hub":
             return self.location.rsplit("/", 1)[-1]
-        return Path(self.location).stem if self.kind == "single_file" else Path(self.location).name
+        return Path(self.location).stem if self.kind in ("single_file", "gguf") else Path(self.location).name
 
     def read_model_index(self) -> dict[str, Any] | None:
-        """model_index.json as a dict (None for single files, which have none)."""
+        """model_index.json as a dict (None for single files, which have none; a GGUF
+        transformer's is its base model's)."""
+        if self.kind == "gguf":
+            return None if self.base is None else self.base.read_model_index()
         if self.kind == "single_file":
             return None
         if self.kind == "folder":
@@ -65,7 +71,7 @@ def resolve_reference(reference: str, *, default_folder: Path, allow_pickle: boo
         return _folder_source(path, reference)
     if path.is_file():
         return _file_source(path, reference, allow_pickle)
-    if path.suffix.lower() in SAFE_SUFFIXES + PICKLE_SUFFIXES or _looks_like_path(reference):
+    if path.suffix.lower() in (*SAFE_SUFFIXES, *PICKLE_SUFFIXES, GGUF_SUFFIX) or _looks_like_path(reference):
         raise ModelNotFound(f"model file or folder {reference!r} does not exist (looked at {path.resolve()})")
     if not HUB_ID.match(reference):
         raise InvalidRequest(
@@ -110,6 +116,8 @@ def _folder_source(path: Path, reference: str) -> ModelSource:
 
 def _file_source(path: Path, reference: str, allow_pickle: bool) -> ModelSource:
     suffix = path.suffix.lower()
+    if suffix == GGUF_SUFFIX:  # its base model is attached by the engine (request.base_model)
+        return ModelSource("gguf", reference, str(path.resolve()))
     if suffix in PICKLE_SUFFIXES and not allow_pickle:
         raise InvalidRequest(
             f"invalid model={reference!r}: {suffix} files are pickles that can run code when loaded; "
@@ -119,7 +127,8 @@ def _file_source(path: Path, reference: str, allow_pickle: bool) -> ModelSource:
         )
     if suffix not in SAFE_SUFFIXES + PICKLE_SUFFIXES:
         raise InvalidRequest(
-            f"invalid model={reference!r}: a single checkpoint must be a .safetensors file",
+            f"invalid model={reference!r}: a single checkpoint must be a .safetensors file (or a .gguf "
+            "transformer)",
             field="model",
             value=reference,
         )

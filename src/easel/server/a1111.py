@@ -215,7 +215,7 @@ def _distilled_guidance(state: ServerState, model: str | None) -> str | None:
         family = detect_family(state.engine.resolve_model(model))
     except EaselError:
         return None
-    return getattr(family, "title", family.name) if family.distilled_guidance else None
+    return family.title if family.distilled_guidance else None
 
 
 def _guidance(body: Txt2ImgRequest, distilled: str | None) -> float | None:
@@ -243,8 +243,10 @@ def _guidance(body: Txt2ImgRequest, distilled: str | None) -> float | None:
     return body.distilled_cfg_scale
 
 
-def to_generation_request(body: Txt2ImgRequest, state: ServerState) -> GenerationRequest:
-    """The A1111 request as a GenerationRequest, with errors naming A1111's fields."""
+def to_generation_request(body: Txt2ImgRequest, state: ServerState) -> tuple[GenerationRequest, str | None]:
+    """The A1111 request as a GenerationRequest, with errors naming A1111's fields; and the family
+    title when the model's guidance is distilled (else None), detected once here and passed on to
+    the answer's info."""
     check_fields(body)
     controls, unit_index = _control_units(body.alwayson_scripts or {}, state)
     fields: dict[str, Any] = {
@@ -270,7 +272,8 @@ def to_generation_request(body: Txt2ImgRequest, state: ServerState) -> Generatio
     fields["model"] = (
         state.policy.model_reference(model, field=OVERRIDE_MODEL) if model else state.current_model
     )
-    fields["guidance_scale"] = _guidance(body, _distilled_guidance(state, fields["model"]))
+    distilled = _distilled_guidance(state, fields["model"])
+    fields["guidance_scale"] = _guidance(body, distilled)
     overrides = body.override_settings or {}
     fields["vae"] = (
         vae_setting(overrides["sd_vae"], state, field=OVERRIDE_VAE)
@@ -299,7 +302,7 @@ def to_generation_request(body: Txt2ImgRequest, state: ServerState) -> Generatio
     if hires is not None:
         fields["hires"] = hires
     try:
-        return state.policy.check(GenerationRequest.from_fields(fields))
+        return state.policy.check(GenerationRequest.from_fields(fields)), distilled
     except InvalidRequest as error:
         raise _renamed(error, unit_index, names=_sent_names(body)) from None
 
@@ -778,8 +781,9 @@ async def _run(state: ServerState, request: GenerationRequest, body: Txt2ImgRequ
     return job
 
 
-def _response(state: ServerState, job: Job, body: BaseModel) -> dict[str, Any]:
-    """{"images", "parameters", "info"} as A1111 answers; info is a JSON string."""
+def _response(state: ServerState, job: Job, body: BaseModel, distilled: str | None) -> dict[str, Any]:
+    """{"images", "parameters", "info"} as A1111 answers; info is a JSON string. `distilled`: what
+    to_generation_request detected (the family title when the guidance is distilled)."""
     from easel.model_names import vae_display_name
     from easel.models.hashing import short_hash
 
@@ -807,7 +811,7 @@ def _response(state: ServerState, job: Job, body: BaseModel) -> dict[str, Any]:
         "width": request.get("width"),
         "height": request.get("height"),
         "sampler_name": summary.get("sampler", ""),
-        **_guidance_info(state, request),
+        **_guidance_info(request, distilled),
         "steps": request.get("steps"),
         "batch_size": getattr(body, "batch_size", 1),
         "restore_faces": False,
@@ -835,9 +839,9 @@ def _response(state: ServerState, job: Job, body: BaseModel) -> dict[str, Any]:
     return {"images": images, "parameters": parameters, "info": json.dumps(info, ensure_ascii=False)}
 
 
-def _guidance_info(state: ServerState, request: dict[str, Any]) -> dict[str, Any]:
+def _guidance_info(request: dict[str, Any], distilled: str | None) -> dict[str, Any]:
     """cfg_scale (and, for distilled guidance, Forge's distilled_cfg_scale) of the answer's info."""
-    if _distilled_guidance(state, request.get("model")) is None:
+    if distilled is None:
         return {"cfg_scale": request.get("guidance_scale")}
     return {"cfg_scale": 1.0, "distilled_cfg_scale": request.get("guidance_scale")}
 
@@ -887,15 +891,17 @@ def build_router() -> APIRouter:
 
     @router.post("/txt2img", **documented(A1111, api.A1111Images, *api.GENERATION))
     async def txt2img(body: Txt2ImgRequest, state: State) -> dict[str, Any]:
-        job = await _run(state, to_generation_request(body, state), body)
-        answer = _response(state, job, body)
+        request, distilled = to_generation_request(body, state)
+        job = await _run(state, request, body)
+        answer = _response(state, job, body, distilled)
         _after(state, job, body)
         return answer
 
     @router.post("/img2img", **documented(A1111, api.A1111Images, *api.GENERATION))
     async def img2img(body: Img2ImgRequest, state: State) -> dict[str, Any]:
-        job = await _run(state, to_generation_request(body, state), body)
-        answer = _response(state, job, body)
+        request, distilled = to_generation_request(body, state)
+        job = await _run(state, request, body)
+        answer = _response(state, job, body, distilled)
         _after(state, job, body)
         return answer
 

@@ -331,11 +331,13 @@ def build_router() -> APIRouter:
 
     @router.get("/api/v1/control", tags=["native"], **documented(NATIVE, api.ControlOptions))
     async def control_options() -> dict[str, list[str]]:
-        """ControlNet models (`demo` and those in the HF cache) and preprocessor names."""
+        """ControlNet models (`demo` and those in the HF cache), preprocessor names and the
+        control types a union ControlNet's `mode` names."""
         from easel.control.preprocessors import PREPROCESSORS
+        from easel.request import UNION_MODES
         from easel.server.policy import list_control_models
 
-        return {"models": list_control_models(), "preprocessors": list(PREPROCESSORS)}
+        return {"models": list_control_models(), "preprocessors": list(PREPROCESSORS), "modes": list(UNION_MODES)}
 
     @router.get("/api/v1/vaes", tags=["native"], **documented(NATIVE, list[str]))
     async def vaes() -> list[str]:

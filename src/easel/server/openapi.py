@@ -323,6 +323,7 @@ class ModelInfo(BaseModel):
 class ControlOptions(BaseModel):
     models: list[str]
     preprocessors: list[str]
+    modes: list[str] = Field(description="control types a union ControlNet's `mode` may name (FLUX.1 union)")
 
 
 class ControlPreview(BaseModel):

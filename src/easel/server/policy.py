@@ -50,8 +50,11 @@ def list_models() -> list[ModelEntry]:
 
 
 def list_control_models() -> list[str]:
-    """`demo` (the bundled ControlNet) plus every ControlNetModel in the HF cache."""
-    return ["demo", *(repo_id for repo_id, name in _cached_repos("config.json") if name == "ControlNetModel")]
+    """`demo` (the bundled ControlNet) plus every ControlNet in the HF cache (ControlNetModel,
+    FluxControlNetModel, SD3ControlNetModel: easel.models.control.CONTROL_CLASSES)."""
+    from easel.models.control import CONTROL_CLASSES
+
+    return ["demo", *(repo_id for repo_id, name in _cached_repos("config.json") if name in CONTROL_CLASSES)]
 
 
 def list_vaes() -> list[str]:
@@ -103,7 +106,7 @@ class DoorPolicy:
         limits = Limits.of(self.settings)
         limits.check(request)  # what the request states; the engine checks the rest once known
         updates: dict[str, Any] = {}
-        for name in ("model", "refiner", "prior"):
+        for name in ("model", "refiner", "prior", "base_model"):
             value = getattr(request, name, None)
             if value is not None:
                 updates[name] = self.model_reference(value, field=name)
@@ -239,7 +242,7 @@ class DoorPolicy:
     def image_bytes(self, data: bytes, *, field: str) -> tuple[int, int]:
         """Size in bytes and in pixels (read from the header, before any decoding); returns
         (width, height)."""
-        from easel.storage.images import MAX_PIXELS, opened_image
+        from easel.storage.images import check_pixel_limit, opened_image
 
         if len(data) > self.settings.max_upload_bytes:
             raise PayloadTooLarge(
@@ -250,13 +253,7 @@ class DoorPolicy:
             )
         with opened_image(data, field=field) as image:  # the header only; formats, text-chunk bombs
             width, height = image.size
-        if width * height > MAX_PIXELS:
-            raise InvalidRequest(
-                f"invalid {field}: {width}x{height} is larger than the {MAX_PIXELS // 1_000_000} megapixel "
-                "limit for input images",
-                field=field,
-                value=f"{width}x{height}",
-            )
+        check_pixel_limit(width, height, field=field, value=f"{width}x{height}")
         return width, height
 
     @property

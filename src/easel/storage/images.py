@@ -63,6 +63,22 @@ def opened_image(
                              value=value) from None  # fmt: skip
 
 
+def check_pixel_limit(
+    width: int, height: int, *, field: str, value: object = None, named: bool = False
+) -> None:
+    """Refuse an input image over MAX_PIXELS, from its header's size (before decoding, so a
+    decompression bomb never inflates): one refusal for every door. `named`: the message shows
+    `value` beside the field (a path or reference the user gave)."""
+    if width * height > MAX_PIXELS:
+        shown = f"{field}={_short(str(value))}" if named else field
+        raise InvalidRequest(
+            f"invalid {shown}: {width}x{height} is larger than the {MAX_PIXELS // 1_000_000} megapixel "
+            "limit for input images",
+            field=field,
+            value=value,
+        )
+
+
 def _why_unreadable(error: Exception, source: bytes | str | Path | IO[bytes]) -> str:
     from PIL import PngImagePlugin, UnidentifiedImageError
 
@@ -117,13 +133,7 @@ def load_image(reference: str, *, field: str, stored_inputs: Path | None = None,
         reference = str(stored_input_path(reference, field=field, folder=stored_inputs))
     data = _read_bytes(reference, field=field)
     with opened_image(data, field=field, value=reference) as opened:
-        if opened.width * opened.height > MAX_PIXELS:
-            raise InvalidRequest(
-                f"invalid {field}={_short(reference)}: {opened.width}x{opened.height} is larger "
-                f"than the {MAX_PIXELS // 1_000_000} megapixel limit",
-                field=field,
-                value=reference,
-            )
+        check_pixel_limit(opened.width, opened.height, field=field, value=reference, named=True)
         image = ImageOps.exif_transpose(opened)
         image = as_mask(image) if mask else image.convert("RGB")
     return image

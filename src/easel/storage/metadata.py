@@ -158,6 +158,8 @@ def control_parameters(request: GenerationRequest, hashes: dict[str, str]) -> di
         ]
         if unit.preprocessor == "canny":
             parts += [f"Threshold A: {unit.canny_low}", f"Threshold B: {unit.canny_high}"]
+        if unit.mode is not None:  # a union ControlNet's control type (FLUX.1 union models)
+            parts.append(f"Union Mode: {unit.mode}")
         parts += [
             f"Guidance Start: {_number(unit.guidance_start)}",
             f"Guidance End: {_number(unit.guidance_end)}",

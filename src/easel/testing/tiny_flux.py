@@ -27,6 +27,18 @@ FLUX_SCHNELL_ID = "black-forest-labs/FLUX.1-schnell"
 FLUX_KONTEXT_ID = "black-forest-labs/FLUX.1-Kontext-dev"
 LATENT_CHANNELS = 4  # the real VAE has 16; the transformer takes 4 x this (2x2 patches)
 T5_CHARACTERS = "abcdefghijklmnopqrstuvwxyz0123456789,.:;!?()[]+-'\""
+# the tiny FluxTransformer2DModel's shape (its tiny ControlNets, easel.testing.tiny_dit_controlnets, share it)
+TRANSFORMER_CONFIG: dict[str, Any] = {
+    "patch_size": 1,
+    "in_channels": 4 * LATENT_CHANNELS,
+    "num_layers": 1,
+    "num_single_layers": 1,
+    "attention_head_dim": 16,
+    "num_attention_heads": 2,
+    "joint_attention_dim": 32,
+    "pooled_projection_dim": 32,
+    "axes_dims_rope": (4, 6, 6),
+}
 
 
 def build_t5_tokenizer(words: list[str]) -> Any:
@@ -94,18 +106,7 @@ def build_tiny_flux(*, dev: bool, seed: int | None = None) -> Any:
     from transformers import CLIPTextModel
 
     torch.manual_seed(seed if seed is not None else 10 if dev else 11)
-    transformer = FluxTransformer2DModel(
-        patch_size=1,
-        in_channels=4 * LATENT_CHANNELS,
-        num_layers=1,
-        num_single_layers=1,
-        attention_head_dim=16,
-        num_attention_heads=2,
-        joint_attention_dim=32,
-        pooled_projection_dim=32,
-        guidance_embeds=dev,
-        axes_dims_rope=(4, 6, 6),
-    )
+    transformer = FluxTransformer2DModel(**TRANSFORMER_CONFIG, guidance_embeds=dev)
     vae = tiny_flow_vae(LATENT_CHANNELS, scaling_factor=1.5035)
     tokenizer = _tiny_tokenizer()
     text_encoder = CLIPTextModel(_tiny_clip_text_config(tokenizer))

@@ -25,6 +25,22 @@ from easel.testing.tiny_models import (
 SD35_MEDIUM_ID = "stabilityai/stable-diffusion-3.5-medium"
 LATENT_CHANNELS = 16
 T5_WIDTH = 64  # the joint attention width: CLIP-L + CLIP-G hidden states (32 + 32) are padded to it
+# the tiny SD3Transformer2DModel's shape (its tiny ControlNet, easel.testing.tiny_dit_controlnets, shares it)
+TRANSFORMER_CONFIG: dict[str, Any] = {
+    "sample_size": 32,
+    "patch_size": 2,
+    "in_channels": LATENT_CHANNELS,
+    "num_layers": 2,
+    "attention_head_dim": 8,
+    "num_attention_heads": 4,
+    "joint_attention_dim": T5_WIDTH,
+    "caption_projection_dim": 32,
+    "pooled_projection_dim": 64,  # the two CLIP projections, concatenated
+    "out_channels": LATENT_CHANNELS,
+    "pos_embed_max_size": 96,
+    "dual_attention_layers": (0,),  # 3.5 medium's MMDiT-X blocks
+    "qk_norm": "rms_norm",
+}
 
 
 def build_tiny_sd35_medium() -> Any:
@@ -35,21 +51,7 @@ def build_tiny_sd35_medium() -> Any:
     from transformers import CLIPTextModelWithProjection
 
     torch.manual_seed(35)
-    transformer = SD3Transformer2DModel(
-        sample_size=32,
-        patch_size=2,
-        in_channels=LATENT_CHANNELS,
-        num_layers=2,
-        attention_head_dim=8,
-        num_attention_heads=4,
-        joint_attention_dim=T5_WIDTH,
-        caption_projection_dim=32,
-        pooled_projection_dim=64,  # the two CLIP projections, concatenated
-        out_channels=LATENT_CHANNELS,
-        pos_embed_max_size=96,
-        dual_attention_layers=(0,),  # 3.5 medium's MMDiT-X blocks
-        qk_norm="rms_norm",
-    )
+    transformer = SD3Transformer2DModel(**TRANSFORMER_CONFIG)
     vae = tiny_flow_vae(LATENT_CHANNELS, scaling_factor=1.5305)
     tokenizer = _tiny_tokenizer()
     text_encoder = CLIPTextModelWithProjection(_tiny_clip_text_config(tokenizer))

@@ -20,7 +20,7 @@
   const state = {
     models: [],
     info: null,          // /api/v1/models/info for the selected model
-    control: { models: ["demo"], preprocessors: ["none", "canny"] },
+    control: { models: ["demo"], preprocessors: ["none", "canny"], modes: [] },
     job: null,           // the job being watched
     events: null,        // its EventSource
     sent: new Map(),     // job id -> the request as sent (with its images), for "reuse settings"
@@ -86,7 +86,7 @@
   };
   const UNIT_FIELDS = {
     model: "model", image: "file", preprocessor: "preprocessor", conditioning_scale: "scale",
-    guidance_start: "start", guidance_end: "end", canny_low: "low", canny_high: "high",
+    guidance_start: "start", guidance_end: "end", canny_low: "low", canny_high: "high", mode: "mode",
   };
 
   function showMessage(id, message, kind = "error") {
@@ -289,6 +289,7 @@
       guidance_start: Number(part("start").value),
       guidance_end: Number(part("end").value),
     };
+    if (part("mode").value) unit.mode = part("mode").value;  // union ControlNets only
     if (unit.preprocessor === "canny") {
       unit.canny_low = Number(part("low").value);
       unit.canny_high = Number(part("high").value);
@@ -482,7 +483,7 @@
     $("reference-clear").hidden = !count;
     $("reference-status").textContent = count
       ? `${count} reference image${count === 1 ? "" : "s"}: sent as reference_images (instruction editing)`
-      : "Instruction editing (FLUX.1 Kontext): the prompt says what to change in these images; no init image needed.";
+      : "Instruction editing (FLUX.1 Kontext, FLUX.2 [klein]): the prompt says what to change in these images; no init image needed.";
     if (!count) $("reference-files").value = "";
   }
 
@@ -763,20 +764,24 @@
     const n = state.units++;
     const node = $("control-template").content.firstElementChild.cloneNode(true);
     node.id = `control-${n}`;
-    for (const suffix of ["model", "remove", "file", "preprocessor", "low", "high", "scale", "start", "end",
-                          "input", "preview", "error"]) {
+    for (const suffix of ["model", "remove", "file", "preprocessor", "mode", "low", "high", "scale", "start",
+                          "end", "input", "preview", "error"]) {
       node.querySelector(`.control-${suffix}`).id = `control-${n}-${suffix}`;
     }
     $("control-units").append(node);
     const part = (suffix) => $(`control-${n}-${suffix}`);
     for (const model of state.control.models) part("model").add(new Option(model, model));
     for (const name of state.control.preprocessors) part("preprocessor").add(new Option(name, name));
+    for (const name of state.control.modes || []) part("mode").add(new Option(name, name));
     const cannyModel = state.control.models.find((m) => m.includes("canny"));
     part("model").value = fields.model || cannyModel || state.control.models[0];
     part("preprocessor").value = fields.preprocessor || "canny";
     if (fields.conditioning_scale !== undefined) part("scale").value = fields.conditioning_scale;
     if (fields.guidance_start !== undefined) part("start").value = fields.guidance_start;
     if (fields.guidance_end !== undefined) part("end").value = fields.guidance_end;
+    if (fields.mode !== undefined && fields.mode !== null) {  // a recorded index or name
+      part("mode").value = typeof fields.mode === "number" ? (state.control.modes || [])[fields.mode] : fields.mode;
+    }
     if (fields.canny_low !== undefined) part("low").value = fields.canny_low;
     if (fields.canny_high !== undefined) part("high").value = fields.canny_high;
     const cannyRow = node.querySelector(".canny");
