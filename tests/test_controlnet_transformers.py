@@ -302,26 +302,34 @@ def test_units_share_the_cached_base_weights(engine, disc_png, bars_png):
     ids=["flux-union", "sd35"],
 )
 def test_metadata_records_the_units_and_replay_is_byte_identical(engine, disc_png, tmp_path, model, units):
+    units = [{**unit, "image": str(disc_png)} for unit in units]
+    result, recorded = check_units_replay(engine, tmp_path, model, units)
+    assert [unit["mode"] for unit in recorded] == [unit.get("mode") for unit in units]
+    if any("mode" in unit for unit in units):
+        assert "Union Mode: gray" in result.parameters()
+
+
+def check_units_replay(engine, tmp_path, model: str, units: list[dict]):
+    """Generate with `units` on `model` into a fresh gallery: the metadata records each unit's model
+    and scale, and replaying the PNG gives it byte for byte. Returns the result and the recorded units."""
     from easel import Easel, Settings
     from easel.storage.gallery import Gallery
     from easel.storage.metadata import read_metadata
 
     gallery = Gallery(tmp_path / "home")
     engine = Easel(Settings.from_env(home=tmp_path / "home"), cache=engine.cache)
-    units = [{**unit, "image": str(disc_png)} for unit in units]
     result = engine.generate(
         GenerationRequest(model=model, prompt="a cat", steps=2, seed=8, controls=units, **SMALL)
     )
     (entry,) = gallery.add_result(result)
-    document = read_metadata(entry.path).document
-    recorded = document["request"]["controls"]
-    assert [unit["mode"] for unit in recorded] == [unit.get("mode") for unit in units]
-    assert [unit["model"] for unit in recorded] == [unit["model"] for unit in units]
-    if any("mode" in unit for unit in units):
-        assert "Union Mode: gray" in result.parameters()
+    recorded = read_metadata(entry.path).document["request"]["controls"]
+    assert [(unit["model"], unit["conditioning_scale"]) for unit in recorded] == [
+        (unit["model"], unit.get("conditioning_scale", 1.0)) for unit in units
+    ]
     again, index = engine.replay(entry.path)
     assert index == 0
     assert again.encode(index) == entry.path.read_bytes()
+    return result, recorded
 
 
 def _b64(path) -> str:

@@ -26,7 +26,7 @@ from test_flux import (
 from test_flux import mask_png as mask_png  # the fixture: a 64x64 mask of the right half
 from test_sd3 import check_lora, check_text2img_with_a_negative_prompt
 
-from easel import GenerationRequest, InvalidRequest, UnsupportedFeature
+from easel import GenerationRequest, InvalidRequest
 
 SMALL = {"width": 32, "height": 32}  # the tiny model's native size is 664x664 (the card's 1328 / 2)
 CFG = {"true_cfg_scale": 4.0, "negative_prompt": " "}  # what easel's default guidance runs
@@ -112,16 +112,17 @@ def test_defaults_native_size_and_byte_identical_replay(engine, tmp_path):
     assert QWEN_IMAGE.accelerator_dtype == "bfloat16"
 
 
-def test_detection_and_the_edit_models_refused():
-    from easel.families import family_for_index, family_for_pipeline_class
+def test_detection_of_qwen_image_and_its_edit_models():
+    from easel.families import family_for_pipeline_class
     from easel.families.qwen_image import QWEN_IMAGE
+    from easel.families.qwen_image_edit import QWEN_IMAGE_EDIT, QWEN_IMAGE_EDIT_2509
 
     for name in ("QwenImagePipeline", "QwenImageImg2ImgPipeline", "QwenImageInpaintPipeline"):
         assert family_for_pipeline_class(name) is QWEN_IMAGE
     assert QWEN_IMAGE.variant(SimpleNamespace(kind="folder", location="x", reference="x")) is QWEN_IMAGE
-    for name in ("QwenImageEditPipeline", "QwenImageEditPlusPipeline"):
-        with pytest.raises(UnsupportedFeature, match=rf"pipeline class '{name}' is not supported"):
-            family_for_index({"_class_name": name})
+    # the Edit models are their own families (tests/test_qwen_image_edit.py)
+    assert family_for_pipeline_class("QwenImageEditPipeline") is QWEN_IMAGE_EDIT
+    assert family_for_pipeline_class("QwenImageEditPlusPipeline") is QWEN_IMAGE_EDIT_2509
 
 
 @pytest.mark.parametrize(
@@ -140,7 +141,7 @@ def test_detection_and_the_edit_models_refused():
         ({"scheduler": "Euler"}, "scheduler"),
         ({"steps": 1}, "steps"),  # its scheduler's shift_terminal: NaN in one step
         ({"refiner": "stabilityai/stable-diffusion-xl-refiner-1.0"}, "refiner"),
-        ({"controls": [{"model": "demo", "image": "x.png"}]}, "controls"),
+        ({"controls": [{"model": "demo", "image": "x.png"}]}, "controls[0].model"),  # an SD 1.5 ControlNet
     ],
 )
 def test_what_qwen_image_cannot_do_is_refused_by_name(engine, fields, field):

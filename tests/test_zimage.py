@@ -128,7 +128,7 @@ def test_native_size_is_the_pipelines_default():
         ({"tiling": True}, "tiling"),
         ({"scheduler": "Euler"}, "scheduler"),
         ({"refiner": "stabilityai/stable-diffusion-xl-refiner-1.0"}, "refiner"),
-        ({"controls": [{"model": "demo", "image": "x.png"}]}, "controls"),
+        ({"controls": [{"model": "demo", "image": "x.png"}]}, "controls[0].model"),  # an SD 1.5 ControlNet
     ],
 )
 def test_what_zimage_cannot_do_is_refused_by_name(engine, fields, field):

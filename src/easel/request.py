@@ -409,7 +409,8 @@ class GenerationRequest(BaseModel):
         default_factory=list,
         max_length=MAX_REFERENCE_IMAGES,
         description="Instruction editing (task edit): the image(s) the prompt describes a change to, each a "
-        "path or http(s)/data URL; edit-capable families only (FLUX.1 Kontext: one; FLUX.2 [klein]: up to 4)",
+        "path or http(s)/data URL; edit-capable families only (FLUX.1 Kontext, Qwen-Image-Edit: one; "
+        "Qwen-Image-Edit-2509: up to 3; FLUX.2 [klein]: up to 4)",
     )
     strength: float | None = Field(
         None, ge=0, le=1, strict=True, description="img2img: 1.0 ignores the init image"
@@ -516,6 +517,16 @@ class GenerationRequest(BaseModel):
     )
     prior_guidance_scale: float | None = Field(
         None, ge=0, le=100, strict=True, description="Kandinsky 2.2: prior guidance scale (default 4.0)"
+    )
+    true_cfg_scale: float | None = Field(
+        None,
+        ge=1,
+        le=100,
+        strict=True,
+        description="FLUX.1 (dev, schnell, Kontext): real classifier-free guidance against negative_prompt "
+        "(diffusers' true_cfg_scale; above 1: two transformer passes a step); None or 1 = off. "
+        "guidance_scale stays FLUX.1-dev's distilled guidance; families whose guidance_scale is real CFG "
+        "refuse it",
     )
 
     def __init__(self, **data: Any) -> None:
@@ -875,6 +886,7 @@ FAMILY_FIELDS = (
     "prior",
     "prior_steps",
     "prior_guidance_scale",
+    "true_cfg_scale",
 )
 
 

@@ -135,6 +135,15 @@ def generate(
             "--guidance", "-g", help="Guidance scale (default 7.5 for SD 1.5).", rich_help_panel=SIZE_PANEL
         ),
     ] = None,
+    true_cfg: Annotated[
+        float | None,
+        typer.Option(
+            "--true-cfg",
+            help="FLUX.1 only: real classifier-free guidance against --negative (above 1; two transformer "
+            "passes a step); --guidance stays FLUX.1-dev's distilled guidance.",
+            rich_help_panel=SIZE_PANEL,
+        ),
+    ] = None,
     seed: Annotated[
         int | None,
         typer.Option(
@@ -273,7 +282,8 @@ def generate(
             "--edit",
             metavar="IMAGE",
             help="Reference image (path or URL) to change as the prompt says: instruction editing "
-            "(FLUX.1 Kontext, FLUX.2 [klein]); repeatable where the model takes several (klein: up to 4).",
+            "(FLUX.1 Kontext, FLUX.2 [klein], Qwen-Image-Edit); repeatable where the model takes several "
+            "(klein: up to 4, Qwen-Image-Edit-2509: up to 3).",
             rich_help_panel=IMG2IMG_PANEL,
         ),
     ] = None,
@@ -649,6 +659,7 @@ def generate(
             height=height,
             steps=steps,
             guidance_scale=guidance,
+            true_cfg_scale=true_cfg,
             seed=seed,
             num_images=num_images,
             scheduler=scheduler,
@@ -811,7 +822,8 @@ NAMED_FLAGS.update({
 NAMED_FLAGS.update({
     "model": "--model", "prompt": "PROMPT", "negative_prompt": "--negative", "styles": "--style",
     "prompt_syntax": "--syntax", "width": "--width", "height": "--height", "steps": "--steps",
-    "guidance_scale": "--guidance", "seed": "--seed", "num_images": "--num-images",
+    "guidance_scale": "--guidance", "true_cfg_scale": "--true-cfg", "seed": "--seed",
+    "num_images": "--num-images",
     "scheduler": "--scheduler", "init_image": "--image", "strength": "--strength",
     "reference_images": "--edit",
     "safety_checker": "--no-safety-checker", "controls": "--control", "loras": "--lora",

@@ -242,7 +242,47 @@ def emphasis(model: str | None, count: int, guidance: float = 7.5) -> dict[str, 
                     changed.append(float((labels != shapes.nearest_color_labels(plain_image)).mean()))
     result = {key: round(float(np.mean(value)), 4) for key, value in hits.items()}
     result["pixels_changed"] = round(float(np.mean(changed)), 4)
+    result["colour_follows"] = colour_reading(load_pipeline(Path(model) if model else None), count // 2)
     return result
+
+
+def colour_reading(pipe: Any, count: int, guidance: float = 7.5) -> dict[str, float]:
+    """Where the UNet reads the shape's colour from: prompts A (`a red circle on a white background`)
+    and B (the same with another one-token colour) are encoded, and A's embedding is given either
+    B's colour-word vectors or B's vectors at every later position (which the causal CLIP encoder
+    mixes the colour into). Shares of images whose shape takes B's colour in each case: a model that
+    reads the word itself follows `word`, one that reads the later tokens follows `later`. Why it
+    matters: Compel and A1111 weights above 1 scale the word's own vectors only."""
+    import torch
+
+    rng = np.random.default_rng(EVAL_SEED + 9)
+    tokenizer = pipe.tokenizer
+    one_token = [c for c in shapes.COLORS if len(tokenizer(c, add_special_tokens=False).input_ids) == 1]
+
+    def encode(prompt: str) -> Any:
+        length = tokenizer.model_max_length
+        ids = tokenizer(prompt, padding="max_length", max_length=length, return_tensors="pt")
+        with torch.no_grad():
+            return pipe.text_encoder(ids.input_ids)[0]
+
+    empty = encode("")
+    follows: dict[str, list[bool]] = {"word": [], "later": []}
+    for index in range(count):
+        a, b = (str(c) for c in rng.choice(one_token, 2, replace=False))
+        background = str(rng.choice([c for c in shapes.COLORS if c not in (a, b)]))
+        shape = shapes.SHAPES[index % len(shapes.SHAPES)]
+        first, second = (encode(f"a {c} {shape} on a {background} background") for c in (a, b))
+        for key, positions in (("word", slice(2, 3)), ("later", slice(3, None))):  # <bos> a COLOUR ...
+            mixed = first.clone()
+            mixed[:, positions] = second[:, positions]
+            generator = torch.Generator().manual_seed(EVAL_SEED + 7000 + index)
+            with torch.no_grad():
+                images = pipe(
+                    prompt_embeds=mixed, negative_prompt_embeds=empty, guidance_scale=guidance,
+                    num_inference_steps=STEPS, generator=generator, output_type="np",
+                ).images  # fmt: skip
+            follows[key].append(shapes.read_scene(to_uint8(images)[0])["shape_color"] == b)
+    return {key: round(float(np.mean(value)), 4) for key, value in follows.items()}
 
 
 def load_controlnet_pipeline(pipe: Any, controlnet: Path | None = None) -> Any:

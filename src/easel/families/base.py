@@ -176,10 +176,12 @@ class Family:
                 )
         if request.controls and self.controlnet_class(task) is None:
             users = ", ".join(f.name for f in _families() if f.controlnet_class(task) is not None)
-            raise UnsupportedFeature(
+            error = UnsupportedFeature(
                 f"controls: {self.name} models cannot be steered by a ControlNet for {task} "
                 f"(ControlNet works with: {users})"
             )
+            error.field = "controls"  # type: ignore[attr-defined]
+            raise error
 
     def check_loras(self, request: GenerationRequest) -> None:
         """Refuse LoRAs for a family whose pipelines cannot take them (never ignore them)."""
@@ -408,10 +410,18 @@ class Family:
         class_name = self.controlnet_class(task)
         if class_name is None:  # check_request refuses this earlier; a guard for direct callers
             raise UnsupportedFeature(f"{self.name} models cannot be steered by a ControlNet for {task}")
-        multi = getattr(diffusers, self.multi_controlnet_class)
-        controlnet = controlnets[0] if len(controlnets) == 1 else multi(list(controlnets))
+        controlnet = self.combined_controlnet(list(controlnets))
         with _no_dtype_cast_notes():
             return getattr(diffusers, class_name).from_pipe(base, controlnet=controlnet, **overrides)
+
+    def combined_controlnet(self, controlnets: list[Any]) -> Any:
+        """The units' ControlNets as the pipeline's one `controlnet`: one as is (what a plain
+        single-unit diffusers call uses), several through multi_controlnet_class (Qwen-Image's
+        takes one union ControlNet for several images, and overrides this)."""
+        import diffusers
+
+        multi = getattr(diffusers, self.multi_controlnet_class)
+        return controlnets[0] if len(controlnets) == 1 else multi(controlnets)
 
     def check_unet(self, base: Any, task: str) -> None:
         """A dedicated inpainting model (a 9-channel UNet, read from the UNet's config) only

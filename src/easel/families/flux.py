@@ -8,8 +8,14 @@ What differs from the SD families, and what easel does about it:
   conditioned on it; one model evaluation per step, no CFG), default 3.5. FLUX.1-schnell is
   distilled to 4 steps without guidance: its guidance_scale is recorded as 1 (no guidance, as
   Forge writes "CFG scale: 1") and any other value is refused, never silently ignored.
-- Negative prompts are refused: FluxPipeline's negative_prompt works only with true CFG
-  (true_cfg_scale > 1, twice the evaluations), which easel has no request field for yet.
+- Negative prompts run with real classifier-free guidance, the request's `true_cfg_scale` (the
+  name diffusers' FLUX pipelines give it, a family-only field): above 1 the pipeline evaluates the
+  transformer twice a step, for the prompt and for negative_prompt (an empty one too: the
+  unconditional text, as Forge's "CFG scale" runs it), so a step costs two passes. guidance_scale
+  stays the distilled-guidance input beside it. A negative prompt without true_cfg_scale above 1
+  would be ignored by the pipeline: refused, naming negative_prompt. diffusers' FLUX ControlNet
+  img2img and inpaint pipelines have no true CFG: true_cfg_scale is refused there. Recorded as
+  Forge writes it: "CFG scale: N" (the real CFG, 1 when off) and, for dev, "Distilled CFG Scale: M".
 - Prompts are plain text for both encoders: weighting (Compel/A1111) and BREAK have nowhere to
   go and are refused, as are prompt editing/alternation and clip skip. T5 reads
   max_sequence_length tokens: 512 for dev, 256 for schnell (its model card's value); a longer
@@ -102,12 +108,7 @@ class FluxFamily(Family):
         """Refuse, naming the field, everything FLUX.1 here would otherwise ignore or break on."""
         super().check_request(request)
         title = self.title
-        if request.negative_prompt:
-            raise _refusal(
-                "negative_prompt",
-                f"negative_prompt: {title} takes no negative prompt here (it is guidance-distilled; "
-                "diffusers' true-CFG negative prompt is not built in easel yet); leave negative_prompt empty",
-            )
+        self._check_true_cfg(request)
         if not self.distilled_guidance and request.guidance_scale not in (None, NO_GUIDANCE):
             raise _refusal(
                 "guidance_scale",
@@ -116,6 +117,26 @@ class FluxFamily(Family):
             )
         self._check_transformer_request(request)
         self._check_union_task(request)
+
+    def _check_true_cfg(self, request: GenerationRequest) -> None:
+        """A negative prompt runs only with real CFG (true_cfg_scale above 1; the pipeline would
+        ignore it otherwise); real CFG is refused where diffusers' pipeline for the task has none
+        (the FLUX ControlNet img2img and inpaint pipelines)."""
+        if request.negative_prompt and not true_cfg(request):
+            raise _refusal(
+                "negative_prompt",
+                f"negative_prompt: {self.title} runs a negative prompt only with real classifier-free "
+                "guidance (its guidance_scale is a distilled input, not CFG), so without it the negative "
+                f"prompt would be ignored; give true_cfg_scale above {NO_GUIDANCE:g} (two transformer passes "
+                "a step) or leave negative_prompt empty",
+            )
+        if true_cfg(request) and request.controls and request.task in ("img2img", "inpaint"):
+            raise _refusal(
+                "true_cfg_scale",
+                f"true_cfg_scale={request.true_cfg_scale!r}: diffusers' FLUX ControlNet {request.task} "
+                "pipeline has no real CFG; leave true_cfg_scale out with controls there, or drop the init "
+                "image",
+            )
 
     def _check_union_task(self, request: GenerationRequest) -> None:
         """Union modes only for text-to-image: diffusers' FLUX ControlNet img2img and inpaint
@@ -311,6 +332,8 @@ class FluxFamily(Family):
         }
         if self.distilled_guidance:
             arguments["guidance_scale"] = request.guidance_scale
+        if true_cfg(request):  # an empty negative prompt too: "" is the unconditional text
+            arguments.update(true_cfg_scale=request.true_cfg_scale, negative_prompt=request.negative_prompt)
         if init_image is not None:
             arguments.update(image=init_image, strength=request.strength)
         return arguments
@@ -330,7 +353,7 @@ class FluxFamily(Family):
 
         text = plan_prompt(request.prompt, request.prompt_syntax).text
         arguments["prompt"] = text
-        if request.negative_prompt and arguments.get("negative_prompt"):  # SD 3.5 (FLUX.1 refuses them)
+        if request.negative_prompt and arguments.get("negative_prompt"):  # SD 3.5; FLUX.1 with true CFG
             arguments["negative_prompt"] = plan_prompt(request.negative_prompt, request.prompt_syntax).text
         warnings = []
         t5 = self.window_tokens(pipe, text)
@@ -396,12 +419,22 @@ class FluxFamily(Family):
             vae.to(dtype=original)
 
     def a1111_parameters(self, request: GenerationRequest) -> dict[str, object]:
-        """As Forge writes FLUX: "CFG scale: 1" (no true CFG) and, for dev, the distilled guidance."""
-        entries: dict[str, object] = {"CFG scale": "1"}
+        """As Forge writes FLUX: "CFG scale" is the real CFG (true_cfg_scale; 1: none) and, for dev
+        and Kontext, "Distilled CFG Scale" the distilled guidance (schnell has none, as in Forge)."""
+        entries: dict[str, object] = {"CFG scale": _shown(request.true_cfg_scale or NO_GUIDANCE)}
         if self.distilled_guidance and request.guidance_scale is not None:
-            value = request.guidance_scale
-            entries["Distilled CFG Scale"] = f"{value:g}" if value != int(value) else str(int(value))
+            entries["Distilled CFG Scale"] = _shown(request.guidance_scale)
         return entries
+
+
+def true_cfg(request: GenerationRequest) -> bool:
+    """Whether the request runs FLUX.1's real CFG: true_cfg_scale above 1 (None or 1: off)."""
+    return request.true_cfg_scale is not None and request.true_cfg_scale > NO_GUIDANCE
+
+
+def _shown(value: float) -> str:
+    """A scale as A1111 writes numbers: 3.5, and 4 rather than 4.0."""
+    return f"{value:g}" if value != int(value) else str(int(value))
 
 
 def _union_modes() -> tuple[str, ...]:
@@ -433,6 +466,7 @@ def _transformer_config(source: ModelSource) -> dict[str, Any] | None:
 
 
 FLUX_CLASSES = ("FluxPipeline", "FluxImg2ImgPipeline", "FluxInpaintPipeline")
+TRUE_CFG = ("true_cfg_scale",)  # FLUX.1's family-only field: its pipelines' real CFG (request.FAMILY_FIELDS)
 FLUX_CONTROLNET: dict[str, Any] = {
     "controlnet_text2img_class": "FluxControlNetPipeline",
     "controlnet_img2img_class": "FluxControlNetImg2ImgPipeline",
@@ -451,6 +485,7 @@ FLUX_DEV = FluxFamily(
     tasks=INPAINTING_TASKS,
     inpaint_class="FluxInpaintPipeline",
     **FLUX_CONTROLNET,
+    options=TRUE_CFG,
     loras=True,  # FluxLoraLoaderMixin: transformer and CLIP text encoder adapters
     default_steps=28,
     default_guidance=3.5,  # distilled guidance (the transformer's guidance input), not CFG
@@ -469,6 +504,7 @@ FLUX_SCHNELL = FluxFamily(
     tasks=INPAINTING_TASKS,
     inpaint_class="FluxInpaintPipeline",
     **FLUX_CONTROLNET,
+    options=TRUE_CFG,
     loras=True,  # FluxLoraLoaderMixin: transformer and CLIP text encoder adapters
     default_steps=4,
     default_guidance=NO_GUIDANCE,  # no guidance at all; recorded as 1, other values refused

@@ -11,7 +11,8 @@ and its model_index.json names that class, which is how it is detected. What dif
   Image-to-image (init_image/strength) has no place in it and Kontext inpainting
   (FluxKontextInpaintPipeline) is not built here yet: both are refused by name.
 - Defaults from the model card: 28 steps, guidance 2.5 (a distilled-guidance input, as FLUX.1-dev's;
-  recorded as "Distilled CFG Scale" with "CFG scale: 1", as Forge writes it).
+  recorded as "Distilled CFG Scale" with "CFG scale: 1", as Forge writes it). Negative prompts run
+  with real CFG (true_cfg_scale above 1, "CFG scale: N"), as for FLUX.1.
 - Sizes: Kontext was trained at PREFERRED_KONTEXT_RESOLUTIONS (about one megapixel). The reference is
   resized to the one nearest its aspect ratio, as the pipeline's `_auto_resize` does, and an edit
   without a size comes out at that size (recorded in the concrete request). The list is scaled by the
@@ -28,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from easel.errors import GenerationFailed
 from easel.families.base import Family
-from easel.families.flux import FluxFamily
+from easel.families.flux import TRUE_CFG, FluxFamily
 
 if TYPE_CHECKING:
     from PIL.Image import Image
@@ -38,6 +39,22 @@ if TYPE_CHECKING:
 
 KONTEXT_NATIVE = 1024  # the side PREFERRED_KONTEXT_RESOLUTIONS were made for (default_sample_size 128 x 8)
 EDIT_TASKS = ("text2img", "edit")
+
+
+def edit_model_refusal(title: str, task: str, inpaint_class: str, inpaints: str) -> str | None:
+    """Why an instruction-editing model (Kontext, Qwen-Image-Edit) refuses image-to-image and inpainting
+    (None for other tasks): the picture goes in reference_images; `inpaints` names a model that can."""
+    if task == "img2img":
+        return (
+            f"init_image: {title} does not do image-to-image (strength); give the picture as "
+            "reference_images and say the change in the prompt (instruction editing)"
+        )
+    if task == "inpaint":
+        return (
+            f"mask_image/outpaint: {title} inpainting ({inpaint_class}) is not built in easel yet; edit with "
+            f"reference_images and the prompt, or inpaint with {inpaints}"
+        )
+    return None
 
 
 @dataclass(frozen=True)
@@ -50,17 +67,8 @@ class FluxKontextFamily(FluxFamily):
         return self
 
     def unsupported_task_message(self, task: str) -> str:
-        if task == "img2img":
-            return (
-                f"init_image: {self.title} does not do image-to-image (strength); give the picture as "
-                "reference_images and say the change in the prompt (instruction editing)"
-            )
-        if task == "inpaint":
-            return (
-                f"mask_image/outpaint: {self.title} inpainting (FluxKontextInpaintPipeline) is not built in "
-                "easel yet; edit with reference_images and the prompt, or inpaint with FLUX.1-dev"
-            )
-        return super().unsupported_task_message(task)
+        refusal = edit_model_refusal(self.title, task, "FluxKontextInpaintPipeline", "FLUX.1-dev")
+        return refusal or super().unsupported_task_message(task)
 
     # -- sizes ------------------------------------------------------------------------------------
 
@@ -121,6 +129,7 @@ FLUX_KONTEXT_DEV = FluxKontextFamily(
     tasks=EDIT_TASKS,
     edit_class="FluxKontextPipeline",
     max_reference_images=1,
+    options=TRUE_CFG,  # FluxKontextPipeline's true_cfg_scale and negative_prompt, as FLUX.1's
     loras=True,  # FluxLoraLoaderMixin, as FLUX.1-dev
     default_steps=28,
     default_guidance=2.5,  # the model card's; distilled guidance (the transformer's input), not CFG

@@ -4,9 +4,8 @@ What differs from the SD families, and what easel does about it:
 
 - model_index.json says QwenImagePipeline (img2img: QwenImageImg2ImgPipeline, inpainting:
   QwenImageInpaintPipeline, both from_pipe on the base). The Edit models (QwenImageEditPipeline,
-  QwenImageEditPlusPipeline) take reference images, an `edit` task easel does not serve for Qwen-Image
-  yet: detection refuses them naming why (their Qwen2VLProcessor cannot be built without torchvision;
-  easel.families.qwen_image_edit).
+  QwenImageEditPlusPipeline) are their own families, task `edit` with reference images, loaded with an
+  image-only processor (easel.families.qwen_image_edit).
 - `guidance_scale` is real classifier-free guidance: it goes to the pipeline's `true_cfg_scale` (two
   transformer evaluations a step, the negative prompt's and the prompt's). The pipeline's own
   `guidance_scale` is for guidance-distilled variants only (the base transformer has no guidance
@@ -18,10 +17,22 @@ What differs from the SD families, and what easel does about it:
   prompt would be ignored: it is refused, naming negative_prompt (as for SD 3.5).
 - Prompts are plain text for Qwen2.5-VL (the pipeline wraps them in its ChatML template): weighting
   and BREAK, prompt editing, clip skip, the SD samplers, variation seeds, tiling, the hires fix, the
-  latent masked-content fills, ControlNet and textual inversion are refused by name (FLUX.1's checks,
+  latent masked-content fills and textual inversion are refused by name (FLUX.1's checks,
   shared). The text encoder reads max_sequence_length tokens of the prompt (512, the pipeline's
   default); token counts use the model's Qwen tokenizer, and a longer prompt gets a warning.
 - LoRAs go through easel's adapter mechanism (diffusers' QwenImageLoraLoaderMixin loads them).
+- ControlNet: QwenImageControlNetModel (InstantX/Qwen-Image-ControlNet-Union and single-purpose ones)
+  with QwenImageControlNetPipeline, text-to-image, from_pipe on the base. The union model reads the
+  kind of control from the image (no num_mode, no control_mode), so a unit's `mode` is refused.
+  Several units run as QwenImageMultiControlNetModel, which diffusers runs for one union ControlNet
+  over several images: units naming different ControlNets are refused (controls[i].model). Each unit
+  has its scale and guidance start/end. QwenImageControlNetInpaintPipeline is refused (controls with a
+  mask): it is not easel's inpainting (it denoises from noise, the masked picture only a ControlNet
+  input, and it draws that input's VAE sample from the global generator), and the inpainting
+  ControlNet it needs (config extra_condition_channels) is refused on text-to-image. A ControlNet for
+  another base is refused from its config before its weights load (class, then patch, width, heads,
+  text width, rope axes against the transformer); single files are refused as for FLUX.1 (diffusers
+  reads QwenImageControlNetModel only with its config.json).
 - Latents are packed (batch, sequence, 64) and the VAE's are 5-D (batch, channels, frames, h, w): live
   previews skip them (no picture, no failure); a non-finite decode is redone in float32 the way the
   pipeline decodes (latents_mean/std, the one frame).
@@ -36,12 +47,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from easel.errors import InvalidRequest
+from easel.errors import InvalidRequest, UnsupportedFeature
 from easel.families.base import INPAINTING_TASKS, Family
+from easel.families.dit_control import refuse_mode, refuse_other_models
 from easel.families.flux import FluxFamily
 from easel.families.sd3 import NO_CFG, SD3Family
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+
     from PIL.Image import Image
 
     from easel.models.reference import ModelSource
@@ -66,9 +80,66 @@ class QwenImageFamily(SD3Family):
     latents_note: str = "its latents are packed"
     native_size: str = "1328x1328"
 
+    # what a Qwen-Image ControlNet shares with the transformer: the packed latents it reads, the width
+    # and heads of the blocks its residuals are added to, the text width, the rope axes
+    CONTROL_KEYS = (
+        "in_channels",
+        "patch_size",
+        "attention_head_dim",
+        "num_attention_heads",
+        "joint_attention_dim",
+        "axes_dims_rope",
+    )
+
     def variant(self, source: ModelSource) -> Family:
         """One model (FluxFamily's variant would read FLUX's transformer config)."""
         return self
+
+    def check_request(self, request: GenerationRequest) -> None:
+        """SD 3.5's checks, then the ControlNet units' rule: several units share one ControlNet."""
+        super().check_request(request)
+        refuse_other_models(
+            request,
+            self.title,
+            "diffusers' QwenImageMultiControlNetModel runs one union ControlNet over several control images",
+        )
+
+    def check_control(
+        self,
+        index: int,
+        reference: str,
+        config: Mapping[str, Any] | None,
+        unet_config: Mapping[str, Any] | None = None,
+        *,
+        mode: int | str | None = None,
+    ) -> None:
+        """FLUX.1's checks (single file, class, dimensions) without its union mode, which Qwen-Image's
+        ControlNets do not take; an inpainting ControlNet (extra_condition_channels: the masked picture
+        and mask beside the latents) is refused, for its pipeline is not served."""
+        refuse_mode(self.title, index, reference, mode)
+        super().check_control(index, reference, config, unet_config)
+        extra = int((config or {}).get("extra_condition_channels") or 0)
+        if extra:
+            field = f"controls[{index}].model"
+            raise InvalidRequest(
+                f"invalid {field}={reference!r}: it is an inpainting ControlNet (extra_condition_channels "
+                f"{extra}: it reads a masked picture and its mask), which only "
+                "QwenImageControlNetInpaintPipeline runs, and easel does not serve that; use a ControlNet "
+                "for text-to-image",
+                field=field,
+                value=reference,
+            )
+
+    def combined_controlnet(self, controlnets: list[Any]) -> Any:
+        """One unit: its ControlNet as is. Several (one model, as check_request makes sure): that
+        ControlNet once in a QwenImageMultiControlNetModel, which runs it on each unit's image."""
+        if len(controlnets) == 1:
+            return controlnets[0]
+        if any(net is not controlnets[0] for net in controlnets):  # check_request refuses this earlier
+            raise UnsupportedFeature(f"{self.title} runs several control units on one ControlNet only")
+        import diffusers
+
+        return diffusers.QwenImageMultiControlNetModel([controlnets[0]])
 
     def default_size(self, pipe: Any) -> tuple[int, int]:
         """The model card's 1328x1328: 166 latent pixels x the VAE's scale factor."""
@@ -126,6 +197,10 @@ QWEN_IMAGE = QwenImageFamily(
     img2img_class="QwenImageImg2ImgPipeline",
     tasks=INPAINTING_TASKS,
     inpaint_class="QwenImageInpaintPipeline",
+    controlnet_text2img_class="QwenImageControlNetPipeline",
+    control_classes=("QwenImageControlNetModel",),
+    multi_controlnet_class="QwenImageMultiControlNetModel",
+    denoiser="transformer",
     loras=True,  # QwenImageLoraLoaderMixin: transformer adapters
     default_steps=50,  # the model card's
     default_guidance=4.0,  # the model card's true_cfg_scale (real CFG)

@@ -96,6 +96,7 @@ class SD3Family(FluxFamily):
 
     def check_request(self, request: GenerationRequest) -> None:
         """Refuse, naming the field, what SD 3.5 here would otherwise ignore or break on."""
+        self._check_no_true_cfg(request)
         Family.check_request(self, request)
         guidance = self.default_guidance if request.guidance_scale is None else request.guidance_scale
         if request.negative_prompt and guidance <= self.cfg_threshold:
@@ -106,6 +107,18 @@ class SD3Family(FluxFamily):
                 f"{self.cfg_threshold:g} or leave negative_prompt empty",
             )
         self._check_transformer_request(request)
+
+    def _check_no_true_cfg(self, request: GenerationRequest) -> None:
+        """FLUX.1's true_cfg_scale is what guidance_scale already is here (real CFG against the
+        negative prompt; Qwen-Image's pipeline even calls it true_cfg_scale): refused, pointing to
+        guidance_scale, rather than the generic family-field refusal."""
+        if request.true_cfg_scale is not None:
+            raise _refusal(
+                "true_cfg_scale",
+                f"true_cfg_scale={request.true_cfg_scale!r}: {self.title}'s guidance_scale already is real "
+                "classifier-free guidance (the negative prompt's pass beside the prompt's); give the scale "
+                "as guidance_scale and leave true_cfg_scale out",
+            )
 
     def call_arguments(
         self, pipe: Any, request: GenerationRequest, init_image: Image | None

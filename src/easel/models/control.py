@@ -1,7 +1,8 @@
 """ControlNet models: what a control unit's `model` means, and loading one.
 
 A control model is a single diffusers ControlNet (ControlNetModel for SD 1.x/2.x and SDXL,
-FluxControlNetModel for FLUX.1, SD3ControlNetModel for SD 3.x), not a pipeline, so it has its own
+FluxControlNetModel for FLUX.1, SD3ControlNetModel for SD 3.x, QwenImageControlNetModel for Qwen-Image,
+ZImageControlNetModel for Z-Image), not a pipeline, so it has its own
 reference rules: a hub repo id or a local folder with a config.json naming one of those classes,
 a .safetensors checkpoint, or `demo` (the ControlNet bundled beside the demo model). Its config
 is read (small JSON, no weights) so a ControlNet made for another base (SD 1.5 control on SDXL)
@@ -23,7 +24,13 @@ from easel.model_names import DEMO_CONTROL, control_display_name  # noqa: F401 (
 from easel.models.reference import HUB_ID, PICKLE_SUFFIXES, SAFE_SUFFIXES, ModelSource, check_hub_id
 
 DEMO = DEMO_CONTROL
-CONTROL_CLASSES = ("ControlNetModel", "FluxControlNetModel", "SD3ControlNetModel")
+CONTROL_CLASSES = (
+    "ControlNetModel",
+    "FluxControlNetModel",
+    "SD3ControlNetModel",
+    "QwenImageControlNetModel",
+    "ZImageControlNetModel",
+)
 WEIGHTS = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.fp16.safetensors")
 
 
@@ -139,7 +146,7 @@ def _checked(config: dict[str, Any], reference: str, field: str) -> dict[str, An
         hint = " (that is a whole pipeline: give it as --model)" if "Pipeline" in class_name else ""
         raise InvalidRequest(
             f"invalid {field}={reference!r}: it is a {class_name or 'unknown'} model, not a "
-            f"ControlNetModel, FluxControlNetModel or SD3ControlNetModel{hint}",
+            f"ControlNet ({', '.join(CONTROL_CLASSES)}){hint}",
             field=field,
             value=reference,
         )

@@ -1,7 +1,8 @@
 """AUTOMATIC1111-compatible API (/sdapi/v1/...), enough for the `webuiapi` client unchanged.
 
 A1111 fields map onto GenerationRequest: prompt, negative_prompt, steps, cfg_scale ->
-guidance_scale (FLUX.1-dev and Kontext: Forge's distilled_cfg_scale, cfg_scale only 1),
+guidance_scale (FLUX.1 as Forge reads it: cfg_scale is real CFG, true_cfg_scale, and dev's and
+Kontext's guidance is distilled_cfg_scale),
 seed (-1 random), width, height, sampler_name (+ the newer separate
 `scheduler` "Karras") -> scheduler, batch_size x n_iter -> num_images (A1111 also seeds
 image i with seed + i), denoising_strength -> strength (img2img), init_images[0] -> init_image,
@@ -47,7 +48,7 @@ import base64
 import json
 import re
 import time
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 from fastapi import APIRouter, Depends
 from pydantic import BaseModel, ConfigDict, Field
@@ -61,11 +62,15 @@ from easel.server.native import gallery_entry, submit
 from easel.server.openapi import A1111, documented
 from easel.server.state import ServerState, state_of
 
+if TYPE_CHECKING:
+    from easel.families.base import Family
+
 State = Annotated[ServerState, Depends(state_of)]
 
 # our field -> the A1111 field, so errors name what the client sent
 A1111_FIELD = {
-    "guidance_scale": "cfg_scale", "scheduler": "sampler_name", "num_images": "batch_size",
+    "guidance_scale": "cfg_scale", "true_cfg_scale": "cfg_scale", "scheduler": "sampler_name",
+    "num_images": "batch_size",
     "strength": "denoising_strength", "init_image": "init_images", "refiner": "refiner_checkpoint",
     "refiner_at": "refiner_switch_at", "model": "sd_model_checkpoint", "mask_image": "mask",
     "masked_content": "inpainting_fill", "inpaint_area": "inpaint_full_res",
@@ -205,48 +210,57 @@ class PngInfoRequest(BaseModel):
     image: str
 
 
-def _distilled_guidance(state: ServerState, model: str | None) -> str | None:
-    """The family title when `model`'s guidance is a distilled input (FLUX.1-dev, Kontext), else
-    None (also when the model cannot be found: the job reports that, naming the model)."""
+def _model_family(state: ServerState, model: str | None) -> Family | None:
+    """The family of `model` (None when it cannot be found: the job reports that, naming the model)."""
     from easel.errors import EaselError
     from easel.models.cache import detect_family
 
     try:
-        family = detect_family(state.engine.resolve_model(model))
+        return detect_family(state.engine.resolve_model(model))
     except EaselError:
         return None
-    return family.title if family.distilled_guidance else None
 
 
-def _guidance(body: Txt2ImgRequest, distilled: str | None) -> float | None:
-    """guidance_scale as Forge reads it: cfg_scale is classifier-free guidance, and for models
-    whose guidance is distilled (FLUX.1-dev: Forge's "Distilled CFG Scale") the guidance comes in
-    distilled_cfg_scale. easel runs no real CFG for those (true CFG is not built), so there
-    cfg_scale is accepted only at 1 (Forge's FLUX default) rather than read as something else;
-    distilled_cfg_scale on any other model is refused (it would change nothing)."""
-    if distilled is None:
-        if body.distilled_cfg_scale is not None:
-            raise InvalidRequest(
-                f"invalid distilled_cfg_scale={body.distilled_cfg_scale:g}: only models with distilled "
-                "guidance (FLUX.1-dev, FLUX.1 Kontext) use it; use cfg_scale",
-                field="distilled_cfg_scale",
-                value=body.distilled_cfg_scale,
-            )
-        return body.cfg_scale
-    if body.cfg_scale not in (None, 1):
+def _takes_true_cfg(family: Family | None) -> bool:
+    """FLUX.1 (dev, schnell, Kontext): Forge's cfg_scale is its real CFG, easel's true_cfg_scale."""
+    return family is not None and "true_cfg_scale" in family.options
+
+
+def _guidance(body: Txt2ImgRequest, family: Family | None) -> dict[str, Any]:
+    """guidance_scale (and true_cfg_scale) as Forge reads them: cfg_scale is classifier-free
+    guidance, for FLUX.1 too, where it is the real CFG against the negative prompt (true_cfg_scale;
+    1: off, the default); models whose guidance is distilled (FLUX.1-dev, Kontext: Forge's
+    "Distilled CFG Scale") take that in distilled_cfg_scale, refused on any other model (it would
+    change nothing). A FLUX.1 negative prompt without cfg_scale above 1 would be ignored: a 422."""
+    distilled = family is not None and family.distilled_guidance
+    if not distilled and body.distilled_cfg_scale is not None:
         raise InvalidRequest(
-            f"invalid cfg_scale={body.cfg_scale:g}: {distilled} has no real CFG in easel (its guidance is "
-            "distilled); send cfg_scale 1 and the guidance as distilled_cfg_scale (Forge's field)",
-            field="cfg_scale",
-            value=body.cfg_scale,
+            f"invalid distilled_cfg_scale={body.distilled_cfg_scale:g}: only models with distilled "
+            "guidance (FLUX.1-dev, FLUX.1 Kontext) use it; use cfg_scale",
+            field="distilled_cfg_scale",
+            value=body.distilled_cfg_scale,
         )
-    return body.distilled_cfg_scale
+    if family is None or not _takes_true_cfg(family):
+        return {"guidance_scale": body.cfg_scale}
+    real = None if body.cfg_scale in (None, 1) else body.cfg_scale
+    if body.negative_prompt and real is None:
+        raise InvalidRequest(
+            f"invalid negative_prompt: {family.title} runs a negative prompt only with real CFG (Forge's "
+            "cfg_scale for FLUX, two passes a step); send cfg_scale above 1, or an empty negative_prompt",
+            field="negative_prompt",
+            value=shown_value(body.negative_prompt),
+        )
+    fields: dict[str, Any] = {"true_cfg_scale": real}
+    if distilled:
+        fields["guidance_scale"] = body.distilled_cfg_scale
+    return fields
 
 
-def to_generation_request(body: Txt2ImgRequest, state: ServerState) -> tuple[GenerationRequest, str | None]:
-    """The A1111 request as a GenerationRequest, with errors naming A1111's fields; and the family
-    title when the model's guidance is distilled (else None), detected once here and passed on to
-    the answer's info."""
+def to_generation_request(
+    body: Txt2ImgRequest, state: ServerState
+) -> tuple[GenerationRequest, Family | None]:
+    """The A1111 request as a GenerationRequest, with errors naming A1111's fields; and the model's
+    family (None: not found), detected once here and passed on to the answer's info."""
     check_fields(body)
     controls, unit_index = _control_units(body.alwayson_scripts or {}, state)
     fields: dict[str, Any] = {
@@ -272,8 +286,8 @@ def to_generation_request(body: Txt2ImgRequest, state: ServerState) -> tuple[Gen
     fields["model"] = (
         state.policy.model_reference(model, field=OVERRIDE_MODEL) if model else state.current_model
     )
-    distilled = _distilled_guidance(state, fields["model"])
-    fields["guidance_scale"] = _guidance(body, distilled)
+    family = _model_family(state, fields["model"])
+    fields.update(_guidance(body, family))
     overrides = body.override_settings or {}
     fields["vae"] = (
         vae_setting(overrides["sd_vae"], state, field=OVERRIDE_VAE)
@@ -302,7 +316,7 @@ def to_generation_request(body: Txt2ImgRequest, state: ServerState) -> tuple[Gen
     if hires is not None:
         fields["hires"] = hires
     try:
-        return state.policy.check(GenerationRequest.from_fields(fields)), distilled
+        return state.policy.check(GenerationRequest.from_fields(fields)), family
     except InvalidRequest as error:
         raise _renamed(error, unit_index, names=_sent_names(body)) from None
 
@@ -773,17 +787,19 @@ async def _run(state: ServerState, request: GenerationRequest, body: Txt2ImgRequ
         error.field = model_field  # type: ignore[attr-defined]  # the 404 names what the client sent
     if getattr(error, "field", None) == "vae":  # a VAE that failed to load: the option that named it
         error.field = OVERRIDE_VAE if "sd_vae" in (body.override_settings or {}) else "sd_vae"  # type: ignore[union-attr]
-    if error is not None and getattr(error, "field", None) == "clip_skip":  # a model that cannot skip
-        error = type(error)(str(error).replace("clip_skip", names["clip_skip"], 1))
-        error.field = names["clip_skip"]  # type: ignore[attr-defined]
+    # a model that cannot skip; FLUX's real CFG where its pipeline has none: the A1111 field
+    theirs = {"clip_skip": names["clip_skip"], "true_cfg_scale": "cfg_scale"}.get(getattr(error, "field", ""))
+    if error is not None and theirs is not None:
+        error = type(error)(str(error).replace(str(getattr(error, "field", "")), theirs, 1))
+        error.field = theirs  # type: ignore[attr-defined]
     if error is not None:
         raise error
     return job
 
 
-def _response(state: ServerState, job: Job, body: BaseModel, distilled: str | None) -> dict[str, Any]:
-    """{"images", "parameters", "info"} as A1111 answers; info is a JSON string. `distilled`: what
-    to_generation_request detected (the family title when the guidance is distilled)."""
+def _response(state: ServerState, job: Job, body: BaseModel, family: Family | None) -> dict[str, Any]:
+    """{"images", "parameters", "info"} as A1111 answers; info is a JSON string. `family`: what
+    to_generation_request detected (None: not found)."""
     from easel.model_names import vae_display_name
     from easel.models.hashing import short_hash
 
@@ -811,7 +827,7 @@ def _response(state: ServerState, job: Job, body: BaseModel, distilled: str | No
         "width": request.get("width"),
         "height": request.get("height"),
         "sampler_name": summary.get("sampler", ""),
-        **_guidance_info(request, distilled),
+        **_guidance_info(request, family),
         "steps": request.get("steps"),
         "batch_size": getattr(body, "batch_size", 1),
         "restore_faces": False,
@@ -839,11 +855,15 @@ def _response(state: ServerState, job: Job, body: BaseModel, distilled: str | No
     return {"images": images, "parameters": parameters, "info": json.dumps(info, ensure_ascii=False)}
 
 
-def _guidance_info(request: dict[str, Any], distilled: str | None) -> dict[str, Any]:
-    """cfg_scale (and, for distilled guidance, Forge's distilled_cfg_scale) of the answer's info."""
-    if distilled is None:
+def _guidance_info(request: dict[str, Any], family: Family | None) -> dict[str, Any]:
+    """cfg_scale (FLUX.1: its real CFG, 1 when off) and, for distilled guidance, Forge's
+    distilled_cfg_scale, of the answer's info."""
+    if not _takes_true_cfg(family):
         return {"cfg_scale": request.get("guidance_scale")}
-    return {"cfg_scale": 1.0, "distilled_cfg_scale": request.get("guidance_scale")}
+    info = {"cfg_scale": request.get("true_cfg_scale") or 1.0}
+    if family is not None and family.distilled_guidance:
+        info["distilled_cfg_scale"] = request.get("guidance_scale")
+    return info
 
 
 def _hires_info(request: dict[str, Any]) -> dict[str, Any]:
@@ -891,17 +911,17 @@ def build_router() -> APIRouter:
 
     @router.post("/txt2img", **documented(A1111, api.A1111Images, *api.GENERATION))
     async def txt2img(body: Txt2ImgRequest, state: State) -> dict[str, Any]:
-        request, distilled = to_generation_request(body, state)
+        request, family = to_generation_request(body, state)
         job = await _run(state, request, body)
-        answer = _response(state, job, body, distilled)
+        answer = _response(state, job, body, family)
         _after(state, job, body)
         return answer
 
     @router.post("/img2img", **documented(A1111, api.A1111Images, *api.GENERATION))
     async def img2img(body: Img2ImgRequest, state: State) -> dict[str, Any]:
-        request, distilled = to_generation_request(body, state)
+        request, family = to_generation_request(body, state)
         job = await _run(state, request, body)
-        answer = _response(state, job, body, distilled)
+        answer = _response(state, job, body, family)
         _after(state, job, body)
         return answer
 

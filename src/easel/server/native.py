@@ -89,7 +89,7 @@ A1111_FIELDS = {
     "Steps": ("steps", int), "CFG scale": ("guidance_scale", float), "Seed": ("seed", int),
     "Denoising strength": ("strength", float), "Clip skip": ("clip_skip", int),
     "Variation seed": ("variation_seed", int), "Variation seed strength": ("variation_strength", float),
-    "Distilled CFG Scale": ("guidance_scale", float),  # Forge's FLUX.1-dev guidance (after "CFG scale": 1)
+    "Distilled CFG Scale": ("guidance_scale", float),  # Forge's FLUX.1-dev guidance ("CFG scale": real CFG)
 }  # fmt: skip
 
 
@@ -337,7 +337,8 @@ def build_router() -> APIRouter:
         from easel.request import UNION_MODES
         from easel.server.policy import list_control_models
 
-        return {"models": list_control_models(), "preprocessors": list(PREPROCESSORS), "modes": list(UNION_MODES)}
+        models = list_control_models()
+        return {"models": models, "preprocessors": list(PREPROCESSORS), "modes": list(UNION_MODES)}
 
     @router.get("/api/v1/vaes", tags=["native"], **documented(NATIVE, list[str]))
     async def vaes() -> list[str]:
@@ -441,6 +442,10 @@ def _fields_from_parameters(parsed: dict[str, Any] | None) -> dict[str, Any]:
         if key in settings:
             with contextlib.suppress(ValueError):
                 fields[name] = kind(settings[key])
+    if "Distilled CFG Scale" in settings:  # Forge's FLUX.1: "CFG scale" is its real CFG, 1 when off
+        with contextlib.suppress(ValueError):
+            if float(settings.get("CFG scale", 1)) != 1:
+                fields["true_cfg_scale"] = float(settings["CFG scale"])
     width, _, height = str(settings.get("Size", "")).partition("x")
     if width.isdigit() and height.isdigit():
         fields["width"], fields["height"] = int(width), int(height)

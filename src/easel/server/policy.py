@@ -51,7 +51,8 @@ def list_models() -> list[ModelEntry]:
 
 def list_control_models() -> list[str]:
     """`demo` (the bundled ControlNet) plus every ControlNet in the HF cache (ControlNetModel,
-    FluxControlNetModel, SD3ControlNetModel: easel.models.control.CONTROL_CLASSES)."""
+    FluxControlNetModel, SD3ControlNetModel, QwenImageControlNetModel, ZImageControlNetModel:
+    easel.models.control.CONTROL_CLASSES)."""
     from easel.models.control import CONTROL_CLASSES
 
     return ["demo", *(repo_id for repo_id, name in _cached_repos("config.json") if name in CONTROL_CLASSES)]

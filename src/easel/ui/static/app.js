@@ -78,6 +78,7 @@
     variation_strength: "variation-strength", seed_resize_from: "seed-resize-width",
     refiner: "refiner", refiner_at: "refiner-at", prior: "prior", prior_steps: "prior-steps",
     prior_guidance_scale: "prior-guidance", mask_image: "mask-editor", mask_blur: "mask-blur",
+    true_cfg_scale: "true-cfg",
     invert_mask: "mask-invert", inpaint_area: "inpaint-area", inpaint_padding: "inpaint-padding",
     masked_content: "masked-content", outpaint: "outpaint-fields", paste_back: "paste-back",
     loras: "loras",
@@ -244,6 +245,10 @@
       request.refiner = $("refiner").value;
       if (number("refiner-at") !== null) request.refiner_at = number("refiner-at");
     }
+    // FLUX.1's real CFG (a family-only field: sent only where the model takes it)
+    if (!$("true-cfg-fields").hidden && number("true-cfg") !== null) {
+      request.true_cfg_scale = number("true-cfg");
+    }
     if (!$("prior-fields").hidden) {
       if ($("prior").value) request.prior = $("prior").value;
       if (number("prior-steps") !== null) request.prior_steps = number("prior-steps");
@@ -370,6 +375,7 @@
     set("prior", fields.prior || "");
     set("prior-steps", fields.prior_steps);
     set("prior-guidance", fields.prior_guidance_scale);
+    set("true-cfg", fields.true_cfg_scale);
     await modelChanged();
   }
 
@@ -408,6 +414,7 @@
     $("model-family").textContent = `${info.family}: ${info.tasks.join(", ")}`;
     $("refiner-fields").hidden = !info.options.includes("refiner");
     $("prior-fields").hidden = !info.options.includes("prior");
+    $("true-cfg-fields").hidden = !info.options.includes("true_cfg_scale");
     $("control-add").disabled = !info.controlnet;
     $("control-unavailable").hidden = info.controlnet;
     // Kandinsky's prior makes one CLIP embedding from the last layer: no clip skip there
