@@ -126,10 +126,12 @@ def test_replay_through_the_gallery_is_byte_identical(engine, reference, tmp_pat
     check_edit_replay(engine, TINY_FLUX_KONTEXT, [reference], tmp_path, **SMALL)
 
 
-def check_edit_replay(engine, repo: str, references: list[Path], tmp_path: Path, **fields) -> None:
+def check_edit_replay(
+    engine, repo: str, references: list[Path], tmp_path: Path, *, steps: int = 1, **fields
+) -> None:
     """An edit of `references` with `repo` (and `fields`), added to a gallery, replays byte for byte
     from the gallery's stored copies of the references, the originals gone (FLUX.1 Kontext here,
-    FLUX.2 [klein] with two references in test_flux2)."""
+    FLUX.2 [klein] with two references in test_flux2, Qwen-Image-Edit-2509 with two at 2 steps)."""
     from easel import Easel, Settings
     from easel.storage.gallery import Gallery
     from easel.storage.metadata import read_metadata
@@ -142,8 +144,8 @@ def check_edit_replay(engine, repo: str, references: list[Path], tmp_path: Path,
         copy.write_bytes(reference.read_bytes())
     result = engine.generate(
         GenerationRequest(
-            model=repo, prompt="a blue square", reference_images=[str(c) for c in copies], steps=1, seed=2,
-            **fields,
+            model=repo, prompt="a blue square", reference_images=[str(c) for c in copies], steps=steps,
+            seed=2, **fields,
         )
     )  # fmt: skip
     [entry] = gallery.add_result(result)

@@ -16,7 +16,7 @@ from easel.families.flux2 import NOT_BUILT as FLUX2_NOT_BUILT
 from easel.families.flux_kontext import FLUX_KONTEXT_DEV
 from easel.families.kandinsky import KANDINSKY22, KANDINSKY22_INPAINT, KANDINSKY22_PRIOR
 from easel.families.qwen_image import QWEN_IMAGE
-from easel.families.qwen_image_edit import NOT_BUILT
+from easel.families.qwen_image_edit import QWEN_IMAGE_EDIT, QWEN_IMAGE_EDIT_2509
 from easel.families.sd3 import SD3, SD35_LARGE, SD35_LARGE_TURBO, SD35_MEDIUM
 from easel.families.sd15 import SD15
 from easel.families.sdxl import SDXL, SDXL_REFINER
@@ -39,6 +39,8 @@ FAMILIES: tuple[Family, ...] = (
     SD35_LARGE_TURBO,
     SD3,
     QWEN_IMAGE,
+    QWEN_IMAGE_EDIT,  # edit only; an image-only processor (no torchvision)
+    QWEN_IMAGE_EDIT_2509,
     ZIMAGE_TURBO,
 )
 register(FAMILIES)  # the hooks' errors name the families that take a field
@@ -68,8 +70,8 @@ def family_for_index(model_index: dict[str, Any]) -> Family:
         if family.matches(model_index):
             return family
     class_name = str(model_index.get("_class_name", ""))
-    not_built = {**NOT_BUILT, **FLUX2_NOT_BUILT}
-    if class_name in not_built:  # a known model easel cannot serve yet: say why (Qwen-Image-Edit, FLUX.2 dev)
+    not_built = FLUX2_NOT_BUILT
+    if class_name in not_built:  # a known model easel cannot serve yet: say why (FLUX.2 dev)
         error = UnsupportedFeature(not_built[class_name])
         error.field = "model"  # type: ignore[attr-defined]
         raise error
