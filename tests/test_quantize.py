@@ -170,11 +170,12 @@ def test_an_f32_gguf_transformer_gives_the_repo_models_pixels(engine, gguf_files
 
 
 def test_the_base_is_inferred_from_bfl_tensor_names_or_asked_for(engine, gguf_files, tmp_path):
-    from easel.models.quantize import infer_gguf_base
+    from easel.models.quantize import infer_transformer_base
     from easel.testing.tiny_gguf import write_bfl_names
 
-    assert infer_gguf_base(str(write_bfl_names(tmp_path / "dev.gguf", dev=True))) == TINY_FLUX_DEV
-    assert infer_gguf_base(str(write_bfl_names(tmp_path / "schnell.gguf", dev=False))) == TINY_FLUX_SCHNELL
+    assert infer_transformer_base(str(write_bfl_names(tmp_path / "dev.gguf", dev=True))) == TINY_FLUX_DEV
+    schnell = write_bfl_names(tmp_path / "schnell.gguf", dev=False)
+    assert infer_transformer_base(str(schnell)) == TINY_FLUX_SCHNELL
     # diffusers' own names (the tiny files) say no model: the request must name its base
     with pytest.raises(InvalidRequest, match="base_model") as caught:
         engine.generate(GenerationRequest(model=str(gguf_files["F32"]), **FAST))

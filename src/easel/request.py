@@ -309,8 +309,8 @@ class GenerationRequest(BaseModel):
 
     model: str | None = Field(
         None,
-        description="Hub repo id, local diffusers folder, .safetensors file, or .gguf transformer file (see "
-        "base_model); None = bundled demo model",
+        description="Hub repo id, local diffusers folder, .safetensors file, or FLUX.1 / SD 3.5 transformer "
+        "file (.gguf or .safetensors, see base_model); None = bundled demo model",
     )
     vae: str | None = Field(
         None,
@@ -319,8 +319,9 @@ class GenerationRequest(BaseModel):
     )
     base_model: str | None = Field(
         None,
-        description="With a GGUF transformer file (.gguf) as model: the diffusers repo id or folder the rest "
-        "of the pipeline (text encoders, VAE, configs) comes from; None = inferred from the file's tensors",
+        description="With a transformer file as model (.gguf, or a FLUX.1 / SD 3.5 transformer "
+        ".safetensors): the diffusers repo id or folder the rest of the pipeline (text encoders, VAE, "
+        "configs) comes from; None = inferred from the file's tensors",
     )
     quantize: str | None = Field(
         None,

@@ -63,7 +63,8 @@ def generate(
         typer.Option(
             "--model",
             "-m",
-            help="Hub repo id, diffusers folder, .safetensors file or .gguf transformer (with --base) "
+            help="Hub repo id, diffusers folder, .safetensors file, or FLUX.1 / SD 3.5 transformer file "
+            "(.gguf or .safetensors, with --base) "
             "(default: bundled demo model).",
             rich_help_panel=MODEL_PANEL,
         ),
@@ -82,8 +83,9 @@ def generate(
         typer.Option(
             "--base",
             metavar="REF",
-            help="With a .gguf transformer as --model: the diffusers repo id or folder the rest of the "
-            "pipeline comes from (default: inferred from the file, e.g. black-forest-labs/FLUX.1-dev).",
+            help="With a transformer file as --model (.gguf, or a FLUX.1 / SD 3.5 transformer .safetensors): "
+            "the diffusers repo id or folder the rest of the pipeline comes from (default: inferred from "
+            "the file, e.g. black-forest-labs/FLUX.1-dev).",
             rich_help_panel=MODEL_PANEL,
         ),
     ] = None,

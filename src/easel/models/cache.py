@@ -50,12 +50,12 @@ class LoadedComponent:
 
 
 def detect_family(source: ModelSource) -> Family:
-    """The family of a source, from model_index.json or the checkpoint's tensor names (a GGUF
-    transformer: its base model's family)."""
-    if source.kind == "gguf":
-        if source.base is None:  # Easel.generate attaches it (easel.models.quantize.with_gguf_base)
+    """The family of a source, from model_index.json or the checkpoint's tensor names (a transformer
+    file: its base model's family)."""
+    if source.kind == "transformer":
+        if source.base is None:  # Easel.generate attaches it (easel.models.quantize.with_transformer_base)
             raise InvalidRequest(
-                f"invalid model={source.reference!r}: a GGUF transformer needs its base model (base_model)",
+                f"invalid model={source.reference!r}: a transformer file needs its base model (base_model)",
                 field="base_model",
             )
         return detect_family(source.base)
@@ -76,7 +76,16 @@ def detect_family(source: ModelSource) -> Family:
             field="model",
             value=source.reference,
         ) from None
-    return family_for_checkpoint(model_type)
+    try:
+        return family_for_checkpoint(model_type)
+    except UnsupportedFeature:
+        from easel.models.quantize import WHAT_LOADS, refusal
+
+        raise refusal(
+            "model",
+            f"model={source.reference!r} is a single-file checkpoint of type {model_type!r}, which easel "
+            f"does not load; what loads: {WHAT_LOADS}",
+        ) from None
 
 
 class _LazyCheckpoint(Mapping[str, Any]):
@@ -259,7 +268,7 @@ class PipelineCache:
 
 def _base_key(source: ModelSource, device: str, dtype: Any, options: PerformanceOptions) -> tuple[str, ...]:
     """The cache key of a base pipeline: one entry per (source, device, dtype, options); options
-    include the quantisation, and a GGUF transformer's key its base model."""
+    include the quantisation, and a transformer file's key its base model."""
     base = "" if source.base is None else f" on {source.base.kind}:{source.base.location}"
     return (f"{source.kind}:{source.location}{base}", device, str(dtype), repr(options))
 
@@ -359,14 +368,14 @@ def _load_pipeline(
     variant: str | None,
 ) -> Any:
     """The family's loader with easel's fallbacks; loader errors become EaselErrors. A GGUF
-    transformer loads first, and the rest of the pipeline from its base model; `options.quantize`
-    quantises the rest as it loads (easel.models.quantize)."""
-    from easel.models.quantize import load_gguf_transformer, pipeline_quantization
+    transformer (or another transformer file) loads first, and the rest of the pipeline from its base
+    model; `options.quantize` quantises the rest as it loads (easel.models.quantize)."""
+    from easel.models.quantize import load_transformer_file, pipeline_quantization
 
     try:
         target, components = source, dict(components or {})
-        if source.kind == "gguf" and source.base is not None:
-            name, transformer = load_gguf_transformer(source, dtype)
+        if source.kind == "transformer" and source.base is not None:
+            name, transformer = load_transformer_file(source, dtype)
             components[name] = transformer
             target = source.base
         quantization = pipeline_quantization(

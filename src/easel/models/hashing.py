@@ -26,7 +26,7 @@ UNET_WEIGHTS = (
 
 def weights_file(source: ModelSource) -> Path | None:
     """The file whose hash identifies `source` (None if it cannot be found locally)."""
-    if source.kind in ("single_file", "gguf"):  # a GGUF transformer: its file, as Forge hashes it
+    if source.kind in ("single_file", "transformer"):  # a transformer file: its own, as Forge hashes it
         return Path(source.location)
     if source.kind == "folder":
         folder = Path(source.location)

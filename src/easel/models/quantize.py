@@ -24,6 +24,9 @@ bfloat16. Two ways in, both diffusers' own:
   pipeline (text encoders, VAE, scheduler, tokenizers) from the base model, `base_model` in the
   request, else inferred from the file's tensor names (diffusers' infer_diffusers_model_type and its
   default repositories: FLUX.1-dev, FLUX.1-schnell, SD 3.5 Large / Medium).
+- a FLUX.1 / SD 3.5 transformer alone as a .safetensors file (BFL's flux1-dev.safetensors, ComfyUI's
+  diffusion_models, fp8 ones upcast): the same path as a GGUF file, without quantisation (ModelSource
+  kind "transformer" for both; as_transformer_file tells it from a whole checkpoint by its tensors).
 
 What a device or a model cannot do is refused before anything loads, naming `quantize` (or
 `model` / `base_model`) and the value.
@@ -130,7 +133,17 @@ def check_quantize(value: str, device: str, source: ModelSource) -> None:
             "quantize",
             f"{said}: quantisation applies as a diffusers repo or folder loads (from_pretrained); "
             f"model={source.reference!r} is a single checkpoint file: convert it to a diffusers folder, "
-            "or use a GGUF file",
+            "or use a GGUF file or a FLUX.1 / SD 3.5 transformer file",
+        )
+    if source.kind == "transformer" and not source.is_gguf:
+        # diffusers' from_single_file builds its quantizer as for pre-quantised weights (pre_quantized
+        # defaults to True there): torchao's then sets the float weights as they are, and bitsandbytes'
+        # looks for quantisation statistics the file does not have; measured with diffusers 0.42
+        raise refusal(
+            "quantize",
+            f"{said}: model={source.reference!r} is a .safetensors transformer file, which diffusers does "
+            "not quantise as it loads from a single file; use a GGUF file of it (city96's Q8_0 .. Q4), or "
+            "the diffusers repo with quantize, or leave quantize out",
         )
     index = source.read_model_index() or {}
     if not quantized_components(index, shared=()):
@@ -187,73 +200,141 @@ def _backend_config(value: str, for_transformers: bool, dtype: Any) -> Any:
     return TorchAoConfig(quant_type)
 
 
-# -- GGUF -----------------------------------------------------------------------------------------
+# -- transformer files: GGUF, and FLUX.1 / SD 3.5 transformer .safetensors ------------------------
+
+# diffusers' inferred model types (infer_diffusers_model_type) of the transformer files easel loads on
+# a base model, and the family each is: FLUX.1 Fill / Depth and FLUX.2 have no family here
+TRANSFORMER_FILE_TYPES = {
+    "flux-dev": "FLUX.1 [dev]",
+    "flux-schnell": "FLUX.1 [schnell]",
+    "sd3": "SD 3 Medium",
+    "sd35_medium": "SD 3.5 Medium",
+    "sd35_large": "SD 3.5 Large",
+}
+# key prefixes of the modules an all-in-one checkpoint carries beside its transformer (ComfyUI's and
+# SAI's: the VAE, CLIP / T5 text encoders)
+PIPELINE_PREFIXES = ("first_stage_model.", "vae.", "text_encoders.", "cond_stage_model.", "conditioner.")
+# diffusers' own names for a FLUX.1 / SD 3 transformer (a saved FluxTransformer2DModel state dict):
+# no model type can be inferred from them, so base_model must be given
+DIFFUSERS_TRANSFORMER_KEYS = ("context_embedder.weight", "transformer_blocks.0.attn.to_q.weight")
+WHAT_LOADS = (
+    "a FLUX.1 or SD 3.5 transformer file (BFL's flux1-dev.safetensors, ComfyUI's "
+    "diffusion_models/*.safetensors or a .gguf) with base_model (--base) naming the diffusers model the "
+    "rest comes from, SD 1.5 / 2.x / SDXL checkpoints, or a diffusers repo id or folder"
+)
 
 
-def gguf_tensor_shapes(path: str) -> dict[str, Any]:
-    """Tensor name -> an object with the tensor's (torch-order) shape, read from the GGUF header
-    without loading any weights: what infer_diffusers_model_type looks at."""
+def tensor_shapes(path: str) -> dict[str, Any]:
+    """Tensor name -> an object with the tensor's (torch-order) shape, read from the file's header
+    (GGUF or safetensors) without loading any weights: what infer_diffusers_model_type looks at."""
     from types import SimpleNamespace
 
     import torch
-    from gguf import GGUFReader
 
-    reader = GGUFReader(path)
-    return {
-        tensor.name: SimpleNamespace(shape=torch.Size(reversed([int(n) for n in tensor.shape])))
-        for tensor in reader.tensors
-    }
+    if path.lower().endswith(".gguf"):
+        from gguf import GGUFReader
+
+        reader = GGUFReader(path)
+        return {
+            tensor.name: SimpleNamespace(shape=torch.Size(reversed([int(n) for n in tensor.shape])))
+            for tensor in reader.tensors
+        }
+    from safetensors import safe_open
+
+    with safe_open(path, framework="pt") as file:
+        names = list(file.keys())
+        return {name: SimpleNamespace(shape=torch.Size(file.get_slice(name).get_shape())) for name in names}
 
 
-def infer_gguf_base(path: str) -> str | None:
-    """The diffusers repository a GGUF transformer belongs to, from its tensor names (BFL's, as
-    city96 writes them): diffusers' model type and its default repository; None: not known."""
-    from diffusers.loaders.single_file_utils import (
-        DIFFUSERS_DEFAULT_PIPELINE_PATHS,
-        infer_diffusers_model_type,
-    )
+def inferred_model_type(shapes: Mapping[str, Any]) -> str | None:
+    """diffusers' model type for a checkpoint's tensor names and shapes (None: names no diffusers rule
+    knows, such as diffusers' own)."""
+    from diffusers.loaders.single_file_utils import infer_diffusers_model_type
 
     try:
-        model_type = infer_diffusers_model_type(gguf_tensor_shapes(path))
-    except Exception:  # names no diffusers rule knows (diffusers' own names, another model)
+        return infer_diffusers_model_type(shapes)
+    except Exception:
         return None
-    if not any(marker in model_type for marker in ("flux", "sd3")):
+
+
+def infer_transformer_base(path: str) -> str | None:
+    """The diffusers repository a transformer file belongs to, from its tensor names (BFL's, as city96
+    and ComfyUI write them): diffusers' model type and its default repository; None: not known."""
+    from diffusers.loaders.single_file_utils import DIFFUSERS_DEFAULT_PIPELINE_PATHS
+
+    model_type = inferred_model_type(tensor_shapes(path))
+    if model_type not in TRANSFORMER_FILE_TYPES:
         return None
     return DIFFUSERS_DEFAULT_PIPELINE_PATHS.get(model_type, {}).get("pretrained_model_name_or_path")
 
 
-def with_gguf_base(
+def as_transformer_file(source: ModelSource) -> ModelSource:
+    """`source` as a transformer file when it is a .safetensors holding a FLUX.1 / SD 3.5 transformer
+    alone (BFL's names, with or without ComfyUI's model.diffusion_model. prefix, or diffusers' own);
+    any other source as it is. A FLUX / SD 3 checkpoint that carries its VAE or text encoders too, or a
+    kind of FLUX easel has no family for, is refused naming model."""
+    if source.kind != "single_file" or not source.location.lower().endswith(".safetensors"):
+        return source
+    try:
+        shapes = tensor_shapes(source.location)
+    except Exception:  # not a readable safetensors file: detect_family says so, naming model
+        return source
+    model_type = inferred_model_type(shapes)
+    if model_type is not None and ("flux" in model_type or "sd3" in model_type):
+        if model_type not in TRANSFORMER_FILE_TYPES:
+            raise refusal(
+                "model",
+                f"model={source.reference!r} is a {model_type!r} checkpoint, which easel has no family for; "
+                f"what loads: {', '.join(TRANSFORMER_FILE_TYPES.values())} transformers: {WHAT_LOADS}",
+            )
+        if any(name.startswith(PIPELINE_PREFIXES) for name in shapes):
+            raise refusal(
+                "model",
+                f"model={source.reference!r} is an all-in-one {TRANSFORMER_FILE_TYPES[model_type]} "
+                "checkpoint (its VAE or text encoders inside), which easel does not load as one file; use "
+                f"its transformer alone: {WHAT_LOADS}",
+            )
+        return replace(source, kind="transformer")
+    if all(name in shapes for name in DIFFUSERS_TRANSFORMER_KEYS):
+        return replace(source, kind="transformer")
+    return source
+
+
+def with_transformer_base(
     source: ModelSource, base_model: str | None, resolve: Callable[[str], ModelSource]
 ) -> ModelSource:
-    """`source` (a GGUF file) with its base model resolved: `base_model`, else the one its tensor
-    names say. A base given for anything but a GGUF file is refused (it would be ignored)."""
-    if source.kind != "gguf":
-        if base_model is not None:
-            raise InvalidRequest(
-                f"invalid base_model={base_model!r}: it names where a GGUF transformer's pipeline comes "
-                f"from, and model={source.reference!r} is not a .gguf file; leave base_model out",
-                field="base_model",
-                value=base_model,
-            )
-        return source
-    if not package_available("gguf"):
+    """`source` (a transformer file: GGUF, or a FLUX.1 / SD 3.5 .safetensors) with its base model
+    resolved: `base_model`, else the one its tensor names say. A base given for anything else is
+    refused (it would be ignored)."""
+    if source.kind == "transformer" and source.is_gguf and not package_available("gguf"):
         raise refusal(
             "model",
             f"model={source.reference!r} is a GGUF file, which needs the gguf package: pip install gguf "
             "(or pip install 'easel[quantize]')",
         )
-    reference = base_model or infer_gguf_base(source.location)
+    source = as_transformer_file(source)
+    if source.kind != "transformer":
+        if base_model is not None:
+            raise InvalidRequest(
+                f"invalid base_model={base_model!r}: it names where a transformer file's pipeline comes "
+                f"from, and model={source.reference!r} is not a .gguf file or a FLUX.1 / SD 3.5 transformer "
+                ".safetensors; leave base_model out",
+                field="base_model",
+                value=base_model,
+            )
+        return source
+    reference = base_model or infer_transformer_base(source.location)
     if reference is None:
         raise InvalidRequest(
-            f"invalid model={source.reference!r}: cannot tell from its tensors which model this GGUF "
-            "transformer belongs to; name the diffusers model it comes from with base_model (--base), "
+            f"invalid model={source.reference!r}: cannot tell from its tensors which model this transformer "
+            "file belongs to; name the diffusers model it comes from with base_model (--base), "
             "e.g. black-forest-labs/FLUX.1-dev",
             field="base_model",
         )
     base = resolve(reference)
     if base.kind not in ("hub", "folder"):
         raise InvalidRequest(
-            f"invalid base_model={reference!r}: a GGUF transformer takes the rest of its pipeline from a "
+            f"invalid base_model={reference!r}: a transformer file takes the rest of its pipeline from a "
             "diffusers repo id or folder",
             field="base_model",
             value=reference,
@@ -261,39 +342,49 @@ def with_gguf_base(
     return replace(source, base=base)
 
 
-def load_gguf_transformer(source: ModelSource, dtype: Any) -> tuple[str, Any]:
-    """(component name, module): the GGUF file's transformer, quantised weights kept as they are
-    (GGUFParameter, dequantised layer by layer as it runs in `dtype`), configured from the base."""
+def load_transformer_file(source: ModelSource, dtype: Any) -> tuple[str, Any]:
+    """(component name, module): the file's transformer, configured from the base. A GGUF file's
+    weights stay as they are (GGUFParameter, dequantised layer by layer as it runs in `dtype`); a
+    .safetensors file's load in `dtype` (an fp8-stored file is upcast by diffusers)."""
     import diffusers
     from diffusers import GGUFQuantizationConfig
 
-    assert source.base is not None  # with_gguf_base attached it
+    assert source.base is not None  # with_transformer_base attached it
     index = source.base.read_model_index() or {}
     entry = index.get("transformer")
     if not isinstance(entry, list) or entry[0] != "diffusers":
         raise refusal(
             "model",
-            f"model={source.reference!r}: a GGUF file replaces a transformer, and base model "
+            f"model={source.reference!r}: a transformer file replaces a transformer, and base model "
             f"{source.base.reference!r} has none ({index.get('_class_name')})",
         )
+    quantization = GGUFQuantizationConfig(compute_dtype=dtype) if source.is_gguf else None
     model_class = getattr(diffusers, entry[1])
-    module = model_class.from_single_file(
-        source.location,
-        quantization_config=GGUFQuantizationConfig(compute_dtype=dtype),
-        config=source.base.location,
-        subfolder="transformer",
-        torch_dtype=dtype,
-    )
+    try:
+        module = model_class.from_single_file(
+            source.location,
+            quantization_config=quantization,
+            config=source.base.location,
+            subfolder="transformer",
+            torch_dtype=dtype,
+        )
+    except (IndexError, KeyError, ValueError, RuntimeError) as error:  # diffusers' converters index blindly
+        raise refusal(
+            "model",
+            f"model={source.reference!r}: its tensors do not load as base model {source.base.reference!r}'s "
+            f"{entry[1]} ({type(error).__name__}: {error}); is base_model the model it was made from?",
+        ) from None
     return "transformer", module
 
 
 def resolve_load_options(
     request: GenerationRequest, source: ModelSource, default: str, resolve: Callable[[str], ModelSource]
 ) -> tuple[ModelSource, GenerationRequest]:
-    """The source with a GGUF file's base model attached, and the request recording how the model
-    loads, so a replay loads it the same way: `quantize` as used (the request's, else the settings'
-    `default`; None when not quantised) and a GGUF file's `base_model` (also when inferred)."""
-    source = with_gguf_base(source, request.base_model, resolve)
+    """The source with a transformer file's base model attached, and the request recording how the
+    model loads, so a replay loads it the same way: `quantize` as used (the request's, else the
+    settings' `default`; None when not quantised) and a transformer file's `base_model` (also when
+    inferred)."""
+    source = with_transformer_base(source, request.base_model, resolve)
     quantize = request.quantize or default
     recorded = {
         "quantize": None if quantize == "none" else quantize,

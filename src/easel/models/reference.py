@@ -21,17 +21,26 @@ BUNDLED = "bundled demo model"
 DEMO_INPAINT = "easel-demo-inpaint"  # the bundled inpainting model, by name (no path needed)
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 GGUF_SUFFIX = ".gguf"  # a quantised transformer alone (city96's FLUX.1 / SD 3.5): easel.models.quantize
+# a transformer alone, as a file: a .gguf, or a FLUX.1 / SD 3.5 transformer .safetensors (BFL's, ComfyUI's
+# diffusion_models), which easel.models.quantize.with_transformer_base recognises; the rest of the pipeline
+# comes from its base model
+TRANSFORMER_FILE = "transformer"
 
 
 @dataclass(frozen=True)
 class ModelSource:
     """A resolved model: where its files are and how to load them."""
 
-    kind: Literal["hub", "folder", "single_file", "gguf"]
+    kind: Literal["hub", "folder", "single_file", "transformer"]
     reference: str  # what the user gave (repo id or path), for messages and metadata
     location: str  # repo id for hub, absolute path otherwise
-    # gguf: the diffusers model (hub or folder) the rest of the pipeline and the configs come from
+    # transformer: the diffusers model (hub or folder) the rest of the pipeline and the configs come from
     base: ModelSource | None = None
+
+    @property
+    def is_gguf(self) -> bool:
+        """A GGUF transformer file (its weights stay quantised as they load)."""
+        return self.kind == TRANSFORMER_FILE and self.location.lower().endswith(GGUF_SUFFIX)
 
     @property
     def display_name(self) -> str:
@@ -42,12 +51,13 @@ class ModelSource:
             return DEMO_INPAINT
         if self.kind == "hub":
             return self.location.rsplit("/", 1)[-1]
-        return Path(self.location).stem if self.kind in ("single_file", "gguf") else Path(self.location).name
+        files = ("single_file", TRANSFORMER_FILE)
+        return Path(self.location).stem if self.kind in files else Path(self.location).name
 
     def read_model_index(self) -> dict[str, Any] | None:
-        """model_index.json as a dict (None for single files, which have none; a GGUF
-        transformer's is its base model's)."""
-        if self.kind == "gguf":
+        """model_index.json as a dict (None for single files, which have none; a transformer
+        file's is its base model's)."""
+        if self.kind == TRANSFORMER_FILE:
             return None if self.base is None else self.base.read_model_index()
         if self.kind == "single_file":
             return None
@@ -117,7 +127,7 @@ def _folder_source(path: Path, reference: str) -> ModelSource:
 def _file_source(path: Path, reference: str, allow_pickle: bool) -> ModelSource:
     suffix = path.suffix.lower()
     if suffix == GGUF_SUFFIX:  # its base model is attached by the engine (request.base_model)
-        return ModelSource("gguf", reference, str(path.resolve()))
+        return ModelSource(TRANSFORMER_FILE, reference, str(path.resolve()))
     if suffix in PICKLE_SUFFIXES and not allow_pickle:
         raise InvalidRequest(
             f"invalid model={reference!r}: {suffix} files are pickles that can run code when loaded; "

@@ -49,14 +49,20 @@ def write_gguf(
     return path
 
 
-def write_bfl_names(path: Path, *, dev: bool) -> Path:
-    """A tiny GGUF file whose tensors carry the names BFL's FLUX.1 checkpoints (and city96's GGUF
-    files) use, with dev's guidance embedder or without it (schnell): enough for diffusers'
-    infer_diffusers_model_type, not a loadable model."""
+def bfl_names(*, dev: bool, in_channels: int = 64) -> dict[str, Any]:
+    """Tiny tensors under the names BFL's FLUX.1 checkpoints (and city96's GGUF files, ComfyUI's
+    diffusion_models) use, with dev's guidance embedder or without it (schnell); `in_channels` 384
+    is FLUX.1 Fill's: enough for diffusers' infer_diffusers_model_type, not a loadable model."""
     import torch
 
     names = ["double_blocks.0.img_attn.norm.key_norm.scale", "img_in.weight", "img_in.bias"]
     if dev:
         names += ["guidance_in.in_layer.weight", "guidance_in.in_layer.bias"]
-    tensors = {name: torch.zeros(4, 64) if name.endswith("weight") else torch.zeros(4) for name in names}
-    return write_gguf(tensors, path, quantization="F32")
+    return {
+        name: torch.zeros(4, in_channels) if name.endswith("weight") else torch.zeros(4) for name in names
+    }
+
+
+def write_bfl_names(path: Path, *, dev: bool) -> Path:
+    """A tiny GGUF file with BFL's FLUX.1 tensor names (bfl_names): for the tests of base inference."""
+    return write_gguf(bfl_names(dev=dev), path, quantization="F32")
