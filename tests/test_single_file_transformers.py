@@ -171,6 +171,22 @@ def test_the_cli_loads_a_transformer_file_with_base(files, tmp_path, hf_home):
     assert done.exit_code == 0 and out.is_file(), done.output
     done = CliRunner().invoke(app, [*args, "-m", str(files["float32"])], env=env)
     assert done.exit_code == 2 and "--base" in done.output, done.output
+    counted = CliRunner().invoke(
+        app, ["tokens", "a red cat", "-m", str(files["float32"]), "--base", TINY_FLUX_DEV, "--json"], env=env
+    )
+    assert counted.exit_code == 0 and '"tokens"' in counted.output, counted.output
+
+
+def test_tokens_are_counted_with_the_base_models_tokenizer(engine, files):
+    """A transformer file has no tokenizer of its own: easel tokens counts with its base model's
+    (given as base_model, or inferred from BFL tensor names), and says which base is missing."""
+    path = str(files["float32"])
+    from_file = engine.count_tokens("a red cat on a mat", model=path, base_model=TINY_FLUX_DEV)
+    from_repo = engine.count_tokens("a red cat on a mat", model=TINY_FLUX_DEV)
+    assert (from_file.tokens, from_file.capacity) == (from_repo.tokens, from_repo.capacity)
+    with pytest.raises(InvalidRequest, match="base_model") as refused:
+        engine.count_tokens("a red cat", model=path)  # diffusers' tensor names: no base to infer
+    assert refused.value.field == "base_model"
 
 
 def test_http_refuses_a_transformer_file_like_any_local_path(engine, files):

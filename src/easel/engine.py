@@ -25,7 +25,12 @@ from easel.limits import Limits
 from easel.models.cache import LoadedComponent, LoadedModel, PipelineCache, detect_family, quiet_import_notes
 from easel.models.control import ControlSource
 from easel.models.optimizations import check_options, prepare_task
-from easel.models.quantize import check_quantize, dtype_casts_skipped, resolve_load_options
+from easel.models.quantize import (
+    check_quantize,
+    dtype_casts_skipped,
+    resolve_load_options,
+    with_transformer_base,
+)
 from easel.models.reference import ModelSource, resolve_reference
 from easel.models.vae import VaeSource
 from easel.request import DEFAULT_STRENGTH, GenerationRequest
@@ -110,8 +115,11 @@ class Easel:
             model or "", default_folder=demo_model_path(), allow_pickle=self.settings.allow_pickle
         )
 
-    def count_tokens(self, prompt: str, *, model: str | None = None, syntax: str = "compel") -> TokenCount:
-        """How many CLIP tokens and 75-token chunks `prompt` takes with `model`'s tokenizer.
+    def count_tokens(
+        self, prompt: str, *, model: str | None = None, syntax: str = "compel", base_model: str | None = None
+    ) -> TokenCount:
+        """How many CLIP tokens and 75-token chunks `prompt` takes with `model`'s tokenizer (a
+        transformer file's: its base model's, `base_model` or the one its tensor names say).
 
         Uses a tokenizer of its own (loaded once per model, files only, no weights), so a
         prompt box can count while a generation runs: fast tokenizers must not be shared
@@ -133,14 +141,15 @@ class Easel:
         embeddings = counted_embeddings(prompt, self.settings.embeddings_folder)
         if embeddings:
             plans = [plan_prompt(for_counting(text, embeddings, tokens=False), syntax) for text in texts]
-        source = self.resolve_model(model)
+        source = with_transformer_base(self.resolve_model(model), base_model, self.resolve_model)
         window = detect_family(source).token_window()  # FLUX: (T5's folder, its window); None: CLIP chunks
         folder = None if window is None else window[0]
         key = source.location if folder is None else f"{source.location}#{folder}"
         with self._tokenizer_lock:
             tokenizer = self._tokenizers.get(key)
             if tokenizer is None:
-                tokenizer = self._tokenizers[key] = _load_tokenizer(source, folder)
+                files = source.base if source.kind == "transformer" else source  # its tokenizers: the base's
+                tokenizer = self._tokenizers[key] = _load_tokenizer(files, folder)
             if window is None:
                 counts = [token_count(tokenizer, plan) for plan in plans]
             else:

@@ -21,6 +21,9 @@ def tokens(
     prompt: Annotated[str, typer.Argument(help="The prompt to count.")],
     model: Annotated[str | None, typer.Option("--model", "-m", help="Model whose tokenizer counts.")] = None,
     syntax: Annotated[str, typer.Option("--syntax", help="compel | a1111 | plain.")] = "compel",
+    base: Annotated[
+        str | None, typer.Option("--base", help="A transformer file's base (default: from its tensors).")
+    ] = None,
     as_json: JsonOption = False,
 ) -> None:
     """Count a prompt's CLIP tokens and chunks ("83/150, 2 chunks"): past 75 easel chunks, never truncates."""
@@ -29,7 +32,7 @@ def tokens(
         from easel.config import Settings
         from easel.engine import Easel
 
-        return Easel(Settings.from_env()).count_tokens(prompt, model=model, syntax=syntax)
+        return Easel(Settings.from_env()).count_tokens(prompt, model=model, syntax=syntax, base_model=base)
 
     count = run_door(run, debug=False)
     if as_json:
