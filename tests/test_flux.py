@@ -307,6 +307,29 @@ def test_a_lora_equals_plain_diffusers_and_switches_off(plain, tmp_path):
         own.generate(GenerationRequest(**fields, loras=[{"name": "sd"}]))
 
 
+def test_a_kohya_layout_lora_equals_plain_diffusers(plain, tmp_path):
+    """FLUX LoRAs are mostly shared in kohya-ss's layout (BFL block names, fused q/k/v): diffusers
+    converts them as it loads them, through the same adapter mechanism easel drives."""
+    from diffusers import FluxPipeline
+
+    from easel import Easel, Settings
+    from easel.testing.tiny_flux import write_tiny_kohya_flux_lora
+
+    folder = tmp_path / "loras"
+    write_tiny_kohya_flux_lora(plain[TINY_FLUX_DEV].transformer, folder / "kohya.safetensors", seed=2)
+    own = Easel(Settings.from_env(lora_dir=folder, home=tmp_path / "home"))
+    fields = {"model": TINY_FLUX_DEV, "prompt": "a red cat <lora:kohya:0.9>", "steps": 2, "seed": 4, **SMALL}
+    with_lora = own.generate(GenerationRequest(**fields, prompt_syntax="a1111"))
+    pipe = FluxPipeline.from_pretrained(TINY_FLUX_DEV)
+    pipe.set_progress_bar_config(disable=True)
+    pipe.load_lora_weights(str(folder), weight_name="kohya.safetensors", adapter_name="kohya")
+    pipe.set_adapters(["kohya"], adapter_weights=[0.9])
+    expected = pipe("a red cat", num_inference_steps=2, generator=generators(4, 1), **SMALL).images[0]
+    np.testing.assert_array_equal(pixels(with_lora.images[0]), pixels(expected))
+    never = plain[TINY_FLUX_DEV]("a red cat", num_inference_steps=2, generator=generators(4, 1), **SMALL)
+    assert not np.array_equal(pixels(never.images[0]), pixels(expected))
+
+
 def test_sizes_flux_would_shrink_are_refused():
     # diffusers shrinks a size that is no multiple of 2 x the VAE factor (16 for FLUX.1; the tiny VAE's
     # 4 takes every multiple of 8 the request allows), so the hook is asked with the real factor

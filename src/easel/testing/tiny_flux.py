@@ -158,6 +158,29 @@ def install_tiny_flux_kontext(hf_home: Path) -> dict[str, Path]:
 LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
 
 
+def write_tiny_kohya_flux_lora(transformer: Any, path: Path, *, seed: int = 0, rank: int = 2) -> Path:
+    """A random LoRA for `transformer` in the kohya-ss layout FLUX LoRAs are shared in (BFL's block
+    names: `lora_unet_double_blocks_0_img_attn_qkv.lora_down.weight`, `.lora_up.weight`, `.alpha`;
+    one fused q/k/v matrix per stream), which diffusers converts as it loads it."""
+    import torch
+    from safetensors.torch import save_file
+
+    config = transformer.config
+    inner = config.num_attention_heads * config.attention_head_dim
+    generator = torch.Generator().manual_seed(seed)
+    tensors: dict[str, Any] = {}
+    for block in range(config.num_layers):
+        for stream in ("img", "txt"):
+            for part, outputs in (("attn_qkv", 3 * inner), ("attn_proj", inner)):
+                name = f"lora_unet_double_blocks_{block}_{stream}_{part}"
+                tensors[f"{name}.lora_down.weight"] = torch.randn(rank, inner, generator=generator) * 0.3
+                tensors[f"{name}.lora_up.weight"] = torch.randn(outputs, rank, generator=generator) * 0.3
+                tensors[f"{name}.alpha"] = torch.tensor(float(rank))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file({key: value.contiguous() for key, value in tensors.items()}, str(path))
+    return path
+
+
 def write_tiny_flux_lora(pipe: Any, path: Path, *, seed: int = 0, rank: int = 2, scale: float = 0.5) -> Path:
     """A random LoRA for `pipe`'s transformer attention in the layout diffusers'
     FluxPipeline.save_lora_weights writes (`transformer.<module>.lora_A.weight`, `lora_B`)."""
