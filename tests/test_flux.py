@@ -307,23 +307,26 @@ def test_a_lora_equals_plain_diffusers_and_switches_off(plain, tmp_path):
         own.generate(GenerationRequest(**fields, loras=[{"name": "sd"}]))
 
 
-def test_a_kohya_layout_lora_equals_plain_diffusers(plain, tmp_path):
-    """FLUX LoRAs are mostly shared in kohya-ss's layout (BFL block names, fused q/k/v): diffusers
-    converts them as it loads them, through the same adapter mechanism easel drives."""
+@pytest.mark.parametrize("layout", ["kohya", "xlabs"])
+def test_a_shared_layout_lora_equals_plain_diffusers(plain, tmp_path, layout):
+    """FLUX LoRAs are mostly shared in kohya-ss's or XLabs' layout (BFL block names, fused q/k/v):
+    diffusers converts them as it loads them, through the same adapter mechanism easel drives."""
     from diffusers import FluxPipeline
 
     from easel import Easel, Settings
-    from easel.testing.tiny_flux import write_tiny_kohya_flux_lora
+    from easel.testing.tiny_flux import write_tiny_shared_flux_lora
 
     folder = tmp_path / "loras"
-    write_tiny_kohya_flux_lora(plain[TINY_FLUX_DEV].transformer, folder / "kohya.safetensors", seed=2)
+    path = folder / f"{layout}.safetensors"
+    write_tiny_shared_flux_lora(plain[TINY_FLUX_DEV].transformer, path, layout=layout)
     own = Easel(Settings.from_env(lora_dir=folder, home=tmp_path / "home"))
-    fields = {"model": TINY_FLUX_DEV, "prompt": "a red cat <lora:kohya:0.9>", "steps": 2, "seed": 4, **SMALL}
+    prompt = f"a red cat <lora:{layout}:0.9>"
+    fields = {"model": TINY_FLUX_DEV, "prompt": prompt, "steps": 2, "seed": 4, **SMALL}
     with_lora = own.generate(GenerationRequest(**fields, prompt_syntax="a1111"))
     pipe = FluxPipeline.from_pretrained(TINY_FLUX_DEV)
     pipe.set_progress_bar_config(disable=True)
-    pipe.load_lora_weights(str(folder), weight_name="kohya.safetensors", adapter_name="kohya")
-    pipe.set_adapters(["kohya"], adapter_weights=[0.9])
+    pipe.load_lora_weights(str(folder), weight_name=f"{layout}.safetensors", adapter_name=layout)
+    pipe.set_adapters([layout], adapter_weights=[0.9])
     expected = pipe("a red cat", num_inference_steps=2, generator=generators(4, 1), **SMALL).images[0]
     np.testing.assert_array_equal(pixels(with_lora.images[0]), pixels(expected))
     never = plain[TINY_FLUX_DEV]("a red cat", num_inference_steps=2, generator=generators(4, 1), **SMALL)

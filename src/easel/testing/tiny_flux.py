@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from easel.testing.tiny_models import (
     CAPTION_WORDS,
@@ -158,10 +158,14 @@ def install_tiny_flux_kontext(hf_home: Path) -> dict[str, Path]:
 LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
 
 
-def write_tiny_kohya_flux_lora(transformer: Any, path: Path, *, seed: int = 0, rank: int = 2) -> Path:
-    """A random LoRA for `transformer` in the kohya-ss layout FLUX LoRAs are shared in (BFL's block
-    names: `lora_unet_double_blocks_0_img_attn_qkv.lora_down.weight`, `.lora_up.weight`, `.alpha`;
-    one fused q/k/v matrix per stream), which diffusers converts as it loads it."""
+def write_tiny_shared_flux_lora(
+    transformer: Any, path: Path, *, layout: Literal["kohya", "xlabs"], seed: int = 0, rank: int = 2
+) -> Path:
+    """A random LoRA for `transformer`'s double-block attention in a layout FLUX LoRAs are shared in,
+    which diffusers converts as it loads it: kohya-ss (BFL block names,
+    `lora_unet_double_blocks_0_img_attn_qkv.lora_down.weight`, `.lora_up.weight`, `.alpha`) or XLabs
+    (`double_blocks.0.processor.qkv_lora1.down.weight`, `proj_lora2.up.weight`: 1 the image stream,
+    2 the text stream). One fused q/k/v matrix per stream in both."""
     import torch
     from safetensors.torch import save_file
 
@@ -170,12 +174,17 @@ def write_tiny_kohya_flux_lora(transformer: Any, path: Path, *, seed: int = 0, r
     generator = torch.Generator().manual_seed(seed)
     tensors: dict[str, Any] = {}
     for block in range(config.num_layers):
-        for stream in ("img", "txt"):
-            for part, outputs in (("attn_qkv", 3 * inner), ("attn_proj", inner)):
-                name = f"lora_unet_double_blocks_{block}_{stream}_{part}"
-                tensors[f"{name}.lora_down.weight"] = torch.randn(rank, inner, generator=generator) * 0.3
-                tensors[f"{name}.lora_up.weight"] = torch.randn(outputs, rank, generator=generator) * 0.3
-                tensors[f"{name}.alpha"] = torch.tensor(float(rank))
+        for stream, number in (("img", 1), ("txt", 2)):
+            for part, outputs in (("qkv", 3 * inner), ("proj", inner)):
+                down = torch.randn(rank, inner, generator=generator) * 0.3
+                up = torch.randn(outputs, rank, generator=generator) * 0.3
+                if layout == "kohya":
+                    name = f"lora_unet_double_blocks_{block}_{stream}_attn_{part}"
+                    tensors |= {f"{name}.lora_down.weight": down, f"{name}.lora_up.weight": up}
+                    tensors[f"{name}.alpha"] = torch.tensor(float(rank))
+                else:
+                    name = f"double_blocks.{block}.processor.{part}_lora{number}"
+                    tensors |= {f"{name}.down.weight": down, f"{name}.up.weight": up}
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file({key: value.contiguous() for key, value in tensors.items()}, str(path))
     return path
