@@ -78,12 +78,16 @@ def test_finetune_trains_only_the_decoder_and_resumes(
     assert tuned.vae.config.scaling_factor == shipped.vae.config.scaling_factor
     assert tuned.scheduler.config == shipped.scheduler.config
 
-    # killed after step 2 (its checkpoint kept, the finished stage not): rerunning resumes there
-    # and ends with the same weights
+    # killed after step 2 of a stage (its checkpoint kept, the finished stage not): rerunning
+    # resumes there and ends with the same weights; the decoder stage first, then the polish
+    work = tmp_path / "b" / "checkpoints"
     main(["--out", str(tmp_path / "b"), "--base", str(demo_model_path()), "--smoke"])
-    (tmp_path / "b" / "checkpoints" / "decoder_done.pt").unlink()
-    capsys.readouterr()
-    main(["--out", str(tmp_path / "b"), "--base", str(demo_model_path()), "--smoke"])
-    assert "decoder: resumed at step 2" in capsys.readouterr().out
-    for path in ("model/vae/diffusion_pytorch_model.safetensors",):
-        assert (tmp_path / "a" / path).read_bytes() == (tmp_path / "b" / path).read_bytes()
+    killings = (("decoder", ["decoder_done", "polish", "polish_done"]), ("polish", ["polish_done"]))
+    for killed, files in killings:
+        for name in files:
+            (work / f"{name}.pt").unlink()
+        capsys.readouterr()
+        main(["--out", str(tmp_path / "b"), "--base", str(demo_model_path()), "--smoke"])
+        assert f"{killed}: resumed at step 2" in capsys.readouterr().out
+        path = "model/vae/diffusion_pytorch_model.safetensors"
+        assert (tmp_path / "a" / path).read_bytes() == (tmp_path / "b" / path).read_bytes(), killed

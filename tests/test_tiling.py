@@ -80,8 +80,10 @@ def test_the_cached_pipeline_is_restored_after_a_run_and_after_a_cancel(engine):
 
 def test_edges_of_a_tiling_image_continue_each_other_on_the_demo_model(engine):
     """Column 0 against column W-1 (and row 0 against H-1): on the bundled demo model, 20 steps,
-    the mean absolute difference (0-255) was 26.3 (rows 23.5) without tiling and 1.5 (rows 1.4)
-    with it: about that of two neighbouring columns (1.2)."""
+    the mean absolute difference (0-255) was 7.7 (rows 9.3) without tiling and 2.1 (rows 1.3)
+    with it: about that of two neighbouring columns (1.3). (With the decoder before issue 19's
+    polish: 11.7 / 10.1 and 2.3 / 1.1; a flat background's opposite edges are alike anyway, so
+    the contrast depends on the decoder's borders: zero padding draws a faint frame.)"""
     request = GenerationRequest(prompt="a red circle", seed=3, steps=20)
     seams = {}
     for tiling in (False, True):
@@ -91,7 +93,7 @@ def test_edges_of_a_tiling_image_continue_each_other_on_the_demo_model(engine):
         neighbours = np.abs(image[:, 0] - image[:, 1]).mean()
         seams[tiling] = (columns, rows, neighbours)
     (plain_columns, plain_rows, _), (columns, rows, neighbours) = seams[False], seams[True]
-    assert columns < plain_columns / 4 and rows < plain_rows / 4, seams
+    assert columns < plain_columns / 3 and rows < plain_rows / 3, seams
     assert columns < 3 * neighbours, seams
 
 
