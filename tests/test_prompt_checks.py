@@ -107,13 +107,17 @@ def test_any_compel_prompt_is_accepted_or_refused_cleanly(text: str) -> None:
 @given(st.lists(st.sampled_from(A1111_PIECES), max_size=60).map("".join))
 def test_any_a1111_prompt_is_accepted_or_refused_cleanly(text: str) -> None:
     """What passes is planned for the encoder without error, already parsed (no worker failure,
-    and Compel's parser never runs on it)."""
+    and Compel's parser never runs on it): every text its edits and alternations give a step, as
+    the engine plans them (hypothesis found '[a|b]' planned whole: plan_prompt never sees that)."""
+    from easel.prompts.scheduling import prompt_schedule
+
     try:
         check_prompt(text, "a1111")
     except InvalidRequest:
         return
-    plan = plan_prompt(text, "a1111")
-    assert plan.fragments is not None and len(plan.fragments) == len(plan.chunks)
+    for _, scheduled in prompt_schedule(text, "a1111", 150):
+        plan = plan_prompt(scheduled, "a1111")
+        assert plan.fragments is not None and len(plan.fragments) == len(plan.chunks)
 
 
 @settings(max_examples=60, deadline=None)
