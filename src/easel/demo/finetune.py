@@ -132,14 +132,14 @@ def decoder_stages(settings: FinetuneSettings) -> list[DecoderStage]:
 
 
 def train_decoder(
-    components: dict[str, Any], settings: FinetuneSettings, spec: DecoderStage, work: Path, every: int
+    components: dict[str, Any], settings: FinetuneSettings, spec: DecoderStage, work: Path
 ) -> None:
     """One stage: decoder + post_quant_conv on the frozen encoder's latents (plus noise), from a
     fresh optimizer; a finished stage only loads its weights."""
     import torch
 
     vae = components["vae"]
-    stage = ResumableStage(work, spec.name, spec.steps, every)
+    stage = ResumableStage(work, spec.name, spec.steps, settings.checkpoint_every)
     done = stage.finished()
     if done is not None:
         vae.load_state_dict(done["vae"])
@@ -190,7 +190,7 @@ def finetune(out: Path, settings: FinetuneSettings, base: Path) -> None:
     work.mkdir(parents=True, exist_ok=True)
     (work / "settings.json").write_text(json.dumps(asdict(settings), indent=2))
     for spec in decoder_stages(settings):
-        train_decoder(components, settings, spec, work, settings.checkpoint_every)
+        train_decoder(components, settings, spec, work)
     if (out / "model").exists():
         shutil.rmtree(out / "model")
     save_pipeline(components, out / "model")
