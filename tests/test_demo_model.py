@@ -82,21 +82,28 @@ def test_same_seed_same_image(pipe: Any) -> None:
     assert not np.array_equal(first, other)
 
 
-def test_negative_prompt_lowers_red(pipe: Any) -> None:
-    """The prompt leaves the shape's colour open; on these seeds the model picks red.
+def test_negative_prompt_lowers_the_colour_it_names(pipe: Any) -> None:
+    """The prompt leaves the shape's colour open; on these seeds the model picks yellow, and a
+    negative `yellow` takes it away while the background stays as asked.
 
-    (Seeds 2, 4, 5, 7 are those of 0-15 where it does, at guidance 7.5 and 20 steps.)
+    (Seeds 5, 7, 9, 12 are those of 0-15 where it does, at guidance 7.5 and 20 steps; the
+    model retrained with the caption mix of issue 19 almost never picks red here: 1 seed in 96.)
     """
-    seeds = [2, 4, 5, 7]
+    seeds = [5, 7, 9, 12]
     prompts = ["a circle on a blue background"] * len(seeds)
     plain = generate(pipe, prompts, seeds, guidance_scale=7.5, num_inference_steps=20)
     negative = generate(
-        pipe, prompts, seeds, guidance_scale=7.5, num_inference_steps=20, negative_prompt=["red"] * len(seeds)
+        pipe,
+        prompts,
+        seeds,
+        guidance_scale=7.5,
+        num_inference_steps=20,
+        negative_prompt=["yellow"] * len(seeds),
     )
-    red = list(shapes.COLORS).index("red")
+    yellow = list(shapes.COLORS).index("yellow")
 
     def coverage(images: np.ndarray) -> float:
-        return float(np.mean([(shapes.nearest_color_labels(im) == red).mean() for im in images]))
+        return float(np.mean([(shapes.nearest_color_labels(im) == yellow).mean() for im in images]))
 
     assert coverage(plain) > 0.05
     assert coverage(negative) < 0.5 * coverage(plain)

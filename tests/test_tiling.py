@@ -79,22 +79,23 @@ def test_the_cached_pipeline_is_restored_after_a_run_and_after_a_cancel(engine):
 
 
 def test_edges_of_a_tiling_image_continue_each_other_on_the_demo_model(engine):
-    """Column 0 against column W-1 (and row 0 against H-1): on the bundled demo model, 20 steps,
-    the mean absolute difference (0-255) was 7.7 (rows 9.3) without tiling and 2.1 (rows 1.3)
-    with it: about that of two neighbouring columns (1.3). (With the decoder before issue 19's
-    polish: 11.7 / 10.1 and 2.3 / 1.1; a flat background's opposite edges are alike anyway, so
-    the contrast depends on the decoder's borders: zero padding draws a faint frame.)"""
-    request = GenerationRequest(prompt="a red circle", seed=3, steps=20)
-    seams = {}
-    for tiling in (False, True):
-        image = pixels(engine.generate(request.model_copy(update={"tiling": tiling})).images[0])
-        columns = np.abs(image[:, 0] - image[:, -1]).mean()
-        rows = np.abs(image[0] - image[-1]).mean()
-        neighbours = np.abs(image[:, 0] - image[:, 1]).mean()
-        seams[tiling] = (columns, rows, neighbours)
-    (plain_columns, plain_rows, _), (columns, rows, neighbours) = seams[False], seams[True]
-    assert columns < plain_columns / 3 and rows < plain_rows / 3, seams
-    assert columns < 3 * neighbours, seams
+    """Column 0 against column W-1 plus row 0 against H-1 (mean absolute difference, 0-255), on
+    the bundled demo model, 20 steps, seeds 2, 3 and 5: those of 0-5 whose shape stays off the
+    image's edges (where a tiled image wraps a shape across its border, the shape's own edge lies
+    on the seam and says nothing). Measured with the model retrained in issue 19: 13.5 / 10.3 / 13.0
+    without tiling, 5.6 / 1.9 / 3.3 with it; each tiled seam about as small as the difference of
+    two neighbouring columns (1.6 / 1.1 / 1.6 against 1.6 / 1.2 / 1.4). A flat background's
+    opposite edges are alike anyway: the contrast comes from the faint frame zero padding draws."""
+    seams: dict[bool, list[float]] = {False: [], True: []}
+    for seed in (2, 3, 5):
+        request = GenerationRequest(prompt="a red circle", seed=seed, steps=20)
+        for tiling in (False, True):
+            image = pixels(engine.generate(request.model_copy(update={"tiling": tiling})).images[0])
+            columns = np.abs(image[:, 0] - image[:, -1]).mean()
+            seams[tiling].append(columns + np.abs(image[0] - image[-1]).mean())
+            if tiling:
+                assert columns < 3 * np.abs(image[:, 0] - image[:, 1]).mean(), (seed, seams)
+    assert np.mean(seams[True]) < np.mean(seams[False]) / 2.5, seams
 
 
 def test_tiling_is_refused_with_torch_compile_before_loading(hf_home):
