@@ -5,8 +5,10 @@ Why a script in the repo: the shipped weights must be reproducible by anyone, of
 
 1. VAE (AutoencoderKL, 64x64x3 <-> 16x16x4) on procedurally drawn shapes (easel.demo.shapes).
 2. Text encoder (CLIPTextModel, trained jointly) + UNet2DConditionModel on cached latents, with
-   classifier-free-guidance caption dropout, partial captions, min-SNR loss weighting and an
-   EMA of the weights (the EMA is what ships: it binds colours far better than the raw weights).
+   classifier-free-guidance caption dropout, partial captions, context swaps and weighted
+   two-colour captions (so prompt weights decide colours; see _caption_plans), min-SNR loss
+   weighting and an EMA of the weights (the EMA is what ships: it binds colours far better than
+   the raw weights).
 3. ControlNetModel.from_unet(unet) conditioned on the shape mask (white on black), UNet frozen.
 
 Everything is a pure function of --seed: batches and noise are drawn from generators seeded by
@@ -489,7 +491,8 @@ def _caption_plans(
 def _caption_embeddings(components: dict[str, Any], plans: list[CaptionPlan]) -> Any:
     """Embed the plans in three text-encoder calls (true texts, swap contexts, the empty prompt),
     keeping gradients: the text encoder trains with the UNet. Weighting is Compel's for weights
-    above 1: empty + (z - empty) * weight at the weighted word's positions."""
+    above 1: empty + (z - empty) * weight at the weighted word's positions (the other positions go
+    through the same formula with weight 1, equal to z up to float rounding)."""
     import torch
 
     ids = _token_ids(components, [plan.text for plan in plans])
