@@ -53,6 +53,32 @@ def test_a_second_shape_and_off_palette_colours_are_counted() -> None:
     assert measured.background_error == pytest.approx(4.0) and measured.shape_error == 0.0
 
 
+def test_palette_target_flattens_what_lies_off_the_band_and_keeps_the_band() -> None:
+    clean = np.asarray(shapes.draw_scene(scene()))
+    target, mask = quality.palette_target(clean)  # type: ignore[misc]
+    assert np.array_equal(target, clean)  # a clean render is its own target
+    drawn = np.asarray(shapes.draw_mask(scene())) > 127
+    assert (mask & drawn).sum() / (mask | drawn).sum() > 0.95
+
+    image = clean.astype(np.int16)
+    image += np.array([10, 12, -9], np.int16)  # off-palette everywhere (blue on red, say)
+    image = image.clip(0, 255).astype(np.uint8)
+    image[50, 12] = (40, 40, 40)  # a speck well away from the shape
+    image[32, 32 + 12 + 1] = (128, 0, 128)  # a soft edge pixel, in the band
+    target, _ = quality.palette_target(image)  # type: ignore[misc]
+    assert tuple(target[50, 12]) == (0, 0, 255) and tuple(target[2, 2]) == (0, 0, 255)
+    assert tuple(target[32, 32]) == (255, 0, 0)  # the shape's inside: its palette red
+    assert tuple(target[32, 45]) == (128, 0, 128)  # the band stays as drawn
+    assert not quality.measure(target).has_speck and quality.measure(target).background_error == 0
+
+
+def test_palette_target_refuses_images_without_exactly_one_shape() -> None:
+    two = np.asarray(shapes.draw_scene(scene(cx=20.0, cy=20.0, size=18.0))).copy()
+    two[44:54, 44:54] = (255, 0, 0)
+    assert quality.palette_target(two) is None
+    assert quality.palette_target(np.zeros((64, 64, 3), np.uint8)) is None
+
+
 @pytest.mark.slow  # loads the shipped model three times and runs a few steps twice
 def test_finetune_trains_only_the_decoder_and_resumes(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
@@ -60,10 +86,11 @@ def test_finetune_trains_only_the_decoder_and_resumes(
     import torch
     from diffusers import StableDiffusionPipeline
 
-    from easel.demo import demo_model_path
+    from easel.demo import demo_controlnet_path, demo_model_path
     from easel.demo.finetune import main
 
-    main(["--out", str(tmp_path / "a"), "--base", str(demo_model_path()), "--smoke"])
+    args = ["--base", str(demo_model_path()), "--controlnet", str(demo_controlnet_path()), "--smoke"]
+    main(["--out", str(tmp_path / "a"), *args])
     tuned = StableDiffusionPipeline.from_pretrained(tmp_path / "a" / "model")
     shipped = StableDiffusionPipeline.from_pretrained(demo_model_path())
 
@@ -78,16 +105,30 @@ def test_finetune_trains_only_the_decoder_and_resumes(
     assert tuned.vae.config.scaling_factor == shipped.vae.config.scaling_factor
     assert tuned.scheduler.config == shipped.scheduler.config
 
-    # killed after step 2 of a stage (its checkpoint kept, the finished stage not): rerunning
-    # resumes there and ends with the same weights; the decoder stage first, then the polish
+    # killed after a stage's checkpoint (its finished state and every later stage's files gone):
+    # rerunning resumes there and ends with the same weights; in order: the decoder stage, the
+    # polish, drawing the UNet's samples (2 of 3 chunks through the ControlNet; one checkpoint,
+    # after the last chunk) and the stage that decodes them
     work = tmp_path / "b" / "checkpoints"
-    main(["--out", str(tmp_path / "b"), "--base", str(demo_model_path()), "--smoke"])
-    killings = (("decoder", ["decoder_done", "polish", "polish_done"]), ("polish", ["polish_done"]))
-    for killed, files in killings:
-        for name in files:
-            (work / f"{name}.pt").unlink()
+    main(["--out", str(tmp_path / "b"), *args])
+    order = ("decoder", "polish", "samples", "sampled")
+    path = "model/vae/diffusion_pytorch_model.safetensors"
+    for index, (killed, step) in enumerate(zip(order, (2, 2, 3, 2), strict=True)):
+        for name in order[index:]:
+            (work / f"{name}_done.pt").unlink()
+            if name != killed:
+                (work / f"{name}.pt").unlink()
         capsys.readouterr()
-        main(["--out", str(tmp_path / "b"), "--base", str(demo_model_path()), "--smoke"])
-        assert f"{killed}: resumed at step 2" in capsys.readouterr().out
-        path = "model/vae/diffusion_pytorch_model.safetensors"
+        main(["--out", str(tmp_path / "b"), *args])
+        assert f"{killed}: resumed at step {step}" in capsys.readouterr().out
         assert (tmp_path / "a" / path).read_bytes() == (tmp_path / "b" / path).read_bytes(), killed
+
+    # a finished later stage carries the earlier ones (the shipped decoder was tuned from a
+    # polish_done.pt written from the VAE the polish had made): nothing earlier is rerun
+    for name in ("decoder", "decoder_done", "polish"):
+        (work / f"{name}.pt").unlink()
+    capsys.readouterr()
+    main(["--out", str(tmp_path / "b"), *args])
+    log = capsys.readouterr().out
+    assert "sampled: loaded finished stage" in log and "decoder:" not in log and "polish:" not in log
+    assert (tmp_path / "a" / path).read_bytes() == (tmp_path / "b" / path).read_bytes()

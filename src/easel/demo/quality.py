@@ -42,34 +42,83 @@ class ImageQuality:
         return self.background_deviation > SPECK_LEVEL
 
 
-def measure(image: np.ndarray) -> ImageQuality:
-    """Measure an (H,W,3) uint8 image; the background is its most common palette colour and the
+@dataclass(frozen=True)
+class Layout:
+    """How an image reads against the ground truth's form: which palette colour is the
+    background, which pixels are its one shape, and the regions that are neither."""
+
+    labels: np.ndarray  # (H,W) index into shapes.COLORS of each pixel's nearest palette colour
+    background: int  # the most common label
+    shape: np.ndarray  # (H,W) bool: the largest connected non-background region (empty: none)
+    sizes: np.ndarray  # pixels of each connected non-background region
+
+    @property
+    def outside(self) -> np.ndarray:
+        """Pixels off the band around the shape: all of them background in a clean render."""
+        from scipy import ndimage
+
+        return ~ndimage.binary_dilation(self.shape, iterations=BAND) if self.shape.any() else ~self.shape
+
+    @property
+    def inside(self) -> np.ndarray:
+        """The shape's pixels away from its (anti-aliased) edge."""
+        from scipy import ndimage
+
+        return ndimage.binary_erosion(self.shape, iterations=2)
+
+    @property
+    def shape_colour(self) -> int:
+        return int(np.bincount(self.labels[self.shape]).argmax())
+
+
+def layout(image: np.ndarray) -> Layout:
+    """Read an (H,W,3) uint8 image: the background is its most common palette colour and the
     shape its largest other region (what easel.demo.shapes.read_scene reads too)."""
     from scipy import ndimage
 
-    names = list(shapes.COLORS)
     labels = shapes.nearest_color_labels(image)
-    background = int(np.bincount(labels.ravel(), minlength=len(names)).argmax())
+    background = int(np.bincount(labels.ravel(), minlength=len(shapes.COLORS)).argmax())
     drawn = labels != background
     regions, count = ndimage.label(drawn)
     sizes = np.asarray(ndimage.sum(drawn, regions, range(1, count + 1))) if count else np.zeros(0)
     shape = regions == int(np.argmax(sizes)) + 1 if count else np.zeros_like(drawn)
-    outside = ~ndimage.binary_dilation(shape, iterations=BAND) if count else np.ones_like(drawn)
+    return Layout(labels=labels, background=background, shape=shape, sizes=sizes)
+
+
+def _palette(index: int) -> np.ndarray:
+    return np.array(list(shapes.COLORS.values())[index], np.float32)
+
+
+def measure(image: np.ndarray) -> ImageQuality:
+    """Measure an (H,W,3) uint8 image against its `layout`."""
+    read = layout(image)
     pixels = image.astype(np.float32)
-    off = np.abs(pixels[outside] - np.array(shapes.COLORS[names[background]], np.float32))
-    inside = ndimage.binary_erosion(shape, iterations=2)
+    off = np.abs(pixels[read.outside] - _palette(read.background))
+    inside = read.inside
     shape_error = float("nan")
     if inside.any():
-        colour = int(np.bincount(labels[shape]).argmax())
-        shape_error = float(
-            np.abs(pixels[inside] - np.array(shapes.COLORS[names[colour]], np.float32)).mean()
-        )
+        shape_error = float(np.abs(pixels[inside] - _palette(read.shape_colour)).mean())
     return ImageQuality(
-        regions=int((sizes >= MIN_REGION).sum()),
+        regions=int((read.sizes >= MIN_REGION).sum()),
         background_deviation=float(off.max()) if off.size else 0.0,
         background_error=float(off.mean()) if off.size else 0.0,
         shape_error=shape_error,
     )
+
+
+def palette_target(image: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """`image` as a clean render of what it shows would be: every pixel off the band set to the
+    background's palette colour and the shape's inside to its own, the band left as drawn; with
+    the shape's mask. None when the image shows no shape or more than one (there is no single
+    scene to snap to). Why: the decoder fine-tune's targets for latents the UNet sampled, whose
+    scene no clean render gives, so that near-miss latents decode to flat colours (no speck)."""
+    read = layout(image)
+    if int((read.sizes >= MIN_REGION).sum()) != 1:
+        return None
+    target = image.copy()
+    target[read.outside] = _palette(read.background).astype(np.uint8)
+    target[read.inside] = _palette(read.shape_colour).astype(np.uint8)
+    return target, read.shape
 
 
 def summarize(images: np.ndarray) -> dict[str, float]:
