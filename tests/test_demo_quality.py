@@ -79,6 +79,23 @@ def test_palette_target_refuses_images_without_exactly_one_shape() -> None:
     assert quality.palette_target(np.zeros((64, 64, 3), np.uint8)) is None
 
 
+def test_the_sampled_stage_draws_half_its_samples_from_those_with_a_speck() -> None:
+    import torch
+
+    from easel.demo.finetune import _choose_samples
+
+    specks = torch.zeros(100, dtype=torch.bool)
+    specks[[3, 50, 70, 71, 90]] = True
+    for flagged, hard in (
+        (specks, 4),
+        (specks & (torch.arange(100) < 60), 2),
+        (torch.zeros(100, dtype=torch.bool), 0),
+    ):
+        chosen = _choose_samples(flagged, 8, 0.5, torch.Generator().manual_seed(1))
+        assert len(chosen) == 8 == len(set(chosen.tolist()))
+        assert int(flagged[chosen].sum()) >= hard and bool(flagged[chosen[:hard]].all())
+
+
 @pytest.mark.slow  # loads the shipped model three times and runs a few steps twice
 def test_finetune_trains_only_the_decoder_and_resumes(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]

@@ -68,9 +68,15 @@ class FinetuneSettings:
     sampled_guidance: tuple[float, ...] = (3.0, 5.0, 7.5)  # one per chunk of 16, at random
     sampled_controlnet_share: float = 0.25  # of the chunks, where --controlnet is given
     sampled_inference_steps: int = 25
-    sampled_steps: int = 600
+    sampled_steps: int = 1200
     sampled_lr: float = 1e-4
     sampled_per_batch: int = 8  # of decoder_batch; the rest are clean renders
+    # of those, the share drawn from the samples whose decoding had a speck (3.7% of them): drawn
+    # uniformly (600 steps), the stage left specks in 3.1% of the very samples it trained on
+    sampled_speck_share: float = 0.5
+    # every this many steps the flags are read again from the decoder as it is then (the first
+    # 1,200 steps with the flags fixed cleared 128 of those 152 but drew new specks elsewhere)
+    sampled_refresh: int = 200
 
     @classmethod
     def smoke(cls) -> FinetuneSettings:
@@ -78,7 +84,7 @@ class FinetuneSettings:
         return cls(
             decoder_steps=3, decoder_cycle=2, decoder_batch=4, warmup=2, checkpoint_every=2,
             polish_steps=3, polish_warmup=2, sampled_latents=48, sampled_inference_steps=10,
-            sampled_steps=3, sampled_per_batch=2,
+            sampled_steps=3, sampled_per_batch=2, sampled_refresh=2,
         )  # fmt: skip
 
 
@@ -161,7 +167,8 @@ def sample_latents(
     """The UNet's own latents for training scenes (captions in every phrasing, guidance drawn per
     chunk of 16, a share of chunks through the ControlNet with the scene's mask), each with its
     target: its decoding by the VAE as it is now, snapped to the palette off the band
-    (easel.demo.quality.palette_target); latents showing no single shape are left out. Chunks are
+    (easel.demo.quality.palette_target), and whether that decoding had a speck; latents showing
+    no single shape are left out. Chunks are
     seeded by index, resumable like a training stage (work/samples.pt), kept in samples_done.pt."""
     import numpy as np
     import torch
@@ -185,7 +192,7 @@ def sample_latents(
             pipe, controlnet=ControlNetModel.from_pretrained(controlnet)
         )
         control.set_progress_bar_config(disable=True)
-    parts: dict[str, list[Any]] = {"latents": [], "targets": [], "masks": []}
+    parts: dict[str, list[Any]] = {"latents": [], "targets": [], "masks": [], "specks": []}
 
     def restore(checkpoint: dict[str, Any]) -> None:
         for key in parts:
@@ -209,17 +216,54 @@ def sample_latents(
                 captions, generator=generators, guidance_scale=guidance, output_type="latent",
                 num_inference_steps=settings.sampled_inference_steps, **kwargs,
             ).images / scale  # fmt: skip
-            decoded = vae.decode(latents).sample
-        images = ((decoded.permute(0, 2, 3, 1).numpy() + 1) * 127.5).clip(0, 255).round().astype(np.uint8)
+            images = _to_uint8(vae.decode(latents).sample)
         for latent, image in zip(latents, images, strict=True):
             snapped = quality.palette_target(image)
             if snapped is not None:
                 parts["latents"].append(latent)
                 parts["targets"].append(torch.from_numpy(snapped[0]))
                 parts["masks"].append(torch.from_numpy(snapped[1]))
+                parts["specks"].append(torch.tensor(quality.measure(image).has_speck))
     data = {key: torch.stack(value) for key, value in parts.items()}
-    stage.finish(data, f"samples: {len(data['latents'])} of {stage.total * 16} show one shape")
+    kept, specks = len(data["latents"]), int(data["specks"].sum())
+    stage.finish(data, f"samples: {kept} of {stage.total * 16} show one shape, {specks} of them a speck")
     return data
+
+
+def _to_uint8(decoded: Any) -> Any:
+    """VAE output (N,3,H,W) in [-1, 1] -> uint8 (N,H,W,3), rounded as the pipelines' images are."""
+    import numpy as np
+
+    return ((decoded.permute(0, 2, 3, 1).numpy() + 1) * 127.5).clip(0, 255).round().astype(np.uint8)
+
+
+def _decoded_specks(vae: Any, latents: Any) -> Any:
+    """Whether each latent's decoding by `vae` as it is now has a speck (chunks of 16, as drawn)."""
+    import torch
+
+    from easel.demo import quality
+
+    flags = []
+    with torch.no_grad():
+        for start in range(0, len(latents), 16):
+            flags += [
+                quality.measure(image).has_speck
+                for image in _to_uint8(vae.decode(latents[start : start + 16]).sample)
+            ]
+    return torch.tensor(flags)
+
+
+def _choose_samples(specks: Any, count: int, speck_share: float, generator: Any) -> Any:
+    """Indices of `count` samples for one batch: round(count * speck_share) of them from those
+    whose decoding had a speck (while there are any), the rest from all; none twice."""
+    import torch
+
+    hard = torch.nonzero(specks).flatten()
+    take = min(round(count * speck_share), len(hard))
+    chosen = hard[torch.randperm(len(hard), generator=generator)[:take]]
+    rest = torch.randperm(len(specks), generator=generator)
+    rest = rest[~torch.isin(rest, chosen)][: count - take]
+    return torch.cat([chosen, rest])
 
 
 def train_decoder(
@@ -246,13 +290,26 @@ def train_decoder(
         parameter.requires_grad_(True)
     optimizer = torch.optim.AdamW(trained, lr=spec.lr, weight_decay=0.0)
 
+    mined = {"specks": samples["specks"] if samples else None}  # which samples decode with a speck
+
+    def state() -> dict[str, Any]:
+        return {"vae": vae.state_dict(), "optimizer": optimizer.state_dict(), **mined}
+
     def restore(checkpoint: dict[str, Any]) -> None:
         vae.load_state_dict(checkpoint["vae"])
         optimizer.load_state_dict(checkpoint["optimizer"])
+        mined["specks"] = checkpoint.get("specks")
+
+    def refresh() -> None:
+        assert samples is not None
+        mined["specks"] = specks = _decoded_specks(vae, samples["latents"])
+        _log(f"{spec.name}: {int(specks.sum())} of {len(specks)} samples decode with a speck")
 
     scale = vae.config.scaling_factor
     vae.eval()  # no dropout or batch statistics in this VAE; eval keeps the encoder exactly frozen
-    for step in stage.steps(lambda: {"vae": vae.state_dict(), "optimizer": optimizer.state_dict()}, restore):
+    for step in stage.steps(state, restore):
+        if spec.sampled and step and step % settings.sampled_refresh == 0:
+            refresh()
         for group in optimizer.param_groups:
             group["lr"] = spec.lr * _lr_factor(step % spec.cycle, spec.cycle, spec.warmup)
         batches, noise = spec.streams
@@ -264,7 +321,7 @@ def train_decoder(
             latents = vae.encode(x).latent_dist.mean
         if spec.sampled:
             assert samples is not None
-            chosen = torch.randperm(len(samples["latents"]), generator=generator)[: spec.sampled]
+            chosen = _choose_samples(mined["specks"], spec.sampled, settings.sampled_speck_share, generator)
             latents = torch.cat([latents, samples["latents"][chosen]])
             x = torch.cat([x, _to_tensor(samples["targets"][chosen].numpy())])
             masks = torch.cat([masks, samples["masks"][chosen]])
@@ -278,6 +335,8 @@ def train_decoder(
         optimizer.step()
         stage.log(step, loss)
     vae.requires_grad_(False)
+    if spec.sampled:
+        refresh()  # for the log: what the finished stage leaves
     stage.finish({"vae": vae.state_dict()})
 
 
