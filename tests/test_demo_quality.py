@@ -79,6 +79,19 @@ def test_palette_target_refuses_images_without_exactly_one_shape() -> None:
     assert quality.palette_target(np.zeros((64, 64, 3), np.uint8)) is None
 
 
+def test_the_decoder_loss_band_grows_masks_as_the_speck_measure_does() -> None:
+    import torch
+    from scipy import ndimage
+
+    from easel.demo.finetune import _diamond_dilate
+
+    masks = np.random.default_rng(5).random((6, 1, 40, 40)) > 0.97
+    masks[0, 0, 0, :] = masks[1, 0, :, -1] = True  # edges: nothing grows in from outside the image
+    grown = _diamond_dilate(torch.from_numpy(masks).float(), 2).numpy() > 0
+    for mask, ours in zip(masks[:, 0], grown[:, 0], strict=True):
+        assert np.array_equal(ours, ndimage.binary_dilation(mask, iterations=2))
+
+
 def test_the_sampled_stage_draws_half_its_samples_from_those_with_a_speck() -> None:
     import torch
 
