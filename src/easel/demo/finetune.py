@@ -168,8 +168,8 @@ def sample_latents(
     chunk of 16, a share of chunks through the ControlNet with the scene's mask), each with its
     target: its decoding by the VAE as it is now, snapped to the palette off the band
     (easel.demo.quality.palette_target), and whether that decoding had a speck; latents showing
-    no single shape are left out. Chunks are
-    seeded by index, resumable like a training stage (work/samples.pt), kept in samples_done.pt."""
+    no single shape are left out. Chunks are seeded by index, resumable like a training stage
+    (work/samples.pt), kept in samples_done.pt."""
     import numpy as np
     import torch
     from diffusers import StableDiffusionPipeline

@@ -45,7 +45,8 @@ class ImageQuality:
 @dataclass(frozen=True)
 class Layout:
     """How an image reads against the ground truth's form: which palette colour is the
-    background, which pixels are its one shape, and the regions that are neither."""
+    background, which pixels are its shape (the largest other region) and how large every
+    non-background region is."""
 
     labels: np.ndarray  # (H,W) index into shapes.COLORS of each pixel's nearest palette colour
     background: int  # the most common label
