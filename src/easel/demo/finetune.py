@@ -216,7 +216,7 @@ def sample_latents(
                 captions, generator=generators, guidance_scale=guidance, output_type="latent",
                 num_inference_steps=settings.sampled_inference_steps, **kwargs,
             ).images / scale  # fmt: skip
-            images = _to_uint8(vae.decode(latents).sample)
+        images = _decoded_images(vae, latents)
         for latent, image in zip(latents, images, strict=True):
             snapped = quality.palette_target(image)
             if snapped is not None:
@@ -230,11 +230,15 @@ def sample_latents(
     return data
 
 
-def _to_uint8(decoded: Any) -> Any:
-    """VAE output (N,3,H,W) in [-1, 1] -> uint8 (N,H,W,3), rounded as the pipelines' images are."""
-    import numpy as np
+def _decoded_images(vae: Any, latents: Any) -> Any:
+    """uint8 (N,H,W,3) images of (unscaled) latents, as the pipelines and the evaluation make them."""
+    import torch
 
-    return ((decoded.permute(0, 2, 3, 1).numpy() + 1) * 127.5).clip(0, 255).round().astype(np.uint8)
+    from easel.demo.evaluate import to_uint8
+
+    with torch.no_grad():
+        decoded = vae.decode(latents).sample
+    return to_uint8((decoded.permute(0, 2, 3, 1).numpy() + 1) / 2)
 
 
 def _decoded_specks(vae: Any, latents: Any) -> Any:
@@ -244,12 +248,10 @@ def _decoded_specks(vae: Any, latents: Any) -> Any:
     from easel.demo import quality
 
     flags = []
-    with torch.no_grad():
-        for start in range(0, len(latents), 16):
-            flags += [
-                quality.measure(image).has_speck
-                for image in _to_uint8(vae.decode(latents[start : start + 16]).sample)
-            ]
+    for start in range(0, len(latents), 16):
+        flags += [
+            quality.measure(image).has_speck for image in _decoded_images(vae, latents[start : start + 16])
+        ]
     return torch.tensor(flags)
 
 
