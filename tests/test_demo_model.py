@@ -280,8 +280,9 @@ def test_inpainting_and_lora_training_scripts_smoke(tmp_path: Path) -> None:
 @pytest.mark.slow  # sixteen 25-step generations
 def test_backgrounds_are_flat_and_one_shape_is_drawn(pipe: Any) -> None:
     """Issue 19's defects, measured as the model card states them (easel.demo.quality): the
-    fine-tuned decoder leaves a speck in 8.3% of 120 held-out images (95.8% before), one shape in
-    all of them, colours within a few levels of the palette."""
+    fine-tuned decoder leaves a speck in 0.8% of 120 held-out images (95.8% before its fine-tune),
+    one shape in all of them, colours within a few levels of the palette. On these 16: no speck,
+    background / shape error 2.15 / 3.35 levels (one speck is allowed for other builds' last bits)."""
     from easel.demo import quality
     from easel.demo.evaluate import EVAL_SEED, held_out_scenes
 
@@ -291,8 +292,8 @@ def test_backgrounds_are_flat_and_one_shape_is_drawn(pipe: Any) -> None:
     )
     figures = quality.summarize(images)
     assert figures["one_shape"] == 1.0
-    assert figures["speck_images"] <= 0.25, figures
-    assert figures["background_error"] < 5 and figures["shape_error"] < 6, figures
+    assert figures["speck_images"] <= 1 / 16, figures
+    assert figures["background_error"] < 3 and figures["shape_error"] < 4.5, figures
 
 
 @pytest.mark.slow  # sixteen 25-step generations through easel
