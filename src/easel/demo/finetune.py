@@ -13,7 +13,9 @@ Gaussian noise, as the UNet's samples are never exactly the encoder's, so that n
 still decode to flat palette colours. A last stage decodes latents the UNet itself sampled (and,
 with --controlnet, the ControlNet), to their own decodings snapped to the palette off the band:
 after the first two stages 5% of generated images still had a speck (over 960 held-out pairs;
-1.1% after this stage), and 4.8% of reconstructions (0.9% after it).
+1.1% after this stage), and 4.8% of reconstructions (0.9% after it). Then a mining round trains
+on the clean renders and samples the decoder still gets wrong (half of each batch from those):
+0.4% and 0.4%.
 Resumable from checkpoints under DIR/checkpoints, a finished later stage standing for the earlier
 ones, and a pure function of --seed (batches, noise and samples seeded by (seed, stage, step), as
 in easel.demo.train).
@@ -77,6 +79,16 @@ class FinetuneSettings:
     # half from those 152 (1,200 steps) 0.6%; reading the flags again from the decoder every 200
     # steps did no better on held-out images (2.2% vs 1.5% of 960), so they stay as first drawn
     sampled_speck_share: float = 0.5
+    # then mining the clean renders as well: after the sampled stage ~1% of generated images and of
+    # reconstructions of clean renders still had a speck (960 held-out pairs), the same faint one
+    # or two pixels on both, so the decoder's own; a fixed pool of training clean renders is
+    # flagged by whether its reconstruction specks (62 of 8,192), and each batch is half clean
+    # renders and half samples, half of each from the speckled ones (flags re-read from the decoder
+    # at the round's start); every round re-reads them
+    mined_renders: int = 8192  # the pool: training-stream clean renders, encoded once
+    mined_rounds: int = 1
+    mined_steps: int = 1200  # per round
+    mined_lr: float = 1e-4
 
     @classmethod
     def smoke(cls) -> FinetuneSettings:
@@ -84,7 +96,7 @@ class FinetuneSettings:
         return cls(
             decoder_steps=3, decoder_cycle=2, decoder_batch=4, warmup=2, checkpoint_every=2,
             polish_steps=3, polish_warmup=2, sampled_latents=48, sampled_inference_steps=10,
-            sampled_steps=3, sampled_per_batch=2,
+            sampled_steps=3, sampled_per_batch=2, mined_renders=48, mined_rounds=2, mined_steps=3,
         )  # fmt: skip
 
 
@@ -139,11 +151,22 @@ class DecoderStage:
     diamond: bool  # decoder_loss's band shape
     streams: tuple[int, int]  # _batch_seed stage ids of the batches and of the latent noise
     sampled: int = 0  # latents per batch drawn from the UNet's samples (sample_latents)
+    # the clean renders come from a pool flagged by their reconstructions' specks (mine_renders),
+    # half of them speckled, and the samples' flags are re-read with the pool (streams[0]: the pool's)
+    mined: bool = False
 
 
 def decoder_stages(settings: FinetuneSettings) -> list[DecoderStage]:
-    """The fine-tune's stages in order: the long run with warm restarts, the polish, then the
-    stage that also decodes the UNet's samples."""
+    """The fine-tune's stages in order: the long run with warm restarts, the polish, the stage
+    that also decodes the UNet's samples, then the rounds that mine the speckled ones."""
+    mined = [
+        DecoderStage(
+            f"mined{round_}", settings.mined_steps, settings.mined_lr, settings.mined_steps,
+            settings.polish_warmup, settings.polish_worst_pixels, diamond=True, streams=(61, 60 + 2 * round_),
+            sampled=settings.sampled_per_batch, mined=True,
+        )
+        for round_ in range(1, settings.mined_rounds + 1)
+    ]  # fmt: skip
     return [
         DecoderStage(
             "decoder", settings.decoder_steps, settings.decoder_lr, settings.decoder_cycle,
@@ -158,6 +181,7 @@ def decoder_stages(settings: FinetuneSettings) -> list[DecoderStage]:
             settings.polish_warmup, settings.polish_worst_pixels, diamond=True, streams=(51, 52),
             sampled=settings.sampled_per_batch,
         ),
+        *mined,
     ]  # fmt: skip
 
 
@@ -230,6 +254,40 @@ def sample_latents(
     return data
 
 
+def mine_renders(
+    vae: Any, settings: FinetuneSettings, spec: DecoderStage, work: Path, samples: dict[str, Any]
+) -> dict[str, Any]:
+    """The pool of clean renders a mining round trains on (chunks of 16 from the stream
+    spec.streams[0]): their latents, images and masks, and whether the decoder as it is now
+    reconstructs each with a speck; with the samples' flags re-read the same way ("sample_specks").
+    Resumable like a training stage (work/NAME_pool.pt), kept in NAME_pool_done.pt."""
+    import torch
+
+    stage = ResumableStage(work, f"{spec.name}_pool", -(-settings.mined_renders // 16), 64)
+    done = stage.finished()
+    if done is not None:
+        return done
+    parts: dict[str, list[Any]] = {"latents": [], "images": [], "masks": [], "specks": []}
+
+    def restore(checkpoint: dict[str, Any]) -> None:
+        for key in parts:
+            parts[key] = list(checkpoint[key])
+
+    for chunk in stage.steps(lambda: {key: list(value) for key, value in parts.items()}, restore, last=True):
+        images, masks, _ = shapes.make_batch(_batch_seed(settings.seed, spec.streams[0], chunk), 16)
+        with torch.no_grad():
+            latents = vae.encode(_to_tensor(images)).latent_dist.mean
+        parts["latents"] += list(latents)
+        parts["images"] += list(torch.from_numpy(images))
+        parts["masks"] += list(torch.from_numpy(masks))
+        parts["specks"] += list(_decoded_specks(vae, latents))
+    pool = {key: torch.stack(value) for key, value in parts.items()}
+    pool["sample_specks"] = _decoded_specks(vae, samples["latents"])
+    specks, sampled = int(pool["specks"].sum()), int(pool["sample_specks"].sum())
+    stage.finish(pool, f"{stage.name}: {specks} of {len(pool['specks'])} renders speck, {sampled} samples")
+    return pool
+
+
 def _decoded_images(vae: Any, latents: Any) -> Any:
     """uint8 (N,H,W,3) images of (unscaled) latents, as the pipelines and the evaluation make them."""
     import torch
@@ -274,10 +332,12 @@ def train_decoder(
     spec: DecoderStage,
     work: Path,
     samples: dict[str, Any] | None = None,
+    pool: dict[str, Any] | None = None,
 ) -> None:
-    """One stage: decoder + post_quant_conv on the frozen encoder's latents (plus noise), and
-    with `spec.sampled`, on that many of `samples` per batch (plus the same noise) with their
-    snapped targets; from a fresh optimizer; a finished stage only loads its weights."""
+    """One stage: decoder + post_quant_conv on the frozen encoder's latents (plus noise) of fresh
+    clean renders, or with `spec.mined` of the `pool`'s, and with `spec.sampled`, on that many of
+    `samples` per batch (plus the same noise) with their snapped targets; from a fresh optimizer;
+    a finished stage only loads its weights."""
     import torch
 
     vae = components["vae"]
@@ -302,15 +362,22 @@ def train_decoder(
         for group in optimizer.param_groups:
             group["lr"] = spec.lr * _lr_factor(step % spec.cycle, spec.cycle, spec.warmup)
         batches, noise = spec.streams
-        seed = _batch_seed(settings.seed, batches, step)
-        images, masks, _ = shapes.make_batch(seed, settings.decoder_batch - spec.sampled)
-        x, masks = _to_tensor(images), torch.from_numpy(masks)
+        renders = settings.decoder_batch - spec.sampled
         generator = torch.Generator().manual_seed(_batch_seed(settings.seed, noise, step))
-        with torch.no_grad():
-            latents = vae.encode(x).latent_dist.mean
+        if spec.mined:
+            assert pool is not None
+            chosen = _choose_samples(pool["specks"], renders, settings.sampled_speck_share, generator)
+            x, masks = _to_tensor(pool["images"][chosen].numpy()), pool["masks"][chosen]
+            latents = pool["latents"][chosen]
+        else:
+            images, masks, _ = shapes.make_batch(_batch_seed(settings.seed, batches, step), renders)
+            x, masks = _to_tensor(images), torch.from_numpy(masks)
+            with torch.no_grad():
+                latents = vae.encode(x).latent_dist.mean
         if spec.sampled:
             assert samples is not None
-            chosen = _choose_samples(samples["specks"], spec.sampled, settings.sampled_speck_share, generator)
+            flags = pool["sample_specks"] if pool is not None else samples["specks"]
+            chosen = _choose_samples(flags, spec.sampled, settings.sampled_speck_share, generator)
             latents = torch.cat([latents, samples["latents"][chosen]])
             x = torch.cat([x, _to_tensor(samples["targets"][chosen].numpy())])
             masks = torch.cat([masks, samples["masks"][chosen]])
@@ -326,8 +393,12 @@ def train_decoder(
     vae.requires_grad_(False)
     if spec.sampled:  # for the log: how many samples the finished stage still decodes with a speck
         assert samples is not None
-        left, were = int(_decoded_specks(vae, samples["latents"]).sum()), int(samples["specks"].sum())
+        left = int(_decoded_specks(vae, samples["latents"]).sum())
+        were = int((pool["sample_specks"] if pool is not None else samples["specks"]).sum())
         _log(f"{spec.name}: {left} of {len(samples['latents'])} samples decode with a speck (were {were})")
+    if pool is not None:
+        left, were = int(_decoded_specks(vae, pool["latents"]).sum()), int(pool["specks"].sum())
+        _log(f"{spec.name}: {left} of {len(pool['latents'])} pool renders decode with a speck (were {were})")
     stage.finish({"vae": vae.state_dict()})
 
 
@@ -348,7 +419,11 @@ def finetune(out: Path, settings: FinetuneSettings, base: Path, controlnet: Path
     for spec in stages[max(finished, default=0) :]:
         needs_samples = spec.sampled and not (work / f"{spec.name}_done.pt").exists()
         samples = sample_latents(components, settings, work, controlnet) if needs_samples else None
-        train_decoder(components, settings, spec, work, samples)
+        pool = None
+        if spec.mined and needs_samples:
+            assert samples is not None
+            pool = mine_renders(components["vae"], settings, spec, work, samples)
+        train_decoder(components, settings, spec, work, samples, pool)
     if (out / "model").exists():
         shutil.rmtree(out / "model")
     save_pipeline(components, out / "model")
