@@ -79,24 +79,27 @@ def test_the_cached_pipeline_is_restored_after_a_run_and_after_a_cancel(engine):
 
 
 def test_edges_of_a_tiling_image_continue_each_other_on_the_demo_model(engine):
-    """Column 0 against column W-1 plus row 0 against H-1 (mean absolute difference, 0-255), on
-    the bundled demo model, 20 steps, seeds 2, 3 and 5: those of 0-5 whose shape stays off the
+    """Column 0 against column W-1 and row 0 against row H-1 (mean absolute difference, 0-255),
+    on the bundled demo model, 20 steps, seeds 2, 3 and 5: those of 0-5 whose shape stays off the
     image's edges (where a tiled image wraps a shape across its border, the shape's own edge lies
-    on the seam and says nothing). Measured with the model retrained in issue 19 and its decoder's
-    sampled stage: 13.8 / 9.7 / 12.8 without tiling, 4.9 / 1.8 / 2.9 with it; each tiled column
-    seam about as small as the difference of two neighbouring columns (1.6 / 1.1 / 1.5 against
-    1.7 / 1.2 / 1.4). A flat background's
-    opposite edges are alike anyway: the contrast comes from the faint frame zero padding draws."""
+    on the seam and says nothing). Tiled, each seam is about as small as the difference of two
+    neighbouring columns or rows: measured with the decoder's mining round, columns 1.64 / 1.17 /
+    1.23 against 1.76 / 1.08 / 1.26, rows 3.29 / 0.77 / 1.53 against 3.94 / 0.97 / 1.61. Both
+    seams together: 9.7 / 8.1 / 8.6 without tiling, 4.9 / 1.9 / 2.8 with it (a flat background's
+    opposite edges are alike anyway: the contrast comes from the faint frame zero padding draws,
+    fainter with each decoder fine-tune: 13.8 / 9.7 / 12.8 before the mining round)."""
     seams: dict[bool, list[float]] = {False: [], True: []}
     for seed in (2, 3, 5):
         request = GenerationRequest(prompt="a red circle", seed=seed, steps=20)
         for tiling in (False, True):
             image = pixels(engine.generate(request.model_copy(update={"tiling": tiling})).images[0])
             columns = np.abs(image[:, 0] - image[:, -1]).mean()
-            seams[tiling].append(columns + np.abs(image[0] - image[-1]).mean())
+            rows = np.abs(image[0] - image[-1]).mean()
+            seams[tiling].append(columns + rows)
             if tiling:
-                assert columns < 3 * np.abs(image[:, 0] - image[:, 1]).mean(), (seed, seams)
-    assert np.mean(seams[True]) < np.mean(seams[False]) / 3, seams
+                assert columns < 2 * np.abs(image[:, 0] - image[:, 1]).mean(), (seed, seams)
+                assert rows < 2 * np.abs(image[0] - image[1]).mean(), (seed, seams)
+    assert np.mean(seams[True]) < np.mean(seams[False]) / 2, seams
 
 
 def test_tiling_is_refused_with_torch_compile_before_loading(hf_home):
