@@ -86,7 +86,8 @@ class FinetuneSettings:
     # renders and half samples, half of each from the speckled ones (flags re-read from the decoder
     # at the round's start); every round re-reads them. One round took specks from 1.1% to 0.4% of
     # 960 held-out images (0.9% to 0.4% of reconstructions); a second round on the same pool gave
-    # 0.5% / 0.6%, on a fresh pool four times as large 0.4% / 0.3%: one round is shipped
+    # 0.5% / 0.6%, on a fresh pool four times as large 0.4% / 0.3%, with the loss on each image's 3
+    # worst pixels weighted 4x 0.3% / 0.4% (palette errors up by 0.2-0.4 levels): one round is shipped
     mined_renders: int = 8192  # the pool: training-stream clean renders, encoded once
     mined_rounds: int = 1
     mined_steps: int = 1200  # per round
