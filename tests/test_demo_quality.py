@@ -27,8 +27,8 @@ def test_clean_renders_measure_clean() -> None:
     rng = np.random.default_rng(3)
     images = np.stack([np.asarray(shapes.draw_scene(shapes.random_scene(rng))) for _ in range(24)])
     assert quality.summarize(images) == {
-        "one_shape": 1.0, "speck_images": 0.0, "background_deviation_mean": 0.0,
-        "background_error": 0.0, "shape_error": 0.0,
+        "one_shape": 1.0, "speck_images": 0.0, "background_deviation_mean": 0.0, "edge_speck_images": 0.0,
+        "edge_deviation_mean": 0.0, "background_error": 0.0, "shape_error": 0.0,
     }  # fmt: skip
 
 
@@ -41,6 +41,18 @@ def test_a_speck_off_the_shape_is_caught_but_a_soft_edge_is_not() -> None:
     measured = quality.measure(image)
     assert measured.has_speck and measured.background_deviation == 255 - 40
     assert measured.regions == 1  # one pixel is a speck, not a shape
+
+
+def test_an_off_blend_colour_at_the_edge_is_an_edge_speck_but_a_blend_is_not() -> None:
+    image = np.asarray(shapes.draw_scene(scene())).copy()  # red circle, radius 12, on blue
+    image[32, 32 + 12 + 1] = (128, 0, 128)  # half red, half blue: what anti-aliasing draws
+    image[32 + 12, 32] = (64, 0, 191)
+    blended = quality.measure(image)
+    assert blended.edge_deviation <= 1 and not blended.has_edge_speck
+    image[32, 32 - 12 - 1] = (0, 160, 40)  # a green dot at the edge: no blend of red and blue
+    speckled = quality.measure(image)
+    assert speckled.has_edge_speck and speckled.edge_deviation == pytest.approx(160, abs=1)
+    assert not speckled.has_speck  # the band hides it from the background measure
 
 
 def test_a_second_shape_and_off_palette_colours_are_counted() -> None:

@@ -9,6 +9,11 @@ background, so each defect has an exact measure against that ground truth:
   be the background colour. `background_deviation` is the largest channel difference from the
   background's palette colour there; an image "has a speck" when some pixel differs by more
   than SPECK_LEVEL (a quarter of the range: far beyond any smooth shading).
+- **edge speck**: inside that band a clean render draws only blends of the background and shape
+  colours (anti-aliasing), so a pixel far from every such blend is a speck at the edge (the
+  rainbow or dark dot the issue saw at the lower-left edge, which the band hides from the measure
+  above). `edge_deviation` is the largest channel difference from the nearest blend there; an
+  image "has an edge speck" past the same SPECK_LEVEL.
 - **stray shapes**: connected regions of non-background palette labels of at least
   MIN_REGION pixels (a shape is 18-40 px across: >= 250 px; a speck is a handful).
 - **palette error**: mean absolute difference (0..255, per channel) from the palette colour,
@@ -36,10 +41,15 @@ class ImageQuality:
     background_deviation: float  # largest channel difference from the background colour, off the band
     background_error: float  # mean absolute channel difference there
     shape_error: float  # mean absolute channel difference inside the shape (nan: no shape)
+    edge_deviation: float  # largest channel difference from the nearest background-shape blend, in the band
 
     @property
     def has_speck(self) -> bool:
         return self.background_deviation > SPECK_LEVEL
+
+    @property
+    def has_edge_speck(self) -> bool:
+        return self.edge_deviation > SPECK_LEVEL
 
 
 @dataclass(frozen=True)
@@ -96,15 +106,29 @@ def measure(image: np.ndarray) -> ImageQuality:
     pixels = image.astype(np.float32)
     off = np.abs(pixels[read.outside] - _palette(read.background))
     inside = read.inside
-    shape_error = float("nan")
+    shape_error, edge_deviation = float("nan"), 0.0
     if inside.any():
         shape_error = float(np.abs(pixels[inside] - _palette(read.shape_colour)).mean())
+    band = ~read.outside & ~inside
+    if read.shape.any() and band.any():
+        edge_deviation = _blend_deviation(pixels[band], read.background, read.shape_colour)
     return ImageQuality(
         regions=int((read.sizes >= MIN_REGION).sum()),
         background_deviation=float(off.max()) if off.size else 0.0,
         background_error=float(off.mean()) if off.size else 0.0,
         shape_error=shape_error,
+        edge_deviation=edge_deviation,
     )
+
+
+def _blend_deviation(pixels: np.ndarray, background: int, shape: int) -> float:
+    """The largest channel difference of (N,3) pixels from their nearest blend of the two palette
+    colours (the projection onto the segment between them)."""
+    start = _palette(background)
+    direction = _palette(shape) - start
+    length = float(direction @ direction)
+    share = np.clip((pixels - start) @ direction / length, 0, 1) if length else np.zeros(len(pixels))
+    return float(np.abs(pixels - (start + share[:, None] * direction)).max())
 
 
 def palette_target(image: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
@@ -129,6 +153,8 @@ def summarize(images: np.ndarray) -> dict[str, float]:
         "one_shape": round(float(np.mean([m.regions == 1 for m in measured])), 4),
         "speck_images": round(float(np.mean([m.has_speck for m in measured])), 4),
         "background_deviation_mean": round(float(np.mean([m.background_deviation for m in measured])), 1),
+        "edge_speck_images": round(float(np.mean([m.has_edge_speck for m in measured])), 4),
+        "edge_deviation_mean": round(float(np.mean([m.edge_deviation for m in measured])), 1),
         "background_error": round(float(np.mean([m.background_error for m in measured])), 2),
         "shape_error": round(float(np.nanmean([m.shape_error for m in measured])), 2),
     }
