@@ -104,6 +104,32 @@ def test_the_decoder_loss_band_grows_masks_as_the_speck_measure_does() -> None:
         assert np.array_equal(ours, ndimage.binary_dilation(mask, iterations=2))
 
 
+def test_the_edge_term_costs_a_blend_nothing_and_a_dot_what_the_edge_measure_reads() -> None:
+    import torch
+
+    from easel.demo.finetune import decoder_loss
+
+    clean = np.asarray(shapes.draw_scene(scene())).copy()  # red circle, radius 12, on blue
+    mask = torch.from_numpy(np.asarray(shapes.draw_mask(scene())) > 127)[None]
+
+    def tensor(image: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(image).permute(2, 0, 1)[None].float() / 127.5 - 1
+
+    def edge_term(image: np.ndarray) -> float:
+        recon, target = tensor(image), tensor(clean)
+        with_edge = decoder_loss(recon, target, mask, 1, diamond=True, edge_blend=True)
+        return float(with_edge - decoder_loss(recon, target, mask, 1, diamond=True))
+
+    assert edge_term(clean) == 0.0
+    blended = clean.copy()
+    blended[32, 32 - 12 - 1] = (128, 0, 127)  # a softer edge than the render's: a blend still
+    assert edge_term(blended) < 0.01
+    dotted = clean.copy()
+    dotted[32, 32 - 12 - 1] = (0, 160, 40)  # a green dot on the edge
+    assert quality.measure(dotted).has_edge_speck
+    assert edge_term(dotted) == pytest.approx(quality.measure(dotted).edge_deviation / 127.5, abs=0.02)
+
+
 def test_the_sampled_stage_draws_half_its_samples_from_those_with_a_speck() -> None:
     import torch
 
@@ -150,13 +176,16 @@ def test_finetune_trains_only_the_decoder_and_resumes(
     # killed after a stage's checkpoint (its finished state and every later stage's files gone):
     # rerunning resumes there and ends with the same weights; in order: the decoder stage, the
     # polish, drawing the UNet's samples (2 of 3 chunks through the ControlNet; one checkpoint,
-    # after the last chunk), the stage that decodes them, and two mining rounds, each flagging its
-    # pool of clean renders first (one checkpoint, after the last chunk)
+    # after the last chunk), the stage that decodes them, two mining rounds and the edge stage, each
+    # flagging its pool of clean renders first (one checkpoint, after the last chunk)
     work = tmp_path / "b" / "checkpoints"
     main(["--out", str(tmp_path / "b"), *args])
-    order = ("decoder", "polish", "samples", "sampled", "mined1_pool", "mined1", "mined2_pool", "mined2")
+    order = (
+        "decoder", "polish", "samples", "sampled", "mined1_pool", "mined1", "mined2_pool", "mined2",
+        "edges_pool", "edges",
+    )  # fmt: skip
     path = "model/vae/diffusion_pytorch_model.safetensors"
-    for index, (killed, step) in enumerate(zip(order, (2, 2, 3, 2, 3, 2, 3, 2), strict=True)):
+    for index, (killed, step) in enumerate(zip(order, (2, 2, 3, 2, 3, 2, 3, 2, 3, 2), strict=True)):
         for name in order[index:]:
             (work / f"{name}_done.pt").unlink()
             if name != killed:
@@ -168,11 +197,12 @@ def test_finetune_trains_only_the_decoder_and_resumes(
 
     # a finished later stage carries the earlier ones (the shipped decoder was tuned from a
     # polish_done.pt written from the VAE the polish had made): nothing earlier is rerun
-    for name in ("decoder", "decoder_done", "polish", "mined1_pool_done", "mined2_pool_done"):
+    pools = ("mined1_pool_done", "mined2_pool_done", "edges_pool_done")
+    for name in ("decoder", "decoder_done", "polish", *pools):
         (work / f"{name}.pt").unlink()
     capsys.readouterr()
     main(["--out", str(tmp_path / "b"), *args])
     log = capsys.readouterr().out
-    assert "mined2: loaded finished stage" in log
+    assert "edges: loaded finished stage" in log
     assert not [stage for stage in order[:-1] if f"{stage}:" in log], log
     assert (tmp_path / "a" / path).read_bytes() == (tmp_path / "b" / path).read_bytes()
