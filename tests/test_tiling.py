@@ -83,9 +83,9 @@ def test_edges_of_a_tiling_image_continue_each_other_on_the_demo_model(engine):
     on the bundled demo model, 20 steps, seeds 2, 3 and 5: those of 0-5 whose shape stays off the
     image's edges (where a tiled image wraps a shape across its border, the shape's own edge lies
     on the seam and says nothing). Tiled, each seam is about as small as the difference of two
-    neighbouring columns or rows: measured with the decoder's mining round, columns 1.64 / 1.17 /
-    1.23 against 1.76 / 1.08 / 1.26, rows 3.29 / 0.77 / 1.53 against 3.94 / 0.97 / 1.61. Both
-    seams together: 9.7 / 8.1 / 8.6 without tiling, 4.9 / 1.9 / 2.8 with it (a flat background's
+    neighbouring columns or rows: measured with the decoder's edge stage, columns 2.01 / 1.00 /
+    1.49 against 2.44 / 1.04 / 1.27, rows 4.95 / 0.71 / 1.30 against 5.25 / 0.90 / 1.42. Both
+    seams together: 9.4 / 6.6 / 8.7 without tiling, 7.0 / 1.7 / 2.8 with it (a flat background's
     opposite edges are alike anyway: the contrast comes from the faint frame zero padding draws,
     fainter with each decoder fine-tune: 13.8 / 9.7 / 12.8 before the mining round)."""
     seams: dict[bool, list[float]] = {False: [], True: []}
