@@ -10,7 +10,7 @@ The loss adds, to L1 + MSE, the mean error of each image's worst pixels away fro
 edge (a speck is a few pixels: mean losses barely see it, and a clean render's hard edge would
 otherwise hold all of an image's worst pixels), and the latents are decoded with a little
 Gaussian noise, as the UNet's samples are never exactly the encoder's, so that near-miss latents
-still decode to flat palette colours. A last stage decodes latents the UNet itself sampled (and,
+still decode to flat palette colours. A third stage decodes latents the UNet itself sampled (and,
 with --controlnet, the ControlNet), to their own decodings snapped to the palette off the band:
 after the first two stages 5% of generated images still had a speck (over 960 held-out pairs;
 1.1% after this stage), and 4.8% of reconstructions (0.9% after it). Then a mining round trains
