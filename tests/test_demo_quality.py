@@ -176,16 +176,16 @@ def test_finetune_trains_only_the_decoder_and_resumes(
     # killed after a stage's checkpoint (its finished state and every later stage's files gone):
     # rerunning resumes there and ends with the same weights; in order: the decoder stage, the
     # polish, drawing the UNet's samples (2 of 3 chunks through the ControlNet; one checkpoint,
-    # after the last chunk), the stage that decodes them, two mining rounds and the edge stage, each
+    # after the last chunk), the stage that decodes them, two mining rounds and two edge rounds, each
     # flagging its pool of clean renders first (one checkpoint, after the last chunk)
     work = tmp_path / "b" / "checkpoints"
     main(["--out", str(tmp_path / "b"), *args])
     order = (
         "decoder", "polish", "samples", "sampled", "mined1_pool", "mined1", "mined2_pool", "mined2",
-        "edges_pool", "edges",
+        "edges_pool", "edges", "edges2_pool", "edges2",
     )  # fmt: skip
     path = "model/vae/diffusion_pytorch_model.safetensors"
-    for index, (killed, step) in enumerate(zip(order, (2, 2, 3, 2, 3, 2, 3, 2, 3, 2), strict=True)):
+    for index, (killed, step) in enumerate(zip(order, (2, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3, 2), strict=True)):
         for name in order[index:]:
             (work / f"{name}_done.pt").unlink()
             if name != killed:
@@ -197,12 +197,12 @@ def test_finetune_trains_only_the_decoder_and_resumes(
 
     # a finished later stage carries the earlier ones (the shipped decoder was tuned from a
     # polish_done.pt written from the VAE the polish had made): nothing earlier is rerun
-    pools = ("mined1_pool_done", "mined2_pool_done", "edges_pool_done")
+    pools = ("mined1_pool_done", "mined2_pool_done", "edges_pool_done", "edges2_pool_done")
     for name in ("decoder", "decoder_done", "polish", *pools):
         (work / f"{name}.pt").unlink()
     capsys.readouterr()
     main(["--out", str(tmp_path / "b"), *args])
     log = capsys.readouterr().out
-    assert "edges: loaded finished stage" in log
+    assert "edges2: loaded finished stage" in log
     assert not [stage for stage in order[:-1] if f"{stage}:" in log], log
     assert (tmp_path / "a" / path).read_bytes() == (tmp_path / "b" / path).read_bytes()
