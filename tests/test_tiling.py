@@ -80,16 +80,17 @@ def test_the_cached_pipeline_is_restored_after_a_run_and_after_a_cancel(engine):
 
 def test_edges_of_a_tiling_image_continue_each_other_on_the_demo_model(engine):
     """Column 0 against column W-1 and row 0 against row H-1 (mean absolute difference, 0-255),
-    on the bundled demo model, 20 steps, seeds 2, 3 and 5: those of 0-5 whose shape stays off the
-    image's edges (where a tiled image wraps a shape across its border, the shape's own edge lies
-    on the seam and says nothing). Tiled, each seam is about as small as the difference of two
-    neighbouring columns or rows: measured with the decoder's edge stage, columns 2.01 / 1.00 /
-    1.49 against 2.44 / 1.04 / 1.27, rows 4.95 / 0.71 / 1.30 against 5.25 / 0.90 / 1.42. Both
-    seams together: 9.4 / 6.6 / 8.7 without tiling, 7.0 / 1.7 / 2.8 with it (a flat background's
-    opposite edges are alike anyway: the contrast comes from the faint frame zero padding draws,
-    fainter with each decoder fine-tune: 13.8 / 9.7 / 12.8 before the mining round)."""
+    on the bundled demo model, 20 steps, seeds 3 and 5: those of 0-5 whose shape stays off the
+    image's edges with tiling and without (where a tiled image wraps a shape across its border,
+    the shape's own edge lies on the seam and says nothing; seed 2, used before, now draws near
+    its top and bottom when tiled: rows 0 / 1 differ by 5.1 there against 0.8-1.7 here). Tiled,
+    each seam is about as small as the difference of two neighbouring columns or rows: measured
+    with the decoder's second edge round, columns 1.14 / 1.56 against 1.14 / 1.37, rows 0.66 /
+    1.55 against 0.84 / 1.67. Both seams together: 6.1 / 6.6 without tiling, 1.8 / 3.1 with it (a
+    flat background's opposite edges are alike anyway: the contrast comes from the faint frame
+    zero padding draws, fainter with each decoder fine-tune: 9.7 / 12.8 before the mining round)."""
     seams: dict[bool, list[float]] = {False: [], True: []}
-    for seed in (2, 3, 5):
+    for seed in (3, 5):
         request = GenerationRequest(prompt="a red circle", seed=seed, steps=20)
         for tiling in (False, True):
             image = pixels(engine.generate(request.model_copy(update={"tiling": tiling})).images[0])
