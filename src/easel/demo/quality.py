@@ -104,12 +104,12 @@ def measure(image: np.ndarray) -> ImageQuality:
     """Measure an (H,W,3) uint8 image against its `layout`."""
     read = layout(image)
     pixels = image.astype(np.float32)
-    off = np.abs(pixels[read.outside] - _palette(read.background))
-    inside = read.inside
+    outside, inside = read.outside, read.inside  # properties that dilate / erode: read once
+    off = np.abs(pixels[outside] - _palette(read.background))
     shape_error, edge_deviation = float("nan"), 0.0
     if inside.any():
         shape_error = float(np.abs(pixels[inside] - _palette(read.shape_colour)).mean())
-    band = ~read.outside & ~inside
+    band = ~outside & ~inside
     if read.shape.any() and band.any():
         edge_deviation = _blend_deviation(pixels[band], read.background, read.shape_colour)
     return ImageQuality(
