@@ -15,10 +15,12 @@ with --controlnet, the ControlNet), to their own decodings snapped to the palett
 after the first two stages 5% of generated images still had a speck (over 960 held-out pairs;
 1.1% after this stage), and 4.8% of reconstructions (0.9% after it). Then a mining round trains
 on the clean renders and samples the decoder still gets wrong (half of each batch from those):
-0.4% and 0.4%. The last stage looks at the shape's edge, which the speck measure (and the loss)
-had left out: a pixel there far from every blend of the two colours (the issue's rainbow dot)
-was on 95% of images, 7% after it (a speck just off the edge: 0.4% -> 1.7%), 0.2% after a second
-round mining both kinds (1.6% off the edge).
+0.4% and 0.4%. The last stages, the edge rounds, look at the shape's edge, which the speck
+measure (and the loss) had left out: a pixel there far from every blend of the two colours (the
+issue's rainbow dot) was on 95% of images, 7% after the first (a speck just off the edge: 0.4%
+-> 1.7%), 0.2% after a second round mining both kinds (1.6% off the edge), and after five such
+rounds images with either kind are 0.5% (reconstructions 0.1%): a faint pixel just off a corner,
+65-90 levels from the background.
 Resumable from checkpoints under DIR/checkpoints, a finished later stage standing for the earlier
 ones, and a pure function of --seed (batches, noise and samples seeded by (seed, stage, step), as
 in easel.demo.train).
@@ -100,12 +102,15 @@ class FinetuneSettings:
     # edge: easel.demo.quality's edge speck), which no loss had looked at (the worst-pixel term
     # skipped the edge, the samples' targets keep it as drawn); a last stage on the mining
     # round's batches judges edge pixels by their distance from the nearest blend
-    edge_steps: int = 1200
     edge_lr: float = 1e-4
     # and a second edge round whose pool is flagged by either kind of speck (6.8% of renders): the
     # first moved part of the dot one pixel outward (specks off the band 0.4% -> 1.7%), and with
     # flags that see only those the edge dots were barely mined; after it 0.2% / 1.6% of 960
-    edge_rounds: int = 2
+    # (either kind 1.8%). Three more rounds the same way (the pool's flags re-read each time: 51,
+    # 18, 16 renders and 100, 46, 41 samples) took either kind to 1.25%, 0.94%, 0.52% of 960 (the
+    # reconstructions 0.73% -> 0.1%); a sixth gave 0.83% (its pool down to 4 speckled renders), and
+    # one round of 2,400 steps instead of the third 0.83%, two of them 0.73%: five rounds ship
+    edge_steps: tuple[int, ...] = (1200, 1200, 1200, 1200, 1200)  # one edge round per entry: its steps
 
     @classmethod
     def smoke(cls) -> FinetuneSettings:
@@ -114,7 +119,7 @@ class FinetuneSettings:
             decoder_steps=3, decoder_cycle=2, decoder_batch=4, warmup=2, checkpoint_every=2,
             polish_steps=3, polish_warmup=2, sampled_latents=48, sampled_inference_steps=10,
             sampled_steps=3, sampled_per_batch=2, mined_renders=48, mined_rounds=2, mined_steps=3,
-            edge_steps=3, edge_rounds=2,
+            edge_steps=(3, 3),
         )  # fmt: skip
 
 
@@ -230,12 +235,12 @@ def decoder_stages(settings: FinetuneSettings) -> list[DecoderStage]:
         *mined,
         *[
             DecoderStage(
-                "edges" if number == 1 else f"edges{number}", settings.edge_steps, settings.edge_lr,
-                settings.edge_steps, settings.polish_warmup, settings.polish_worst_pixels, diamond=True,
+                "edges" if number == 1 else f"edges{number}", steps, settings.edge_lr,
+                steps, settings.polish_warmup, settings.polish_worst_pixels, diamond=True,
                 streams=(61, 70 + 2 * number), sampled=settings.sampled_per_batch, mined=True,
                 edge_blend=True, edge_flags=number > 1,
             )
-            for number in range(1, settings.edge_rounds + 1)
+            for number, steps in enumerate(settings.edge_steps, start=1)
         ],
     ]  # fmt: skip
 
