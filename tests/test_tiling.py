@@ -85,8 +85,8 @@ def test_edges_of_a_tiling_image_continue_each_other_on_the_demo_model(engine):
     the shape's own edge lies on the seam and says nothing; seed 2, used before, now draws near
     its top and bottom when tiled: rows 0 / 1 differ by 5.1 there against 0.8-1.7 here). Tiled,
     each seam is about as small as the difference of two neighbouring columns or rows: measured
-    with the decoder's second edge round, columns 1.14 / 1.56 against 1.14 / 1.37, rows 0.66 /
-    1.55 against 0.84 / 1.67. Both seams together: 6.1 / 6.6 without tiling, 1.8 / 3.1 with it (a
+    with the decoder's fifth edge round, columns 1.17 / 1.48 against 0.98 / 1.32, rows 0.72 /
+    1.71 against 0.80 / 1.84. Both seams together: 7.0 / 5.6 without tiling, 1.9 / 3.2 with it (a
     flat background's opposite edges are alike anyway: the contrast comes from the faint frame
     zero padding draws, fainter with each decoder fine-tune: 9.7 / 12.8 before the mining round)."""
     seams: dict[bool, list[float]] = {False: [], True: []}
