@@ -147,6 +147,23 @@ def test_the_sampled_stage_draws_half_its_samples_from_those_with_a_speck() -> N
         assert int(flagged[chosen].sum()) >= hard and bool(flagged[chosen[:hard]].all())
 
 
+def test_each_entry_of_edge_steps_is_one_edge_round_with_its_own_schedule() -> None:
+    """The edge rounds follow FinetuneSettings.edge_steps: one round per entry, named as the
+    shipped checkpoints are (edges, edges2, ...), each with its steps as its cosine cycle, its own
+    noise stream, and flags of both kinds of speck from the second round on."""
+    from easel.demo.finetune import FinetuneSettings, decoder_stages
+
+    stages = decoder_stages(FinetuneSettings(edge_steps=(3, 5, 7)))
+    edges = [stage for stage in stages if stage.edge_blend]
+    assert [stage.name for stage in edges] == ["edges", "edges2", "edges3"]
+    assert [(stage.steps, stage.cycle) for stage in edges] == [(3, 3), (5, 5), (7, 7)]
+    assert [stage.streams for stage in edges] == [(61, 72), (61, 74), (61, 76)]
+    assert [stage.edge_flags for stage in edges] == [False, True, True]
+    assert stages[-1] is edges[-1]  # the edge rounds come last
+    shipped = [stage.name for stage in decoder_stages(FinetuneSettings()) if stage.edge_blend]
+    assert shipped == ["edges", "edges2", "edges3", "edges4", "edges5"]
+
+
 @pytest.mark.slow  # loads the shipped model three times and runs a few steps twice
 def test_finetune_trains_only_the_decoder_and_resumes(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]

@@ -20,7 +20,7 @@ measure (and the loss) had left out: a pixel there far from every blend of the t
 issue's rainbow dot) was on 95% of images, 7% after the first (a speck just off the edge: 0.4%
 -> 1.7%), 0.2% after a second round mining both kinds (1.6% off the edge), and after five such
 rounds images with either kind are 0.5% (reconstructions 0.1%): a faint pixel just off a corner,
-65-90 levels from the background.
+66-78 levels from the background.
 Resumable from checkpoints under DIR/checkpoints, a finished later stage standing for the earlier
 ones, and a pure function of --seed (batches, noise and samples seeded by (seed, stage, step), as
 in easel.demo.train).
