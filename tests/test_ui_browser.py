@@ -2,7 +2,8 @@
 Selenium; nothing is downloaded) against a real `python -m easel serve` with an API key, on a
 free loopback port, with the tiny models and a tiny LoRA. The tests run in order on one page, as a
 user would: generate, img2img from a result, inpainting it, a ControlNet unit, a LoRA, cancel,
-gallery, PNG info.
+gallery, PNG info. The browser adds 300 ms to every request (as a server across a network does),
+so a test that reads the page before it has settled fails here, not only on a slow machine.
 
 On failure each test leaves a screenshot, the page's HTML and the browser console in
 $EASEL_TEST_ARTIFACTS (default: the test's pytest tmp dir) and prints where.
@@ -78,6 +79,11 @@ def driver(tmp_path_factory):
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     browser = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
     browser.execute_cdp_cmd("Network.enable", {})
+    # every request takes 300 ms more, as from a server across a network: a test that reads the page
+    # before the page has finished (a stale status, a tab switched late) fails here every time, not
+    # only on a slow CI machine
+    conditions = {"offline": False, "latency": 300, "downloadThroughput": -1, "uploadThroughput": -1}
+    browser.execute_cdp_cmd("Network.emulateNetworkConditions", conditions)
     try:
         yield browser
     finally:
@@ -163,7 +169,8 @@ def generate_and_wait(driver: Any, count: int) -> list[Any]:
     by_id(driver, "generate").click()
 
     def done() -> bool:
-        if by_id(driver, "status").get_attribute("data-state") in ("failed", "cancelled"):
+        # the click sets data-state to "submitting" at once, so these are this job's, not the last one's
+        if by_id(driver, "status").get_attribute("data-state") in ("refused", "failed", "cancelled"):
             return True
         return by_id(driver, "results").get_attribute("innerHTML") != old and len(results(driver)) == count
 
@@ -250,6 +257,7 @@ def test_generate_shows_images_and_token_counts(page, base_url):
     fill(page, "width", 65)
     by_id(page, "generate").click()
     wait(page, lambda: "width" in by_id(page, "error").text)
+    assert by_id(page, "status").get_attribute("data-state") == "refused"  # no job: the last one's state gone
     assert "invalid" in by_id(page, "width").get_attribute("class")
     # where the eye is: at the top of the form and under the field, which is scrolled into view
     assert "width" in by_id(page, "error-top").text and by_id(page, "error-top").is_displayed()
@@ -435,7 +443,9 @@ def test_one_controlnet_unit(page, init_png):
     wait(page, lambda: "controls[0].mode" in by_id(page, "error").text)
     assert "invalid" in by_id(page, "control-0-mode").get_attribute("class")
     assert "not a union ControlNet" in page.find_element("css selector", ".control-unit .field-error").text
+    assert by_id(page, "status").get_attribute("data-state") == "failed"  # refused where the unit loads
     choose(page, "control-0-mode", "")
+    # the next click replaces that "failed" at once ("submitting"), so waiting cannot read the last job's end
     cards = generate_and_wait(page, 1)
     text = cards[0].find_element("css selector", ".metadata pre").get_attribute("textContent")
     assert "ControlNet 0:" in text and "Weight: 0.7" in text
@@ -639,7 +649,14 @@ def test_png_info_loads_parameters_into_the_form(page, base_url, tmp_path):
         fill(page, element_id, value)
     by_id(page, "tab-pnginfo").click()
     by_id(page, "pnginfo-load").click()
-    wait(page, lambda: by_id(page, "prompt").get_attribute("value") == PROMPT)
+
+    def loaded(prompt: str) -> bool:
+        """The form holds `prompt` and the load has finished: it switches to Generate last (a test that
+        went on before then would have its next tab taken away, as with network latency)."""
+        form_prompt = by_id(page, "prompt").get_attribute("value")
+        return by_id(page, "panel-generate").is_displayed() and form_prompt == prompt
+
+    wait(page, lambda: loaded(PROMPT))
     assert by_id(page, "seed").get_attribute("value") == seed
     assert by_id(page, "steps").get_attribute("value") == "2"
     assert by_id(page, "model").get_attribute("value") == TINY_SD15
@@ -654,7 +671,7 @@ def test_png_info_loads_parameters_into_the_form(page, base_url, tmp_path):
     upload(page, "pnginfo-file", foreign)
     wait(page, lambda: "Seed: 99" in by_id(page, "pnginfo-parameters").text)
     by_id(page, "pnginfo-load").click()
-    wait(page, lambda: by_id(page, "prompt").get_attribute("value") == "a (blue:1.2) square")
+    wait(page, lambda: loaded("a (blue:1.2) square"))
     assert by_id(page, "negative").get_attribute("value") == "text"
     assert by_id(page, "syntax").get_attribute("value") == "a1111"
     assert by_id(page, "scheduler").get_attribute("value") == "DPM++ 2M Karras"

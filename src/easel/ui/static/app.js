@@ -1002,13 +1002,17 @@
     clearInvalid();
     const request = buildRequest();
     setBusy(true);
+    // data-state always names what the text says: a finished job's "failed" must not linger
+    // while the next one is being submitted (tests and scripts wait on it)
     $("status").textContent = "Submitting…";
+    $("status").dataset.state = "submitting";
     let job;
     try {
       job = await api("/api/v1/jobs", { body: request });
     } catch (error) {
       setBusy(false);
       $("status").textContent = "";
+      $("status").dataset.state = "refused";
       showError(error);
       return;
     }
