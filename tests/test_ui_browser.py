@@ -164,7 +164,7 @@ def results(driver: Any, selector: str = "#results .result") -> list[Any]:
     return loaded if len(loaded) == len(cards) else []
 
 
-def generate_and_wait(driver: Any, count: int) -> list[Any]:
+def generate_and_wait(driver: Any, count: int, timeout: float = 60) -> list[Any]:
     old = by_id(driver, "results").get_attribute("innerHTML")
     by_id(driver, "generate").click()
 
@@ -174,7 +174,7 @@ def generate_and_wait(driver: Any, count: int) -> list[Any]:
             return True
         return by_id(driver, "results").get_attribute("innerHTML") != old and len(results(driver)) == count
 
-    wait(driver, done)
+    wait(driver, done, timeout)
     assert by_id(driver, "error").text == "", by_id(driver, "error").text
     return results(driver)
 
